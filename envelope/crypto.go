@@ -1,0 +1,202 @@
+package envelope
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/secret"
+)
+
+// DataKeySize is the size of a data key from GenerateDataKey: AES-256.
+const DataKeySize = 32
+
+// KeyRef names one version of a named key.
+type KeyRef struct {
+	Name    string
+	Version uint32
+}
+
+// DataKey is a fresh data key for a caller's own envelope encryption: the
+// key in plaintext (absent from GenerateDataKeyWithoutPlaintext) and the same
+// key encrypted by a named key, a ciphertext that Decrypt opens.
+type DataKey struct {
+	Plaintext  secret.Bytes
+	Ciphertext []byte
+	Key        KeyRef
+}
+
+// Encrypt seals plaintext under the primary version of the named key with
+// associated data aad, and returns the ciphertext in binary form.
+func (r *Keyring) Encrypt(ctx context.Context, name string, plaintext, aad []byte) ([]byte, KeyRef, error) {
+	if err := checkKeyName(name); err != nil {
+		return nil, KeyRef{}, err
+	}
+	if len(plaintext) == 0 {
+		return nil, KeyRef{}, fmt.Errorf("%w: empty plaintext", ErrInvalidArgument)
+	}
+	if len(plaintext) > r.opts.MaxPlaintextSize {
+		return nil, KeyRef{}, fmt.Errorf("%w: plaintext of %d bytes exceeds the limit of %d", ErrInvalidArgument, len(plaintext), r.opts.MaxPlaintextSize)
+	}
+	lk, err := r.load(ctx, name)
+	if err != nil {
+		return nil, KeyRef{}, err
+	}
+	return r.seal(lk, plaintext, aad)
+}
+
+func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, error) {
+	if lk.meta.State != store.KeyStateEnabled {
+		return nil, KeyRef{}, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
+	}
+	ref := KeyRef{Name: lk.meta.Name, Version: lk.meta.PrimaryVersion}
+	var hdr [2 + maxKeyNameLen + 4]byte
+	header := appendHeader(hdr[:0], ref.Name, ref.Version)
+	ad := associatedData(header, aad)
+	var body []byte
+	var err error
+	if lk.aead != nil {
+		body, err = lk.aead.Encrypt(plaintext, ad)
+	} else {
+		body, err = lk.daead.EncryptDeterministically(plaintext, ad)
+	}
+	if err != nil {
+		return nil, KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
+	}
+	out := make([]byte, 0, len(header)+len(body))
+	out = append(out, header...)
+	return append(out, body...), ref, nil
+}
+
+// Decrypt opens a ciphertext in binary form with associated data aad and
+// returns the plaintext and the key version that sealed it. A disabled key
+// gives ErrKeyDisabled and a version below the key's minimum gives
+// ErrVersionNotAllowed; every other failure gives ErrDecrypt.
+func (r *Keyring) Decrypt(ctx context.Context, ciphertext, aad []byte) (secret.Bytes, KeyRef, error) {
+	c, err := ParseCiphertext(ciphertext)
+	if err != nil {
+		return nil, KeyRef{}, err
+	}
+	lk, err := r.load(ctx, c.KeyName)
+	if errors.Is(err, ErrKeyNotFound) {
+		return nil, KeyRef{}, ErrDecrypt
+	}
+	if err != nil {
+		return nil, KeyRef{}, err
+	}
+	pt, err := r.open(lk, c, aad)
+	if err != nil {
+		return nil, KeyRef{}, err
+	}
+	return pt, KeyRef{Name: c.KeyName, Version: c.KeyVersion}, nil
+}
+
+func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, error) {
+	// The version must exist and the Tink prefix must name that version's
+	// key, so a header that lies about its version fails here, opaquely,
+	// before any check that would tell a forger something.
+	id, ok := lk.tinkIDs[c.KeyVersion]
+	if !ok || c.body[0] != 0x01 || binary.BigEndian.Uint32(c.body[1:5]) != id {
+		return nil, ErrDecrypt
+	}
+	if lk.meta.State != store.KeyStateEnabled {
+		return nil, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
+	}
+	if c.KeyVersion < lk.meta.MinDecryptionVersion {
+		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.KeyVersion, lk.meta.MinDecryptionVersion)
+	}
+	ad := associatedData(c.header, aad)
+	var pt []byte
+	var err error
+	if lk.aead != nil {
+		pt, err = lk.aead.Decrypt(c.body, ad)
+	} else {
+		pt, err = lk.daead.DecryptDeterministically(c.body, ad)
+	}
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return pt, nil
+}
+
+// ReEncrypt moves a ciphertext to the primary version of destKey (empty: the
+// ciphertext's own key), keeping its associated data. The plaintext never
+// leaves the keyring. It returns the new ciphertext, its key and the source's.
+func (r *Keyring) ReEncrypt(ctx context.Context, ciphertext, aad []byte, destKey string) ([]byte, KeyRef, KeyRef, error) {
+	if destKey != "" {
+		if err := checkKeyName(destKey); err != nil {
+			return nil, KeyRef{}, KeyRef{}, err
+		}
+	}
+	pt, src, err := r.Decrypt(ctx, ciphertext, aad)
+	if err != nil {
+		return nil, KeyRef{}, KeyRef{}, err
+	}
+	defer pt.Wipe()
+	if destKey == "" {
+		destKey = src.Name
+	}
+	srcKey, err := r.load(ctx, src.Name)
+	if err != nil {
+		return nil, KeyRef{}, KeyRef{}, err
+	}
+	dst, err := r.load(ctx, destKey)
+	if err != nil {
+		return nil, KeyRef{}, KeyRef{}, err
+	}
+	if dst.meta.Type != srcKey.meta.Type {
+		return nil, KeyRef{}, KeyRef{}, fmt.Errorf("%w: cannot re-encrypt from %s key %q to %s key %q", ErrKeyTypeMismatch, srcKey.meta.Type, src.Name, dst.meta.Type, destKey)
+	}
+	out, ref, err := r.seal(dst, pt, aad)
+	if err != nil {
+		return nil, KeyRef{}, KeyRef{}, err
+	}
+	return out, ref, src, nil
+}
+
+// GenerateDataKey returns a fresh AES-256 data key in plaintext and sealed by
+// the named key with associated data aad.
+func (r *Keyring) GenerateDataKey(ctx context.Context, name string, aad []byte) (DataKey, error) {
+	dk := make(secret.Bytes, DataKeySize)
+	if _, err := rand.Read(dk); err != nil {
+		return DataKey{}, fmt.Errorf("envelope: data key: %w", err)
+	}
+	ct, ref, err := r.Encrypt(ctx, name, dk, aad)
+	if err != nil {
+		dk.Wipe()
+		return DataKey{}, err
+	}
+	return DataKey{Plaintext: dk, Ciphertext: ct, Key: ref}, nil
+}
+
+// GenerateDataKeyWithoutPlaintext is GenerateDataKey for a caller that stores
+// the sealed data key now and asks Decrypt for it later: the plaintext key is
+// wiped before it returns.
+func (r *Keyring) GenerateDataKeyWithoutPlaintext(ctx context.Context, name string, aad []byte) (DataKey, error) {
+	dk, err := r.GenerateDataKey(ctx, name, aad)
+	if err != nil {
+		return DataKey{}, err
+	}
+	dk.Plaintext.Wipe()
+	dk.Plaintext = nil
+	return dk, nil
+}
+
+// CheckUsable reports whether the named key exists and is enabled, as the
+// keyring sees it now: ErrInvalidKeyName, ErrKeyNotFound, ErrKeyDisabled or nil.
+func (r *Keyring) CheckUsable(ctx context.Context, name string) error {
+	if err := checkKeyName(name); err != nil {
+		return err
+	}
+	lk, err := r.load(ctx, name)
+	if err != nil {
+		return err
+	}
+	if lk.meta.State != store.KeyStateEnabled {
+		return fmt.Errorf("%w: %q", ErrKeyDisabled, name)
+	}
+	return nil
+}

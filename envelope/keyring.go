@@ -1,0 +1,501 @@
+package envelope
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/aead"
+	"github.com/tink-crypto/tink-go/v2/daead"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	tinkpb "github.com/tink-crypto/tink-go/v2/proto/tink_go_proto"
+
+	"github.com/tresorkms/tresor/internal/store"
+)
+
+// Defaults for Options.
+const (
+	DefaultMaxPlaintextSize = 64 << 10
+	DefaultCacheMaxKeys     = 10_000
+	DefaultCacheMaxAge      = 5 * time.Minute
+	maxKeyNameLen           = 63
+	maxLabels               = 64
+	maxLabelValueLen        = 256
+	// loadTimeout bounds one load of a keyset from the store and root key.
+	loadTimeout = 30 * time.Second
+	// updateAttempts bounds the retries of a read-modify-write on a key.
+	updateAttempts = 8
+)
+
+// Options tune a Keyring. The zero value takes every default.
+type Options struct {
+	// MaxPlaintextSize is the largest plaintext Encrypt accepts, in bytes.
+	MaxPlaintextSize int
+	// CacheMaxKeys bounds how many unwrapped keysets stay in memory.
+	CacheMaxKeys int
+	// CacheMaxAge bounds how long an unwrapped keyset stays in memory before
+	// it is read and unwrapped again. It is also how long a change made by
+	// another replica can take to be seen here.
+	CacheMaxAge time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Keyring manages named keys and encrypts and decrypts under them. Its
+// methods are safe for concurrent use.
+type Keyring struct {
+	store   store.Store
+	kek     KEK
+	opts    Options
+	cache   *KeysetCache
+	flights flight
+}
+
+// New returns a Keyring over a key store and the root key that wraps its keysets.
+func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
+	if s == nil || kek == nil {
+		return nil, fmt.Errorf("%w: envelope.New needs a store and a root key", ErrInvalidArgument)
+	}
+	if opts.MaxPlaintextSize <= 0 {
+		opts.MaxPlaintextSize = DefaultMaxPlaintextSize
+	}
+	if opts.CacheMaxKeys <= 0 {
+		opts.CacheMaxKeys = DefaultCacheMaxKeys
+	}
+	if opts.CacheMaxAge <= 0 {
+		opts.CacheMaxAge = DefaultCacheMaxAge
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Keyring{store: s, kek: kek, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.Now)}, nil
+}
+
+// Cache returns the keyring's keyset cache, for its statistics.
+func (r *Keyring) Cache() *KeysetCache { return r.cache }
+
+// MaxPlaintextSize returns the largest plaintext Encrypt accepts.
+func (r *Keyring) MaxPlaintextSize() int { return r.opts.MaxPlaintextSize }
+
+// ValidKeyName reports whether name follows the naming rule: 1 to 63
+// characters, a lowercase letter first, then lowercase letters, digits and
+// hyphens.
+func ValidKeyName(name string) bool {
+	if len(name) == 0 || len(name) > maxKeyNameLen || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkKeyName(name string) error {
+	if !ValidKeyName(name) {
+		return fmt.Errorf("%w %q: want 1 to 63 characters, a lowercase letter first, then lowercase letters, digits or hyphens", ErrInvalidKeyName, name)
+	}
+	return nil
+}
+
+func validLabelKey(k string) bool {
+	if len(k) == 0 || len(k) > maxKeyNameLen || k[0] < 'a' || k[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(k); i++ {
+		c := k[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkLabels(labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return fmt.Errorf("%w: %d labels, at most %d allowed", ErrInvalidArgument, len(labels), maxLabels)
+	}
+	for k, v := range labels {
+		if !validLabelKey(k) {
+			return fmt.Errorf("%w: label key %q: want a lowercase letter first, then lowercase letters, digits, '-' or '_', at most 63", ErrInvalidArgument, k)
+		}
+		if len(v) > maxLabelValueLen {
+			return fmt.Errorf("%w: label %q: value longer than %d bytes", ErrInvalidArgument, k, maxLabelValueLen)
+		}
+	}
+	return nil
+}
+
+func template(t store.KeyType) (*tinkpb.KeyTemplate, error) {
+	switch t {
+	case store.KeyTypeAES256GCM:
+		return aead.AES256GCMKeyTemplate(), nil
+	case store.KeyTypeAES256SIV:
+		return daead.AESSIVKeyTemplate(), nil
+	default:
+		return nil, fmt.Errorf("%w: key type %v", ErrInvalidArgument, t)
+	}
+}
+
+// keysetAAD binds a wrapped keyset to its key name and root key id.
+func keysetAAD(name, rootKeyID string) []byte {
+	b := make([]byte, 0, 32+len(name)+len(rootKeyID))
+	b = append(b, "tresor-keyset-v1"...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rootKeyID)))
+	return append(b, rootKeyID...)
+}
+
+// kekAEAD adapts a KEK to Tink's AEADWithContext for keyset encryption.
+type kekAEAD struct{ kek KEK }
+
+func (a kekAEAD) EncryptWithContext(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	return a.kek.Wrap(ctx, pt, aad)
+}
+
+func (a kekAEAD) DecryptWithContext(ctx context.Context, ct, aad []byte) ([]byte, error) {
+	return a.kek.Unwrap(ctx, ct, aad)
+}
+
+func (r *Keyring) wrapKeyset(ctx context.Context, name string, h *keyset.Handle) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := h.WriteWithContext(ctx, keyset.NewBinaryWriter(&buf), kekAEAD{r.kek}, keysetAAD(name, r.kek.ID())); err != nil {
+		return nil, fmt.Errorf("envelope: wrap keyset of key %q: %w", name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+func (r *Keyring) unwrapKeyset(ctx context.Context, k store.Key) (*keyset.Handle, error) {
+	if k.RootKeyID != r.kek.ID() {
+		return nil, fmt.Errorf("%w: key %q is wrapped by root key %q, not by the configured %q", ErrKeysetUnreadable, k.Name, k.RootKeyID, r.kek.ID())
+	}
+	h, err := keyset.ReadWithContext(ctx, keyset.NewBinaryReader(bytes.NewReader(k.WrappedKeyset)), kekAEAD{r.kek}, keysetAAD(k.Name, k.RootKeyID))
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
+	}
+	return h, nil
+}
+
+// build makes a loadedKey from stored metadata and its unwrapped keyset.
+func (r *Keyring) build(k store.Key, h *keyset.Handle) (*loadedKey, error) {
+	lk := &loadedKey{meta: k, handle: h, tinkIDs: make(map[uint32]uint32, len(k.Versions)), loadedAt: r.opts.Now()}
+	for _, v := range k.Versions {
+		lk.tinkIDs[v.Number] = v.TinkKeyID
+	}
+	primary, err := h.Primary()
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
+	}
+	if id, ok := lk.tinkIDs[k.PrimaryVersion]; !ok || id != primary.KeyID() {
+		return nil, fmt.Errorf("%w: key %q: primary version %d does not match the keyset's primary key", ErrKeysetUnreadable, k.Name, k.PrimaryVersion)
+	}
+	switch k.Type {
+	case store.KeyTypeAES256GCM:
+		lk.aead, err = aead.New(h)
+	case store.KeyTypeAES256SIV:
+		lk.daead, err = daead.New(h)
+	default:
+		err = fmt.Errorf("unknown key type %v", k.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
+	}
+	return lk, nil
+}
+
+// load returns the named key with its primitive, from the cache when it can.
+func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
+	if lk, ok := r.cache.get(name); ok {
+		return lk, nil
+	}
+	return r.flights.do(ctx, name, func() (*loadedKey, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		k, err := r.store.GetKey(lctx, name)
+		if err != nil {
+			return nil, storeErr(name, err)
+		}
+		h, err := r.unwrapKeyset(lctx, k)
+		if err != nil {
+			return nil, err
+		}
+		lk, err := r.build(k, h)
+		if err != nil {
+			return nil, err
+		}
+		r.cache.put(lk)
+		return lk, nil
+	})
+}
+
+func storeErr(name string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%w: %q", ErrKeyNotFound, name)
+	case errors.Is(err, store.ErrAlreadyExists):
+		return fmt.Errorf("%w: %q", ErrKeyExists, name)
+	case errors.Is(err, store.ErrConflict):
+		return fmt.Errorf("%w: %q", ErrConflict, name)
+	default:
+		return fmt.Errorf("envelope: key store: %w", err)
+	}
+}
+
+// public returns k without its wrapped keyset, for callers outside the keyring.
+func public(k store.Key) store.Key {
+	k.WrappedKeyset = nil
+	k.Labels = maps.Clone(k.Labels)
+	k.Versions = slices.Clone(k.Versions)
+	return k
+}
+
+// KeySpec describes a key to create.
+type KeySpec struct {
+	Name string
+	Type store.KeyType
+	// RotationPeriod is zero for a key that rotates only on demand.
+	RotationPeriod time.Duration
+	Labels         map[string]string
+}
+
+// CreateKey creates an enabled key with one version.
+func (r *Keyring) CreateKey(ctx context.Context, spec KeySpec) (store.Key, error) {
+	if err := checkKeyName(spec.Name); err != nil {
+		return store.Key{}, err
+	}
+	tmpl, err := template(spec.Type)
+	if err != nil {
+		return store.Key{}, err
+	}
+	if spec.RotationPeriod < 0 {
+		return store.Key{}, fmt.Errorf("%w: negative rotation period", ErrInvalidArgument)
+	}
+	if err := checkLabels(spec.Labels); err != nil {
+		return store.Key{}, err
+	}
+	h, err := keyset.NewHandle(tmpl)
+	if err != nil {
+		return store.Key{}, fmt.Errorf("envelope: new keyset: %w", err)
+	}
+	primary, err := h.Primary()
+	if err != nil {
+		return store.Key{}, fmt.Errorf("envelope: new keyset: %w", err)
+	}
+	wrapped, err := r.wrapKeyset(ctx, spec.Name, h)
+	if err != nil {
+		return store.Key{}, err
+	}
+	now := r.opts.Now()
+	k, err := r.store.CreateKey(ctx, store.Key{
+		Name:                 spec.Name,
+		Type:                 spec.Type,
+		State:                store.KeyStateEnabled,
+		PrimaryVersion:       1,
+		MinDecryptionVersion: 1,
+		RotationPeriod:       spec.RotationPeriod,
+		Labels:               maps.Clone(spec.Labels),
+		Versions:             []store.Version{{Number: 1, TinkKeyID: primary.KeyID(), CreateTime: now}},
+		WrappedKeyset:        wrapped,
+		RootKeyID:            r.kek.ID(),
+	})
+	if err != nil {
+		return store.Key{}, storeErr(spec.Name, err)
+	}
+	if lk, err := r.build(k, h); err == nil {
+		r.cache.put(lk)
+	}
+	return public(k), nil
+}
+
+// GetKey returns a key's metadata, read from the store.
+func (r *Keyring) GetKey(ctx context.Context, name string) (store.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return store.Key{}, err
+	}
+	k, err := r.store.GetKey(ctx, name)
+	if err != nil {
+		return store.Key{}, storeErr(name, err)
+	}
+	return public(k), nil
+}
+
+// ListKeys returns a page of keys ordered by name and the next page's token.
+func (r *Keyring) ListKeys(ctx context.Context, pageSize int, pageToken string) ([]store.Key, string, error) {
+	keys, next, err := r.store.ListKeys(ctx, pageSize, pageToken)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalidPageToken) {
+			return nil, "", fmt.Errorf("%w: page token", ErrInvalidArgument)
+		}
+		return nil, "", fmt.Errorf("envelope: key store: %w", err)
+	}
+	for i := range keys {
+		keys[i] = public(keys[i])
+	}
+	return keys, next, nil
+}
+
+// KeyUpdate lists the changes UpdateKey makes; nil fields stay as they are.
+type KeyUpdate struct {
+	RotationPeriod       *time.Duration
+	MinDecryptionVersion *uint32
+	// Labels, when non-nil, replace all of the key's labels.
+	Labels map[string]string
+}
+
+// UpdateKey changes a key's rotation period, minimum decryption version or labels.
+func (r *Keyring) UpdateKey(ctx context.Context, name string, u KeyUpdate) (store.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return store.Key{}, err
+	}
+	if u.RotationPeriod != nil && *u.RotationPeriod < 0 {
+		return store.Key{}, fmt.Errorf("%w: negative rotation period", ErrInvalidArgument)
+	}
+	if u.Labels != nil {
+		if err := checkLabels(u.Labels); err != nil {
+			return store.Key{}, err
+		}
+	}
+	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
+		if v := u.MinDecryptionVersion; v != nil && (*v < 1 || *v > k.PrimaryVersion) {
+			return nil, fmt.Errorf("%w: min_decryption_version %d: want 1 to the primary version %d", ErrInvalidArgument, *v, k.PrimaryVersion)
+		}
+		if u.RotationPeriod != nil {
+			k.RotationPeriod = *u.RotationPeriod
+		}
+		if u.MinDecryptionVersion != nil {
+			k.MinDecryptionVersion = *u.MinDecryptionVersion
+		}
+		if u.Labels != nil {
+			k.Labels = maps.Clone(u.Labels)
+		}
+		return nil, nil
+	})
+}
+
+// DisableKey stops a key from encrypting and decrypting until EnableKey.
+func (r *Keyring) DisableKey(ctx context.Context, name string) (store.Key, error) {
+	return r.setState(ctx, name, store.KeyStateDisabled)
+}
+
+// EnableKey lets a disabled key encrypt and decrypt again.
+func (r *Keyring) EnableKey(ctx context.Context, name string) (store.Key, error) {
+	return r.setState(ctx, name, store.KeyStateEnabled)
+}
+
+func (r *Keyring) setState(ctx context.Context, name string, s store.KeyState) (store.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return store.Key{}, err
+	}
+	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
+		k.State = s
+		return nil, nil
+	})
+}
+
+// RotateKey adds a version to an enabled key and makes it primary. Earlier
+// versions keep decrypting down to the key's minimum decryption version.
+func (r *Keyring) RotateKey(ctx context.Context, name string) (store.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return store.Key{}, err
+	}
+	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
+		if k.State != store.KeyStateEnabled {
+			return nil, fmt.Errorf("%w: %q cannot be rotated", ErrKeyDisabled, name)
+		}
+		tmpl, err := template(k.Type)
+		if err != nil {
+			return nil, err
+		}
+		h, err := r.handleFor(ctx, *k)
+		if err != nil {
+			return nil, err
+		}
+		m := keyset.NewManagerFromHandle(h)
+		id, err := m.Add(tmpl)
+		if err != nil {
+			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+		}
+		if err := m.SetPrimary(id); err != nil {
+			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+		}
+		nh, err := m.Handle()
+		if err != nil {
+			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+		}
+		wrapped, err := r.wrapKeyset(ctx, name, nh)
+		if err != nil {
+			return nil, err
+		}
+		next := k.PrimaryVersion + 1
+		for _, v := range k.Versions {
+			next = max(next, v.Number+1)
+		}
+		k.Versions = append(slices.Clone(k.Versions), store.Version{Number: next, TinkKeyID: id, CreateTime: r.opts.Now()})
+		k.PrimaryVersion = next
+		k.WrappedKeyset = wrapped
+		k.RootKeyID = r.kek.ID()
+		return nh, nil
+	})
+}
+
+// handleFor returns k's unwrapped keyset, from the cache when the cached
+// revision is k's, else from the root key.
+func (r *Keyring) handleFor(ctx context.Context, k store.Key) (*keyset.Handle, error) {
+	if lk, ok := r.cache.get(k.Name); ok && lk.meta.Revision == k.Revision {
+		return lk.handle, nil
+	}
+	return r.unwrapKeyset(ctx, k)
+}
+
+// modify reads a key, applies change and writes it back with a
+// compare-and-swap on its revision, retrying when another writer got there
+// first. change returns the new keyset handle when it changed the keyset.
+func (r *Keyring) modify(ctx context.Context, name string, change func(*store.Key) (*keyset.Handle, error)) (store.Key, error) {
+	for range updateAttempts {
+		k, err := r.store.GetKey(ctx, name)
+		if err != nil {
+			return store.Key{}, storeErr(name, err)
+		}
+		h, err := change(&k)
+		if err != nil {
+			return store.Key{}, err
+		}
+		updated, err := r.store.UpdateKey(ctx, k)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return store.Key{}, storeErr(name, err)
+		}
+		r.recache(updated, k.Revision, h)
+		return public(updated), nil
+	}
+	return store.Key{}, fmt.Errorf("%w: %q: gave up after %d attempts", ErrConflict, name, updateAttempts)
+}
+
+// recache puts an updated key into the cache without a root-key call: with
+// the new keyset handle when the update changed it, else with the handle
+// cached for the revision the update replaced. Failing both, it drops the
+// entry so the next use loads the key afresh.
+func (r *Keyring) recache(updated store.Key, prevRevision int64, h *keyset.Handle) {
+	if h == nil {
+		if lk, ok := r.cache.get(updated.Name); ok && lk.meta.Revision == prevRevision {
+			h = lk.handle
+		}
+	}
+	if h != nil {
+		if lk, err := r.build(updated, h); err == nil {
+			r.cache.put(lk)
+			return
+		}
+	}
+	r.cache.remove(updated.Name, nil)
+}

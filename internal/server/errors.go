@@ -1,0 +1,60 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/kms"
+)
+
+// errDecryptMessage is the whole message of every failed decryption.
+const errDecryptMessage = "decryption failed"
+
+// toStatus is the one map from domain errors to gRPC status codes. Every
+// service method returns its errors through it; REST gets the same codes as
+// HTTP statuses through the gateway. Messages of domain errors name keys and
+// limits, never plaintext or key material; anything unexpected is logged in
+// full and returned as a bare Internal.
+func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, envelope.ErrDecrypt):
+		return status.Error(codes.InvalidArgument, errDecryptMessage)
+	case errors.Is(err, envelope.ErrInvalidArgument),
+		errors.Is(err, envelope.ErrInvalidKeyName),
+		errors.Is(err, envelope.ErrKeyTypeMismatch):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, envelope.ErrKeyNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, envelope.ErrKeyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, envelope.ErrKeyDisabled),
+		errors.Is(err, envelope.ErrVersionNotAllowed):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, envelope.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, kms.ErrUnavailable):
+		logger.ErrorContext(ctx, "root key unavailable", "err", err)
+		return status.Error(codes.Unavailable, "root key provider unavailable; retry later")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	case errors.Is(err, envelope.ErrKeysetUnreadable):
+		logger.ErrorContext(ctx, "stored keyset unreadable", "err", err)
+		return status.Error(codes.Internal, "key material unavailable")
+	default:
+		logger.ErrorContext(ctx, "internal error", "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+}

@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/store"
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+)
+
+// keyService implements tresor.v1.KeyService over a Keyring.
+type keyService struct {
+	tresorv1.UnimplementedKeyServiceServer
+	ring   *envelope.Keyring
+	logger *slog.Logger
+}
+
+func (s *keyService) CreateKey(ctx context.Context, req *tresorv1.CreateKeyRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.CreateKey(ctx, envelope.KeySpec{
+		Name:           req.GetKeyId(),
+		Type:           keyTypeFromProto(req.GetType()),
+		RotationPeriod: req.GetRotationPeriod().AsDuration(),
+		Labels:         req.GetLabels(),
+	})
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) GetKey(ctx context.Context, req *tresorv1.GetKeyRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.GetKey(ctx, req.GetKey())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) ListKeys(ctx context.Context, req *tresorv1.ListKeysRequest) (*tresorv1.ListKeysResponse, error) {
+	keys, next, err := s.ring.ListKeys(ctx, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(ctx, s.logger, err)
+	}
+	resp := &tresorv1.ListKeysResponse{Keys: make([]*tresorv1.Key, len(keys)), NextPageToken: next}
+	for i, k := range keys {
+		resp.Keys[i] = keyToProto(k)
+	}
+	return resp, nil
+}
+
+func (s *keyService) UpdateKey(ctx context.Context, req *tresorv1.UpdateKeyRequest) (*tresorv1.Key, error) {
+	var u envelope.KeyUpdate
+	paths := req.GetUpdateMask().GetPaths()
+	if slices.Contains(paths, "rotation_period") {
+		d := req.GetRotationPeriod().AsDuration()
+		u.RotationPeriod = &d
+	}
+	if slices.Contains(paths, "min_decryption_version") {
+		v := req.GetMinDecryptionVersion()
+		u.MinDecryptionVersion = &v
+	}
+	if slices.Contains(paths, "labels") {
+		u.Labels = req.GetLabels()
+		if u.Labels == nil {
+			u.Labels = map[string]string{}
+		}
+	}
+	k, err := s.ring.UpdateKey(ctx, req.GetKey(), u)
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) RotateKey(ctx context.Context, req *tresorv1.RotateKeyRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.RotateKey(ctx, req.GetKey())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) DisableKey(ctx context.Context, req *tresorv1.DisableKeyRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.DisableKey(ctx, req.GetKey())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) EnableKey(ctx context.Context, req *tresorv1.EnableKeyRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.EnableKey(ctx, req.GetKey())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) reply(ctx context.Context, k store.Key, err error) (*tresorv1.Key, error) {
+	if err != nil {
+		return nil, toStatus(ctx, s.logger, err)
+	}
+	return keyToProto(k), nil
+}
+
+func keyTypeFromProto(t tresorv1.KeyType) store.KeyType {
+	switch t {
+	case tresorv1.KeyType_KEY_TYPE_AES256_GCM:
+		return store.KeyTypeAES256GCM
+	case tresorv1.KeyType_KEY_TYPE_AES256_SIV:
+		return store.KeyTypeAES256SIV
+	default:
+		return store.KeyTypeUnspecified
+	}
+}
+
+func keyTypeToProto(t store.KeyType) tresorv1.KeyType {
+	switch t {
+	case store.KeyTypeAES256GCM:
+		return tresorv1.KeyType_KEY_TYPE_AES256_GCM
+	case store.KeyTypeAES256SIV:
+		return tresorv1.KeyType_KEY_TYPE_AES256_SIV
+	default:
+		return tresorv1.KeyType_KEY_TYPE_UNSPECIFIED
+	}
+}
+
+func keyStateToProto(s store.KeyState) tresorv1.KeyState {
+	switch s {
+	case store.KeyStateEnabled:
+		return tresorv1.KeyState_KEY_STATE_ENABLED
+	case store.KeyStateDisabled:
+		return tresorv1.KeyState_KEY_STATE_DISABLED
+	default:
+		return tresorv1.KeyState_KEY_STATE_UNSPECIFIED
+	}
+}
+
+func keyToProto(k store.Key) *tresorv1.Key {
+	pk := &tresorv1.Key{
+		Name:                 "keys/" + k.Name,
+		Type:                 keyTypeToProto(k.Type),
+		State:                keyStateToProto(k.State),
+		PrimaryVersion:       k.PrimaryVersion,
+		MinDecryptionVersion: k.MinDecryptionVersion,
+		Labels:               k.Labels,
+		CreateTime:           timestamppb.New(k.CreateTime),
+		UpdateTime:           timestamppb.New(k.UpdateTime),
+	}
+	if k.RotationPeriod > 0 {
+		pk.RotationPeriod = durationpb.New(k.RotationPeriod)
+	}
+	for _, v := range k.Versions {
+		pk.Versions = append(pk.Versions, &tresorv1.KeyVersion{Version: v.Number, CreateTime: timestamppb.New(v.CreateTime)})
+	}
+	return pk
+}

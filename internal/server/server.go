@@ -1,0 +1,303 @@
+// Package server serves tresor's API over gRPC and over REST (grpc-gateway),
+// both on TLS. It holds the only gRPC code in tresor: the service
+// implementations, the one interceptor chain (chain.go) and the one map from
+// domain errors to status codes (errors.go).
+//
+// Reach for [New] with a Keyring and [Options], then [Server.Serve].
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/tresorkms/tresor/envelope"
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+)
+
+// Defaults for Options.
+const (
+	DefaultMaxRequestBytes = 8 << 20
+	DefaultShutdownTimeout = 15 * time.Second
+)
+
+// Options configure a Server.
+type Options struct {
+	// GRPCAddr and HTTPAddr are the listen addresses, such as
+	// "127.0.0.1:8443". An empty HTTPAddr serves no REST API.
+	GRPCAddr, HTTPAddr string
+	// TLS is the server's TLS configuration; nil refuses to start unless
+	// Insecure is set. Client certificates are verified when ClientCAs is set.
+	TLS *tls.Config
+	// Insecure serves plaintext. Tests only; never in production.
+	Insecure bool
+	// MaxRequestBytes bounds a request body (REST) or message (gRPC); larger
+	// requests are refused before they are parsed.
+	MaxRequestBytes int
+	// ShutdownTimeout bounds the graceful drain on shutdown.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// Server is tresor's API server.
+type Server struct {
+	opts    Options
+	grpc    *grpc.Server
+	http    *http.Server
+	health  *health.Server
+	handler http.Handler
+
+	mu        sync.Mutex
+	grpcLis   net.Listener
+	httpLis   net.Listener
+	listening chan struct{}
+}
+
+// New builds a Server for ring. It listens nowhere until Serve.
+func New(ring *envelope.Keyring, opts Options) (*Server, error) {
+	if opts.TLS == nil && !opts.Insecure {
+		return nil, errors.New("server: TLS is required: set a certificate and key (Insecure is for tests only)")
+	}
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ch, err := newChain(opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	keys := &keyService{ring: ring, logger: opts.Logger}
+	crypto := &cryptoService{ring: ring, logger: opts.Logger}
+
+	gopts := []grpc.ServerOption{
+		grpc.UnaryInterceptor(ch.unary),
+		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if opts.TLS != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	gs := grpc.NewServer(gopts...)
+	tresorv1.RegisterKeyServiceServer(gs, keys)
+	tresorv1.RegisterCryptoServiceServer(gs, crypto)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+
+	conn := newInProcessConn(ch.unary)
+	conn.register(&tresorv1.KeyService_ServiceDesc, keys)
+	conn.register(&tresorv1.CryptoService_ServiceDesc, crypto)
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
+			if http.CanonicalHeaderKey(h) == "X-Request-Id" {
+				return requestIDHeader, true
+			}
+			return runtime.DefaultHeaderMatcher(h)
+		}),
+		runtime.WithOutgoingHeaderMatcher(func(h string) (string, bool) {
+			if h == requestIDHeader {
+				return "X-Request-Id", true
+			}
+			return "", false
+		}),
+	)
+	ctx := context.Background()
+	if err := tresorv1.RegisterKeyServiceHandlerClient(ctx, mux, tresorv1.NewKeyServiceClient(conn)); err != nil {
+		return nil, fmt.Errorf("server: gateway: %w", err)
+	}
+	if err := tresorv1.RegisterCryptoServiceHandlerClient(ctx, mux, tresorv1.NewCryptoServiceClient(conn)); err != nil {
+		return nil, fmt.Errorf("server: gateway: %w", err)
+	}
+	s := &Server{opts: opts, grpc: gs, health: hs, listening: make(chan struct{})}
+	s.handler = s.httpHandler(mux)
+	s.http = &http.Server{
+		Handler:           s.handler,
+		TLSConfig:         opts.TLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// httpHandler wraps the gateway: /healthz, a body size limit enforced before
+// parsing, and the caller's address and TLS state as the gRPC peer, so the
+// chain sees a REST caller as it sees a gRPC caller.
+func (s *Server) httpHandler(gateway http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := s.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			http.Error(w, "not serving", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	limit := int64(s.opts.MaxRequestBytes)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			http.Error(w, `{"code":8,"message":"request body too large"}`, http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		p := &peer.Peer{LocalAddr: nil}
+		if addr, err := net.ResolveTCPAddr("tcp", r.RemoteAddr); err == nil {
+			p.Addr = addr
+		}
+		if r.TLS != nil {
+			p.AuthInfo = credentials.TLSInfo{State: *r.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
+		}
+		gateway.ServeHTTP(w, r.WithContext(peer.NewContext(r.Context(), p)))
+	})
+	return mux
+}
+
+// Handler returns the REST handler (gateway and /healthz), for tests.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Listen opens the listeners. Serve calls it when it has not been called.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grpcLis != nil {
+		return nil
+	}
+	gl, err := net.Listen("tcp", s.opts.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("server: listen gRPC on %s: %w", s.opts.GRPCAddr, err)
+	}
+	if s.opts.HTTPAddr != "" {
+		hl, err := net.Listen("tcp", s.opts.HTTPAddr)
+		if err != nil {
+			gl.Close()
+			return fmt.Errorf("server: listen HTTP on %s: %w", s.opts.HTTPAddr, err)
+		}
+		s.httpLis = hl
+	}
+	s.grpcLis = gl
+	close(s.listening)
+	return nil
+}
+
+// Addrs returns the listening addresses (after Listen): gRPC, then HTTP ("" if none).
+func (s *Server) Addrs() (grpcAddr, httpAddr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grpcLis != nil {
+		grpcAddr = s.grpcLis.Addr().String()
+	}
+	if s.httpLis != nil {
+		httpAddr = s.httpLis.Addr().String()
+	}
+	return grpcAddr, httpAddr
+}
+
+// Serve serves until ctx ends, then drains in-flight calls for at most
+// ShutdownTimeout and returns.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	if s.httpLis != nil {
+		go func() {
+			var err error
+			if s.opts.TLS != nil {
+				err = s.http.ServeTLS(s.httpLis, "", "")
+			} else {
+				err = s.http.Serve(s.httpLis)
+			}
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			errc <- err
+		}()
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.health.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	if herr := s.http.Shutdown(sctx); herr != nil && err == nil {
+		err = fmt.Errorf("server: HTTP shutdown: %w", herr)
+	}
+	select {
+	case <-done:
+	case <-sctx.Done():
+		s.grpc.Stop()
+	}
+	return err
+}
+
+// TLSFiles are the paths of the server's TLS material.
+type TLSFiles struct {
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes client certificates required and
+	// verified against the CAs in it (mutual TLS).
+	ClientCAFile string
+}
+
+// LoadTLS builds a server TLS configuration (TLS 1.2 or newer, HTTP/2 and
+// HTTP/1.1) from files.
+func LoadTLS(f TLSFiles) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: load TLS certificate %s and key %s: %w", f.CertFile, f.KeyFile, err)
+	}
+	cfg := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	if f.ClientCAFile != "" {
+		pem, err := os.ReadFile(f.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("server: read client CA bundle: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("server: client CA bundle %s holds no PEM certificate", f.ClientCAFile)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}

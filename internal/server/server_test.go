@@ -1,0 +1,494 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/devpki"
+	"github.com/tresorkms/tresor/internal/store"
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+)
+
+// gcmKEK is a root key backed by a real AES-256-GCM key in memory, standing
+// in for the HSM (kms/pkcs11 has its own tests against SoftHSM2).
+type gcmKEK struct{ aead cipher.AEAD }
+
+func newGCMKEK(t testing.TB) gcmKEK {
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := cipher.NewGCM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gcmKEK{a}
+}
+
+func (k gcmKEK) ID() string { return "test-kek" }
+
+func (k gcmKEK) Wrap(_ context.Context, pt, aad []byte) ([]byte, error) {
+	n := make([]byte, 12)
+	_, _ = rand.Read(n)
+	return k.aead.Seal(n, n, pt, aad), nil
+}
+
+func (k gcmKEK) Unwrap(_ context.Context, ct, aad []byte) ([]byte, error) {
+	if len(ct) < 12 {
+		return nil, errors.New("unwrap failed")
+	}
+	return k.aead.Open(nil, ct[:12], ct[12:], aad)
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testServer struct {
+	keys   tresorv1.KeyServiceClient
+	crypto tresorv1.CryptoServiceClient
+	health healthpb.HealthClient
+	conn   *grpc.ClientConn
+	http   *http.Client
+	base   string // https://127.0.0.1:port
+	store  store.Store
+	logs   *syncBuffer
+	ca     *devpki.CA
+	srvTLS *tls.Config
+	addr   string
+}
+
+func startServer(t testing.TB, maxPlaintext int) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "keys.db"))
+	if err != nil {
+		t.Fatalf("OpenSQLite() err = %v", err)
+	}
+	ring, err := envelope.New(st, newGCMKEK(t), envelope.Options{MaxPlaintextSize: maxPlaintext})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := devpki.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvPair, _ := ca.IssueServer([]string{"127.0.0.1", "localhost"}, time.Hour)
+	cliPair, _ := ca.IssueClient("payments", "spiffe://bank.example/payments", time.Hour)
+	srvCert, _ := srvPair.TLSCertificate()
+	cliCert, _ := cliPair.TLSCertificate()
+	srvTLS := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{srvCert},
+		ClientCAs:    ca.Pool(),
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	logs := &syncBuffer{}
+	srv, err := New(ring, Options{
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: srvTLS,
+		MaxRequestBytes: 1 << 20,
+		Logger:          slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatalf("server.New() err = %v", err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	grpcAddr, httpAddr := srv.Addrs()
+	cliTLS := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cliCert}, MinVersion: tls.VersionTLS12}
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cliTLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve() err = %v, want nil after shutdown", err)
+		}
+		st.Close()
+	})
+	return &testServer{
+		keys: tresorv1.NewKeyServiceClient(conn), crypto: tresorv1.NewCryptoServiceClient(conn),
+		health: healthpb.NewHealthClient(conn), conn: conn,
+		http:  &http.Client{Transport: &http.Transport{TLSClientConfig: cliTLS, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second},
+		base:  "https://" + httpAddr, store: st, logs: logs, ca: ca, srvTLS: srvTLS, addr: grpcAddr,
+	}
+}
+
+// rest posts (or sends method) a JSON body and decodes the JSON answer.
+func (ts *testServer) rest(t testing.TB, method, path string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		j, _ := json.Marshal(b)
+		rd = bytes.NewReader(j)
+	}
+	req, _ := http.NewRequest(method, ts.base+path, rd)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := ts.http.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s err = %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(raw, &out)
+	if out == nil {
+		out = map[string]any{"raw": string(raw)}
+	}
+	return resp.StatusCode, out
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestGRPCAndRESTInterop(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "payments", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
+		t.Fatalf("CreateKey() err = %v", err)
+	}
+	// gRPC encrypt, REST decrypt.
+	enc, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte("IBAN DE89"), AssociatedData: []byte("cust=1")})
+	if err != nil {
+		t.Fatalf("Encrypt() err = %v", err)
+	}
+	code, out := ts.rest(t, "POST", "/v1/ciphertext:decrypt", map[string]any{"ciphertext": enc.GetCiphertext(), "associatedData": b64("cust=1")})
+	if code != 200 || out["plaintext"] != b64("IBAN DE89") || out["key"] != "payments" {
+		t.Fatalf("REST decrypt = %d %v, want 200 with the plaintext", code, out)
+	}
+	// REST encrypt, gRPC decrypt.
+	code, out = ts.rest(t, "POST", "/v1/keys/payments:encrypt", map[string]any{"plaintext": b64("hello"), "associatedData": b64("a")})
+	if code != 200 {
+		t.Fatalf("REST encrypt = %d %v, want 200", code, out)
+	}
+	restCT, _ := out["ciphertext"].(string)
+	dec, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: restCT, AssociatedData: []byte("a")})
+	if err != nil || string(dec.GetPlaintext()) != "hello" {
+		t.Fatalf("gRPC Decrypt(REST ciphertext) = %q, %v; want hello", dec.GetPlaintext(), err)
+	}
+	// Rotate over REST; the old ciphertext still decrypts, new ones use v2.
+	code, out = ts.rest(t, "POST", "/v1/keys/payments:rotate", map[string]any{})
+	if code != 200 || out["primaryVersion"] != float64(2) {
+		t.Fatalf("REST rotate = %d %v, want 200 with primaryVersion 2", code, out)
+	}
+	if dec, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: enc.GetCiphertext(), AssociatedData: []byte("cust=1")}); err != nil || dec.GetKeyVersion() != 1 {
+		t.Errorf("Decrypt(v1 ciphertext) after rotate = %v, %v; want version 1, nil", dec, err)
+	}
+	enc2, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte("x")})
+	if err != nil || enc2.GetKeyVersion() != 2 {
+		t.Errorf("Encrypt() after rotate = %v, %v; want key version 2", enc2, err)
+	}
+	// Key administration over REST.
+	code, out = ts.rest(t, "GET", "/v1/keys/payments", nil)
+	if code != 200 || out["name"] != "keys/payments" || out["type"] != "KEY_TYPE_AES256_GCM" {
+		t.Errorf("REST get key = %d %v, want 200 keys/payments", code, out)
+	}
+	code, out = ts.rest(t, "PATCH", "/v1/keys/payments", map[string]any{"labels": map[string]string{"owner": "payments"}, "updateMask": "labels"})
+	if code != 200 {
+		t.Errorf("REST update key = %d %v, want 200", code, out)
+	}
+	k, err := ts.keys.GetKey(ctx, &tresorv1.GetKeyRequest{Key: "payments"})
+	if err != nil || k.GetLabels()["owner"] != "payments" {
+		t.Errorf("GetKey() after REST update = %v, %v; want label owner=payments", k, err)
+	}
+	// Data keys.
+	dk, err := ts.crypto.GenerateDataKey(ctx, &tresorv1.GenerateDataKeyRequest{Key: "payments"})
+	if err != nil || len(dk.GetPlaintext()) != 32 {
+		t.Fatalf("GenerateDataKey() = %v, %v; want a 32-byte key", dk, err)
+	}
+	back, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: dk.GetCiphertext()})
+	if err != nil || !bytes.Equal(back.GetPlaintext(), dk.GetPlaintext()) {
+		t.Errorf("Decrypt(data key) = %v; want the data key", err)
+	}
+	code, out = ts.rest(t, "POST", "/v1/keys/payments:generateDataKeyWithoutPlaintext", map[string]any{})
+	if code != 200 || out["plaintext"] != nil || out["ciphertext"] == nil {
+		t.Errorf("REST generateDataKeyWithoutPlaintext = %d %v, want a ciphertext only", code, out)
+	}
+	// Paging.
+	for i := range 5 {
+		if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: fmt.Sprintf("k%d", i), Type: tresorv1.KeyType_KEY_TYPE_AES256_SIV}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	token := ""
+	for {
+		resp, err := ts.keys.ListKeys(ctx, &tresorv1.ListKeysRequest{PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatalf("ListKeys() err = %v", err)
+		}
+		for _, k := range resp.GetKeys() {
+			names = append(names, k.GetName())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if got := strings.Join(names, ","); got != "keys/k0,keys/k1,keys/k2,keys/k3,keys/k4,keys/payments" {
+		t.Errorf("ListKeys pages = %s, want all six keys in order", got)
+	}
+}
+
+func TestBatch(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "b", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := ts.crypto.BatchEncrypt(ctx, &tresorv1.BatchEncryptRequest{Key: "b", Items: []*tresorv1.BatchEncryptItem{
+		{Plaintext: []byte("one")}, {Plaintext: []byte("two"), AssociatedData: []byte("ad")},
+	}})
+	if err != nil || len(enc.GetResults()) != 2 {
+		t.Fatalf("BatchEncrypt() = %v, %v; want 2 results", enc, err)
+	}
+	ct0 := enc.GetResults()[0].GetEncrypted().GetCiphertext()
+	ct1 := enc.GetResults()[1].GetEncrypted().GetCiphertext()
+	dec, err := ts.crypto.BatchDecrypt(ctx, &tresorv1.BatchDecryptRequest{Items: []*tresorv1.BatchDecryptItem{
+		{Ciphertext: ct0}, {Ciphertext: ct1, AssociatedData: []byte("wrong")}, {Ciphertext: ct1, AssociatedData: []byte("ad")},
+	}})
+	if err != nil {
+		t.Fatalf("BatchDecrypt() err = %v", err)
+	}
+	r := dec.GetResults()
+	if string(r[0].GetDecrypted().GetPlaintext()) != "one" || r[1].GetError().GetCode() != int32(codes.InvalidArgument) || string(r[2].GetDecrypted().GetPlaintext()) != "two" {
+		t.Errorf("BatchDecrypt() results = %v; want one, an InvalidArgument error, two", r)
+	}
+	if _, err := ts.crypto.BatchEncrypt(ctx, &tresorv1.BatchEncryptRequest{Key: "missing", Items: []*tresorv1.BatchEncryptItem{{Plaintext: []byte("x")}}}); status.Code(err) != codes.NotFound {
+		t.Errorf("BatchEncrypt(unknown key) err = %v, want NotFound", err)
+	}
+}
+
+func TestBadInputCodes(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 1024)
+	mk := func(name string, typ tresorv1.KeyType) {
+		if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: name, Type: typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("good", tresorv1.KeyType_KEY_TYPE_AES256_GCM)
+	mk("siv", tresorv1.KeyType_KEY_TYPE_AES256_SIV)
+	mk("off", tresorv1.KeyType_KEY_TYPE_AES256_GCM)
+	mk("old", tresorv1.KeyType_KEY_TYPE_AES256_GCM)
+	good, _ := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "good", Plaintext: []byte("p"), AssociatedData: []byte("ad")})
+	off, _ := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "off", Plaintext: []byte("p")})
+	old, _ := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "old", Plaintext: []byte("p")})
+	if _, err := ts.keys.DisableKey(ctx, &tresorv1.DisableKeyRequest{Key: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.keys.RotateKey(ctx, &tresorv1.RotateKeyRequest{Key: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.keys.UpdateKey(ctx, &tresorv1.UpdateKeyRequest{Key: "old", MinDecryptionVersion: 2, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"min_decryption_version"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ct := good.GetCiphertext()
+	raw, err := envelope.DecodeCiphertext(ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := bytes.Clone(raw)
+	flipped[len(flipped)/2] ^= 0x04
+
+	type call struct {
+		name     string
+		grpc     func() error
+		method   string
+		path     string
+		body     any
+		wantCode codes.Code
+		wantHTTP int
+		wantMsg  string // substring of the message, when it matters
+	}
+	encrypt := func(key string, pt []byte) func() error {
+		return func() error {
+			_, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: key, Plaintext: pt})
+			return err
+		}
+	}
+	decrypt := func(ct string, ad []byte) func() error {
+		return func() error {
+			_, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: ct, AssociatedData: ad})
+			return err
+		}
+	}
+	decBody := func(ct, ad string) map[string]any { return map[string]any{"ciphertext": ct, "associatedData": b64(ad)} }
+	tests := []call{
+		{"unknown key", encrypt("missing", []byte("p")), "POST", "/v1/keys/missing:encrypt", map[string]any{"plaintext": b64("p")}, codes.NotFound, 404, "key not found"},
+		{"key name breaks rule", encrypt("Bad_Name", []byte("p")), "POST", "/v1/keys/Bad_Name:encrypt", map[string]any{"plaintext": b64("p")}, codes.InvalidArgument, 400, "key"},
+		{"empty plaintext", encrypt("good", nil), "POST", "/v1/keys/good:encrypt", map[string]any{}, codes.InvalidArgument, 400, "plaintext"},
+		{"oversized plaintext", encrypt("good", make([]byte, 1025)), "POST", "/v1/keys/good:encrypt", map[string]any{"plaintext": base64.StdEncoding.EncodeToString(make([]byte, 1025))}, codes.InvalidArgument, 400, "exceeds the limit"},
+		{"malformed ciphertext", decrypt("garbage", nil), "POST", "/v1/ciphertext:decrypt", decBody("garbage", ""), codes.InvalidArgument, 400, errDecryptMessage},
+		{"truncated ciphertext", decrypt(ct[:len(ct)-10], []byte("ad")), "POST", "/v1/ciphertext:decrypt", decBody(ct[:len(ct)-10], "ad"), codes.InvalidArgument, 400, errDecryptMessage},
+		{"base64-broken ciphertext", decrypt(ct[:20]+"*"+ct[21:], []byte("ad")), "POST", "/v1/ciphertext:decrypt", decBody(ct[:20]+"*"+ct[21:], "ad"), codes.InvalidArgument, 400, errDecryptMessage},
+		{"flipped byte", decrypt(envelope.FormatCiphertext(flipped), []byte("ad")), "POST", "/v1/ciphertext:decrypt", decBody(envelope.FormatCiphertext(flipped), "ad"), codes.InvalidArgument, 400, errDecryptMessage},
+		{"wrong associated data", decrypt(ct, []byte("AD")), "POST", "/v1/ciphertext:decrypt", decBody(ct, "AD"), codes.InvalidArgument, 400, errDecryptMessage},
+		{"disabled key", decrypt(off.GetCiphertext(), nil), "POST", "/v1/ciphertext:decrypt", decBody(off.GetCiphertext(), ""), codes.FailedPrecondition, 400, "disabled"},
+		{"below min decryption version", decrypt(old.GetCiphertext(), nil), "POST", "/v1/ciphertext:decrypt", decBody(old.GetCiphertext(), ""), codes.FailedPrecondition, 400, "minimum decryption version"},
+		{"reencrypt to another key type", func() error {
+			_, err := ts.crypto.ReEncrypt(ctx, &tresorv1.ReEncryptRequest{Ciphertext: ct, AssociatedData: []byte("ad"), DestinationKey: "siv"})
+			return err
+		}, "POST", "/v1/ciphertext:reencrypt", map[string]any{"ciphertext": ct, "associatedData": b64("ad"), "destinationKey": "siv"}, codes.InvalidArgument, 400, "key type mismatch"},
+		{"create existing key", func() error {
+			_, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "good", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM})
+			return err
+		}, "POST", "/v1/keys", map[string]any{"keyId": "good", "type": "KEY_TYPE_AES256_GCM"}, codes.AlreadyExists, 409, "exists"},
+		{"min version above primary", func() error {
+			_, err := ts.keys.UpdateKey(ctx, &tresorv1.UpdateKeyRequest{Key: "good", MinDecryptionVersion: 5, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"min_decryption_version"}}})
+			return err
+		}, "PATCH", "/v1/keys/good", map[string]any{"minDecryptionVersion": 5, "updateMask": "minDecryptionVersion"}, codes.InvalidArgument, 400, "min_decryption_version"},
+	}
+	before := keyRevisions(t, ts.store)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.grpc()
+			if status.Code(err) != tt.wantCode || !strings.Contains(status.Convert(err).Message(), tt.wantMsg) {
+				t.Errorf("gRPC %s: err = %v, want %v containing %q", tt.name, err, tt.wantCode, tt.wantMsg)
+			}
+			code, out := ts.rest(t, tt.method, tt.path, tt.body)
+			msg, _ := out["message"].(string)
+			if code != tt.wantHTTP || out["code"] != float64(tt.wantCode) || !strings.Contains(msg, tt.wantMsg) {
+				t.Errorf("REST %s: %d %v, want HTTP %d with code %d containing %q", tt.name, code, out, tt.wantHTTP, tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+	if after := keyRevisions(t, ts.store); after != before {
+		t.Errorf("bad input changed the store: before %s, after %s", before, after)
+	}
+}
+
+func keyRevisions(t *testing.T, s store.Store) string {
+	keys, _, err := s.ListKeys(context.Background(), 1000, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s@%d ", k.Name, k.Revision)
+	}
+	return b.String()
+}
+
+func TestRESTRequestLimits(t *testing.T) {
+	ts := startServer(t, 0)
+	tests := []struct {
+		name     string
+		body     string
+		wantHTTP int
+	}{
+		{"unknown field", `{"plaintext":"cA==","surprise":1}`, 400},
+		{"malformed JSON", `{"plaintext":`, 400},
+		{"body over the limit", `{"plaintext":"` + strings.Repeat("A", 2<<20) + `"}`, 413},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := ts.rest(t, "POST", "/v1/keys/any:encrypt", tt.body)
+			if code != tt.wantHTTP {
+				t.Errorf("POST %s = %d %v, want %d", tt.name, code, out, tt.wantHTTP)
+			}
+		})
+	}
+}
+
+func TestHealthAndTLS(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	resp, err := ts.health.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("Health.Check() = %v, %v; want SERVING", resp, err)
+	}
+	code, out := ts.rest(t, "GET", "/healthz", nil)
+	if code != 200 {
+		t.Errorf("GET /healthz = %d %v, want 200", code, out)
+	}
+	// Without a client certificate the TLS handshake fails: mTLS is required.
+	noCert := &tls.Config{RootCAs: ts.ca.Pool(), MinVersion: tls.VersionTLS12}
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(credentials.NewTLS(noCert)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("Health.Check() without a client certificate err = %v, want Unavailable (handshake refused)", err)
+	}
+}
+
+func TestNoSecretsInLogsOrErrors(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	const secretText = "4111111111111111-TOP-SECRET"
+	if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "s", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "s", Plaintext: []byte(secretText), AssociatedData: []byte(secretText)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, derr := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: enc.GetCiphertext(), AssociatedData: []byte("wrong")})
+	_, perr := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "missing", Plaintext: []byte(secretText)})
+	_, code := ts.rest(t, "POST", "/v1/keys/s:encrypt", map[string]any{"plaintext": b64(secretText), "associatedData": b64(secretText)})
+	_ = code
+	dk, err := ts.crypto.GenerateDataKey(ctx, &tresorv1.GenerateDataKeyRequest{Key: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{ts.logs.String(), fmt.Sprint(derr), fmt.Sprint(perr)} {
+		for _, secret := range []string{secretText, b64(secretText), base64.StdEncoding.EncodeToString(dk.GetPlaintext()), fmt.Sprintf("%x", dk.GetPlaintext())} {
+			if strings.Contains(s, secret) {
+				t.Errorf("logs or errors contain a secret: %q in %.200q", secret, s)
+			}
+		}
+	}
+	if !strings.Contains(ts.logs.String(), "CryptoService/Encrypt") {
+		t.Errorf("logs = %.300q, want a line per call (the test must see the log)", ts.logs.String())
+	}
+}
