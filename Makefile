@@ -40,3 +40,42 @@ check-generate: generate
 ## vendor-protos: recreate proto/vendor from the Go modules pinned in tools/go.mod.
 vendor-protos:
 	cd tools && $(GO) run ./protodump -out ../proto/vendor
+
+# ---------------------------------------------------------------------------
+# Build and test.
+
+.PHONY: build test test-deps bench lint ci dev
+
+## build: build the tresor binary into bin/.
+build:
+	$(GO) build -o bin/tresor ./cmd/tresor
+
+## dev: run tresor on its embedded default (SQLite, SoftHSM2 or a dev key file, local CA).
+dev:
+	$(GO) run ./cmd/tresor dev
+
+## test-deps: install what the tests need and the machine lacks (SoftHSM2).
+test-deps:
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so >/dev/null 2>&1; then \
+		echo "installing softhsm2 (tests use a real SoftHSM2 token)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
+	fi
+	@softhsm2-util --version >/dev/null
+
+## test: the whole test suite, SoftHSM2 tests included (installs SoftHSM2 when missing).
+test: test-deps
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+## bench: the benchmarks the README reports.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./kms/pkcs11 ./internal/loadtest
+
+## lint: gofmt, go vet, buf lint, go.mod tidiness.
+lint: lint-proto
+	@out=$$($(GOFMT) -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) mod tidy -diff
+
+## ci: what .ci/run runs.
+ci: lint check-generate test

@@ -155,8 +155,8 @@ func startServer(t testing.TB, maxPlaintext int) *testServer {
 	return &testServer{
 		keys: tresorv1.NewKeyServiceClient(conn), crypto: tresorv1.NewCryptoServiceClient(conn),
 		health: healthpb.NewHealthClient(conn), conn: conn,
-		http:  &http.Client{Transport: &http.Transport{TLSClientConfig: cliTLS, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second},
-		base:  "https://" + httpAddr, store: st, logs: logs, ca: ca, srvTLS: srvTLS, addr: grpcAddr,
+		http: &http.Client{Transport: &http.Transport{TLSClientConfig: cliTLS, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second},
+		base: "https://" + httpAddr, store: st, logs: logs, ca: ca, srvTLS: srvTLS, addr: grpcAddr,
 	}
 }
 

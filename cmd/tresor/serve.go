@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/config"
+	"github.com/tresorkms/tresor/internal/server"
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/kms/provider"
+)
+
+func newServeCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the tresor server from a configuration file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path, nil)
+			if err != nil {
+				return err
+			}
+			logger, err := newLogger(cmd.ErrOrStderr(), cfg.Log)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, logger, nil)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (YAML)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func newCheckCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "check --config FILE",
+		Short: "Validate a configuration file without starting the server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := config.Load(path, nil); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "configuration OK:", path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (YAML)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}
+
+// openStore opens the key store a store URL names.
+func openStore(ctx context.Context, url string) (store.Store, error) {
+	switch {
+	case strings.HasPrefix(url, "sqlite://"):
+		return store.OpenSQLite(ctx, strings.TrimPrefix(url, "sqlite://"))
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return nil, errors.New("store.url: PostgreSQL is not available in this build yet; use sqlite:///path/keys.db")
+	case strings.Contains(url, "://"):
+		return nil, fmt.Errorf("store.url: unknown store scheme in %q; want sqlite:///path/keys.db", url)
+	default:
+		return store.OpenSQLite(ctx, url)
+	}
+}
+
+// serve opens the store and the root key, builds the server and runs it
+// until ctx ends. ready, when not nil, is called with the server once it
+// listens.
+func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(*server.Server)) error {
+	st, err := openStore(ctx, cfg.Store.URL)
+	if err != nil {
+		return fmt.Errorf("refusing to start: key store: %w", err)
+	}
+	defer st.Close()
+	rk, err := provider.Open(ctx, cfg.RootKey.URI, logger)
+	if err != nil {
+		return fmt.Errorf("refusing to start: root key: %w", err)
+	}
+	defer rk.Close()
+	ring, err := envelope.New(st, rk, envelope.Options{
+		MaxPlaintextSize: cfg.Limits.MaxPlaintextBytes,
+		CacheMaxKeys:     cfg.Cache.MaxKeys,
+		CacheMaxAge:      cfg.Cache.MaxAge,
+	})
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	srv, err := server.New(ring, server.Options{
+		GRPCAddr:        cfg.Listen.GRPC,
+		HTTPAddr:        cfg.Listen.HTTP,
+		TLS:             tlsCfg,
+		MaxRequestBytes: cfg.Limits.MaxRequestBytes,
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	grpcAddr, httpAddr := srv.Addrs()
+	logger.InfoContext(ctx, "tresor serving", "grpc", grpcAddr, "http", httpAddr, "root_key", rk.ID(), "store", storeKind(cfg.Store.URL), "mtls", cfg.TLS.ClientCAFile != "")
+	if ready != nil {
+		ready(srv)
+	}
+	return srv.Serve(ctx)
+}
+
+func storeKind(url string) string {
+	if i := strings.Index(url, "://"); i > 0 {
+		return url[:i]
+	}
+	return "sqlite"
+}

@@ -1,0 +1,84 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const base = `
+listen:
+  grpc: 127.0.0.1:9443
+tls:
+  cert_file: /etc/tresor/server.pem
+  key_file: /etc/tresor/server-key.pem
+store:
+  url: sqlite:///var/lib/tresor/keys.db
+root_key:
+  uri: pkcs11:token=tresor;object=root-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/tresor/pin
+cache:
+  max_age: 90s
+`
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		env     []string
+		check   func(Config) string
+		wantErr string
+	}{
+		{name: "defaults fill the rest", yaml: base, check: func(c Config) string {
+			if c.Listen.GRPC != "127.0.0.1:9443" || c.Listen.HTTP != "127.0.0.1:8444" || c.Cache.MaxAge != 90*time.Second || c.Limits.MaxPlaintextBytes != 64<<10 {
+				return "got " + c.Listen.GRPC + " " + c.Listen.HTTP + " " + c.Cache.MaxAge.String()
+			}
+			return ""
+		}},
+		{name: "environment overrides", yaml: base, env: []string{"TRESOR_LISTEN_GRPC=0.0.0.0:1", "TRESOR_CACHE_MAX_AGE=2m", "TRESOR_LIMITS_MAX_PLAINTEXT_BYTES=100", "PATH=/bin", "TRESOR_ADDR=ignored"}, check: func(c Config) string {
+			if c.Listen.GRPC != "0.0.0.0:1" || c.Cache.MaxAge != 2*time.Minute || c.Limits.MaxPlaintextBytes != 100 {
+				return "overrides not applied"
+			}
+			return ""
+		}},
+		{name: "unknown key", yaml: base + "surprise: 1\n", wantErr: "surprise"},
+		{name: "unknown nested key", yaml: strings.Replace(base, "  grpc:", "  grpcc:", 1), wantErr: "grpcc"},
+		{name: "unknown environment variable", yaml: base, env: []string{"TRESOR_LISTEN_GRPCC=x"}, wantErr: "TRESOR_LISTEN_GRPCC"},
+		{name: "bad environment value", yaml: base, env: []string{"TRESOR_CACHE_MAX_AGE=soon"}, wantErr: "TRESOR_CACHE_MAX_AGE"},
+		{name: "missing root key", yaml: strings.Replace(base, "  uri: pkcs11", "  uri: ''\n  #", 1), wantErr: "root_key.uri is required"},
+		{name: "missing TLS", yaml: strings.Replace(base, "  cert_file: /etc/tresor/server.pem\n", "", 1), wantErr: "tls.cert_file"},
+		{name: "bad log level", yaml: base + "log:\n  level: loud\n", wantErr: "log.level"},
+		{name: "plaintext limit too large", yaml: base + "limits:\n  max_plaintext_bytes: 99999999\n", wantErr: "max_plaintext_bytes"},
+		{name: "not YAML", yaml: "listen: [", wantErr: "invalid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := tt.env
+			if env == nil {
+				env = []string{}
+			}
+			cfg, err := Parse(strings.NewReader(tt.yaml), env)
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse() err = %v, want ErrInvalid mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse() err = %v, want nil", err)
+			}
+			if msg := tt.check(cfg); msg != "" {
+				t.Errorf("Parse(): %s", msg)
+			}
+		})
+	}
+}
+
+func TestEnvNamesCoverEveryKey(t *testing.T) {
+	names := strings.Join(EnvNames(), " ")
+	for _, want := range []string{"TRESOR_LISTEN_GRPC", "TRESOR_TLS_CLIENT_CA_FILE", "TRESOR_STORE_URL", "TRESOR_ROOT_KEY_URI", "TRESOR_CACHE_MAX_AGE"} {
+		if !strings.Contains(names, want) {
+			t.Errorf("EnvNames() = %s, want it to contain %s", names, want)
+		}
+	}
+}

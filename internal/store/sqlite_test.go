@@ -1,0 +1,376 @@
+package store_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/internal/store/storetest"
+)
+
+func openSQLite(t testing.TB, path string, opts ...store.Option) *store.SQLite {
+	t.Helper()
+	s, err := store.OpenSQLite(t.Context(), path, opts...)
+	if err != nil {
+		t.Fatalf("OpenSQLite(ctx, %q) err = %v, want nil", path, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestSQLite(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"))
+	})
+}
+
+func testKey(name string) store.Key {
+	return store.Key{
+		Name:           name,
+		Type:           store.KeyTypeAES256GCM,
+		State:          store.KeyStateEnabled,
+		PrimaryVersion: 1,
+		Labels:         map[string]string{"team": "payments"},
+		Versions:       []store.Version{{Number: 1, TinkKeyID: 7, CreateTime: time.Date(2025, 5, 6, 7, 8, 9, 10, time.UTC)}},
+		WrappedKeyset:  []byte("wrapped"),
+		RootKeyID:      "root-1",
+	}
+}
+
+// rawDB opens the database file directly, bypassing the store.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatalf("sql.Open(sqlite, %q) err = %v", path, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestOpenSQLiteMigrationsIdempotent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	for i := range 3 {
+		s := openSQLite(t, path)
+		if i == 0 {
+			if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+				t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close() err = %v, want nil", err)
+		}
+	}
+	db := rawDB(t, path)
+	var n, maxVersion int
+	if err := db.QueryRow(`SELECT count(*), max(version) FROM schema_migrations`).Scan(&n, &maxVersion); err != nil {
+		t.Fatal(err)
+	}
+	if n != maxVersion || n < 1 {
+		t.Errorf("schema_migrations after 3 opens: %d rows, max version %d; want one row per version", n, maxVersion)
+	}
+}
+
+func TestSQLitePersists(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	s := openSQLite(t, path)
+	created, err := s.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	created.Versions = append(created.Versions, store.Version{Number: 2, TinkKeyID: 8})
+	created.PrimaryVersion = 2
+	want, err := s.UpdateKey(t.Context(), created)
+	if err != nil {
+		t.Fatalf("UpdateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() err = %v, want nil", err)
+	}
+
+	s = openSQLite(t, path)
+	got, err := s.GetKey(t.Context(), "k")
+	if err != nil {
+		t.Fatalf("GetKey(ctx, %q) after reopen err = %v, want nil", "k", err)
+	}
+	if got.Revision != 2 || len(got.Versions) != 2 || got.PrimaryVersion != 2 ||
+		!got.UpdateTime.Equal(want.UpdateTime) || !got.CreateTime.Equal(want.CreateTime) ||
+		got.Labels["team"] != "payments" || string(got.WrappedKeyset) != "wrapped" {
+		t.Errorf("GetKey(ctx, %q) after reopen = %+v, want %+v", "k", got, want)
+	}
+}
+
+func TestOpenSQLiteRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	s := openSQLite(t, path)
+	if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	s.Close()
+	db := rawDB(t, path)
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_time)
+		SELECT max(version) + 1, 'from_the_future.sql', 0 FROM schema_migrations`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s2, err := store.OpenSQLite(t.Context(), path)
+	if !errors.Is(err, store.ErrSchemaTooNew) {
+		if s2 != nil {
+			s2.Close()
+		}
+		t.Fatalf("OpenSQLite(ctx, %q) with a newer schema err = %v, want ErrSchemaTooNew", path, err)
+	}
+}
+
+func TestOpenSQLiteRefusesForeignMigration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	openSQLite(t, path).Close()
+	db := rawDB(t, path)
+	if _, err := db.Exec(`UPDATE schema_migrations SET name = 'other.sql' WHERE version = 1`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := store.OpenSQLite(t.Context(), path)
+	if err == nil {
+		s.Close()
+		t.Fatalf("OpenSQLite(ctx, %q) with a renamed migration err = nil, want an error", path)
+	}
+	if !strings.Contains(err.Error(), "other.sql") {
+		t.Errorf("OpenSQLite(ctx, %q) with a renamed migration err = %v, want it to name other.sql", path, err)
+	}
+}
+
+func TestOpenSQLiteBadPath(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		path string
+	}{
+		{"empty", ""},
+		{"in-memory", ":memory:"},
+		{"URI", "file:" + filepath.Join(dir, "x.db") + "?mode=memory"},
+		{"missing directory", filepath.Join(dir, "no", "such", "dir", "x.db")},
+		{"directory", dir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := store.OpenSQLite(t.Context(), tt.path)
+			if err == nil {
+				s.Close()
+				t.Fatalf("OpenSQLite(ctx, %q) err = nil, want an error", tt.path)
+			}
+		})
+	}
+}
+
+func TestOpenSQLiteOddPath(t *testing.T) {
+	dir := t.TempDir()
+	for _, base := range []string{"a?b.db", "a#b.db", "a%20b.db", "a b.db", "mode=memory"} {
+		t.Run(base, func(t *testing.T) {
+			path := filepath.Join(dir, base)
+			s := openSQLite(t, path)
+			if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+				t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+			}
+			s.Close()
+			fi, err := os.Stat(path)
+			if err != nil || fi.Size() == 0 {
+				t.Fatalf("database %q: stat = %v, %v; want a non-empty file", path, fi, err)
+			}
+			s = openSQLite(t, path)
+			if _, err := s.GetKey(t.Context(), "k"); err != nil {
+				t.Errorf("GetKey(ctx, %q) after reopen of %q err = %v, want nil", "k", path, err)
+			}
+		})
+	}
+}
+
+func TestOpenSQLiteFileMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	s := openSQLite(t, path)
+	if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+			t.Errorf("%s mode = %v, want no access for group and others", filepath.Base(p), mode)
+		}
+	}
+}
+
+func TestSQLiteSettings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	openSQLite(t, path)
+	var mode string
+	if err := rawDB(t, path).QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil {
+		t.Fatal(err)
+	}
+	if mode != "wal" {
+		t.Errorf("journal_mode = %q, want wal", mode)
+	}
+}
+
+func TestSQLiteClock(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2030, 1, 2, 3, 4, 5, 678901234, time.FixedZone("CET", 3600))
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	s := openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"), store.WithClock(clock))
+	wantCreate := time.Date(2030, 1, 2, 2, 4, 5, 678901000, time.UTC)
+
+	created, err := s.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	if created.CreateTime != wantCreate || created.UpdateTime != wantCreate {
+		t.Errorf("CreateKey(ctx, %q) times = %v, %v; want %v for both", "k", created.CreateTime, created.UpdateTime, wantCreate)
+	}
+
+	mu.Lock()
+	now = now.Add(time.Hour + time.Nanosecond)
+	mu.Unlock()
+	updated, err := s.UpdateKey(t.Context(), created)
+	if err != nil {
+		t.Fatalf("UpdateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	got, err := s.GetKey(t.Context(), "k")
+	if err != nil {
+		t.Fatalf("GetKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	wantUpdate := wantCreate.Add(time.Hour)
+	for _, k := range []store.Key{updated, got} {
+		if k.CreateTime != wantCreate || k.UpdateTime != wantUpdate {
+			t.Errorf("key %q times = %v, %v; want %v, %v", "k", k.CreateTime, k.UpdateTime, wantCreate, wantUpdate)
+		}
+	}
+}
+
+// TestSQLiteTwoHandles opens one database twice, as two processes would, and
+// checks that compare-and-swap holds across them.
+func TestSQLiteTwoHandles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	a, b := openSQLite(t, path), openSQLite(t, path)
+	created, err := a.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	const n = 8
+	errs := make([]error, 2*n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 2 * n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			k := created
+			k.Labels = map[string]string{"writer": strconv.Itoa(i)}
+			<-start
+			_, errs[i] = s.UpdateKey(t.Context(), k)
+		})
+	}
+	close(start)
+	wg.Wait()
+	wins := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, store.ErrConflict):
+			t.Errorf("UpdateKey(ctx, %q rev 1) err = %v, want nil or ErrConflict", "k", err)
+		}
+	}
+	if wins != 1 {
+		t.Errorf("UpdateKey(ctx, %q rev 1) from two handles: %d succeeded, want 1", "k", wins)
+	}
+	for _, s := range []store.Store{a, b} {
+		if got, err := s.GetKey(t.Context(), "k"); err != nil || got.Revision != 2 {
+			t.Errorf("GetKey(ctx, %q) = rev %d, %v; want rev 2, nil", "k", got.Revision, err)
+		}
+	}
+}
+
+func TestSQLiteClosed(t *testing.T) {
+	s := openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"))
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() err = %v, want nil", err)
+	}
+	if _, err := s.GetKey(context.Background(), "k"); err == nil {
+		t.Errorf("GetKey(ctx, %q) after Close err = nil, want an error", "k")
+	}
+	if _, err := s.CreateKey(context.Background(), testKey("k")); err == nil {
+		t.Errorf("CreateKey(ctx, %q) after Close err = nil, want an error", "k")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close() err = %v, want nil", err)
+	}
+}
+
+func BenchmarkGetKey(b *testing.B) {
+	s := openSQLite(b, filepath.Join(b.TempDir(), "tresor.db"))
+	k := benchKey("k")
+	if _, err := s.CreateKey(b.Context(), k); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.GetKey(b.Context(), "k"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.GetKey(context.Background(), "k"); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+func BenchmarkUpdateKey(b *testing.B) {
+	s := openSQLite(b, filepath.Join(b.TempDir(), "tresor.db"))
+	k, err := s.CreateKey(b.Context(), benchKey("k"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if k, err = s.UpdateKey(b.Context(), k); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchKey is a key of a realistic size: a few versions, labels and a
+// keyset of a few hundred bytes.
+func benchKey(name string) store.Key {
+	k := testKey(name)
+	k.Versions = nil
+	for i := uint32(1); i <= 5; i++ {
+		k.Versions = append(k.Versions, store.Version{Number: i, TinkKeyID: 1000 + i, CreateTime: time.Now()})
+	}
+	k.PrimaryVersion = 5
+	k.Labels = map[string]string{"team": "payments", "env": "prod", "owner": "cards"}
+	k.WrappedKeyset = make([]byte, 400)
+	return k
+}

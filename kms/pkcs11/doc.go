@@ -1,0 +1,101 @@
+// Package pkcs11 is tresor's root key in a PKCS#11 token (an HSM, or SoftHSM2
+// for tests and development): an AES-256 key that never leaves the token and
+// wraps keysets with AES-256-GCM computed inside it.
+//
+// Reach for [Open] first (or kms/provider.Open, which dispatches on the URI
+// scheme); [CreateRootKey] generates the key in the token once, at setup. A
+// root key is named by an RFC 7512 URI, parsed by [ParseURI]:
+//
+//	pkcs11:token=tresor;object=root-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/tresor/pin
+//
+// The user PIN is read from the pin-source file; pin-value is refused.
+//
+// A process initializes each module once (C_Initialize is process-wide) and
+// shares it between root keys opened on it, finalizing it when the last one
+// closes. It logs in to each token once. Each [RootKey] keeps a bounded pool
+// of sessions ([WithSessions]), opened on first use; a session the token
+// reports broken (device removed, session handle invalid, ...) is discarded,
+// the call fails with kms.ErrUnavailable, and the next call opens a new
+// session and logs in again, so service resumes when the token comes back.
+//
+// Wrapped output is 1 format-version byte, the 12-byte GCM IV, then the
+// ciphertext and 16-byte tag. Any failed unwrap is kms.ErrUnwrap, with no
+// detail. [RootKey.Stats] counts the operations sent to the token.
+//
+// The package needs cgo; built without it, it compiles but [Open] and
+// [CreateRootKey] return [ErrNoCgo].
+package pkcs11
+
+import (
+	"errors"
+	"log/slog"
+)
+
+// Errors from [Open] and [CreateRootKey], wrapped with detail (which token,
+// which file) and never with a PIN.
+var (
+	// ErrNoCgo is returned by Open and CreateRootKey in a build without cgo.
+	ErrNoCgo = errors.New("tresor was built without cgo; PKCS#11 is unavailable")
+	// ErrPINIncorrect means the token rejected the PIN read from pin-source.
+	ErrPINIncorrect = errors.New("pkcs11: PIN rejected")
+	// ErrTokenNotFound means no token (or more than one) matches the URI.
+	ErrTokenNotFound = errors.New("pkcs11: token not found")
+	// ErrKeyNotFound means no AES secret key (or more than one) matches the URI.
+	ErrKeyNotFound = errors.New("pkcs11: root key not found")
+	// ErrKeyExists means CreateRootKey found a key with the label already.
+	ErrKeyExists = errors.New("pkcs11: root key already exists")
+)
+
+// DefaultSessions is the session pool size unless [WithSessions] says otherwise.
+const DefaultSessions = 8
+
+// An Option tunes [Open] and [CreateRootKey].
+type Option func(*options)
+
+type options struct {
+	sessions int
+	logger   *slog.Logger
+}
+
+// WithSessions bounds the root key's session pool to n sessions (n >= 1);
+// a call waits for a free session, honoring its context.
+func WithSessions(n int) Option {
+	return func(o *options) {
+		if n >= 1 {
+			o.sessions = n
+		}
+	}
+}
+
+// WithLogger logs opens and discarded sessions to l. It never logs a PIN.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+func newOptions(opts []Option) options {
+	o := options{sessions: DefaultSessions, logger: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// Stats counts what a root key sent to its token.
+type Stats struct {
+	// Wraps and Unwraps count encrypt and decrypt operations sent to the token.
+	Wraps, Unwraps uint64
+	// SessionsOpened and SessionsDiscarded count the pool's sessions.
+	SessionsOpened, SessionsDiscarded uint64
+}
+
+// Wrapped output format.
+const (
+	formatV1 = 1
+	ivSize   = 12
+	tagSize  = 16
+	overhead = 1 + ivSize + tagSize
+)
