@@ -17,8 +17,9 @@ import (
 type loadedKey struct {
 	meta   store.Key // WrappedKeyset is kept: rotation re-wraps from it
 	handle *keyset.Handle
-	aead   tink.AEAD              // set for AES256_GCM keys
-	daead  tink.DeterministicAEAD // set for AES256_SIV keys
+	// gcm holds each version's AES-256-GCM cipher, for AES256_GCM keys.
+	gcm   map[uint32]gcmVersion
+	daead tink.DeterministicAEAD // set for AES256_SIV keys
 	// tinkIDs maps a version number to its Tink key id.
 	tinkIDs  map[uint32]uint32
 	loadedAt time.Time

@@ -56,13 +56,14 @@ func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, er
 	var hdr [2 + maxKeyNameLen + 4]byte
 	header := appendHeader(hdr[:0], ref.Name, ref.Version)
 	ad := associatedData(header, aad)
-	var body []byte
-	var err error
-	if lk.aead != nil {
-		body, err = lk.aead.Encrypt(plaintext, ad)
-	} else {
-		body, err = lk.daead.EncryptDeterministically(plaintext, ad)
+	if lk.gcm != nil {
+		out, err := lk.gcm[ref.Version].seal(header, plaintext, ad)
+		if err != nil {
+			return nil, KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
+		}
+		return out, ref, nil
 	}
+	body, err := lk.daead.EncryptDeterministically(plaintext, ad)
 	if err != nil {
 		return nil, KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
 	}
@@ -111,8 +112,8 @@ func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, e
 	ad := associatedData(c.header, aad)
 	var pt []byte
 	var err error
-	if lk.aead != nil {
-		pt, err = lk.aead.Decrypt(c.body, ad)
+	if lk.gcm != nil {
+		pt, err = lk.gcm[c.KeyVersion].open(c.body, ad)
 	} else {
 		pt, err = lk.daead.DecryptDeterministically(c.body, ad)
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tink-crypto/tink-go/v2/aead"
+
 	"github.com/tresorkms/tresor/internal/store"
 )
 
@@ -573,5 +575,44 @@ func TestConcurrentRotations(t *testing.T) {
 	}
 	if _, _, err := f.ring.Encrypt(ctx, "busy", []byte("p"), nil); err != nil {
 		t.Errorf("Encrypt after concurrent rotations err = %v", err)
+	}
+}
+
+// TestTinkCompatible proves that the body of an AES256_GCM ciphertext is
+// Tink's AES-GCM output for the key's keyset, in both directions.
+func TestTinkCompatible(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "tink", store.KeyTypeAES256GCM)
+	if _, err := f.ring.RotateKey(ctx, "tink"); err != nil {
+		t.Fatal(err)
+	}
+	lk, err := f.ring.load(ctx, "tink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := aead.New(lk.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aad := []byte("ctx")
+	ct, _, err := f.ring.Encrypt(ctx, "tink", []byte("both ways"), aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseCiphertext(ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := raw.Decrypt(c.body, associatedData(c.header, aad)); err != nil || string(pt) != "both ways" {
+		t.Errorf("Tink Decrypt(envelope body) = %q, %v; want %q, nil", pt, err, "both ways")
+	}
+	body, err := raw.Encrypt([]byte("from tink"), associatedData(c.header, aad))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, ref, err := f.ring.Decrypt(ctx, append(bytes.Clone(c.header), body...), aad)
+	if err != nil || string(pt) != "from tink" || ref.Version != 2 {
+		t.Errorf("Decrypt(header || Tink ciphertext) = %q, %+v, %v; want %q at version 2", pt, ref, err, "from tink")
 	}
 }

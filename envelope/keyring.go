@@ -199,7 +199,7 @@ func (r *Keyring) build(k store.Key, h *keyset.Handle) (*loadedKey, error) {
 	}
 	switch k.Type {
 	case store.KeyTypeAES256GCM:
-		lk.aead, err = aead.New(h)
+		lk.gcm, err = gcmVersions(h, k.Versions)
 	case store.KeyTypeAES256SIV:
 		lk.daead, err = daead.New(h)
 	default:

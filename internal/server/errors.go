@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,16 +34,16 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 	case errors.Is(err, envelope.ErrInvalidArgument),
 		errors.Is(err, envelope.ErrInvalidKeyName),
 		errors.Is(err, envelope.ErrKeyTypeMismatch):
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.InvalidArgument, publicMessage(err))
 	case errors.Is(err, envelope.ErrKeyNotFound):
-		return status.Error(codes.NotFound, err.Error())
+		return status.Error(codes.NotFound, publicMessage(err))
 	case errors.Is(err, envelope.ErrKeyExists):
-		return status.Error(codes.AlreadyExists, err.Error())
+		return status.Error(codes.AlreadyExists, publicMessage(err))
 	case errors.Is(err, envelope.ErrKeyDisabled),
 		errors.Is(err, envelope.ErrVersionNotAllowed):
-		return status.Error(codes.FailedPrecondition, err.Error())
+		return status.Error(codes.FailedPrecondition, publicMessage(err))
 	case errors.Is(err, envelope.ErrConflict):
-		return status.Error(codes.Aborted, err.Error())
+		return status.Error(codes.Aborted, publicMessage(err))
 	case errors.Is(err, kms.ErrUnavailable):
 		logger.ErrorContext(ctx, "root key unavailable", "err", err)
 		return status.Error(codes.Unavailable, "root key provider unavailable; retry later")
@@ -57,4 +58,10 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 		logger.ErrorContext(ctx, "internal error", "err", err)
 		return status.Error(codes.Internal, "internal error")
 	}
+}
+
+// publicMessage is a domain error's message for the caller, without the
+// package prefix ("envelope: ") that only helps in logs.
+func publicMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "envelope: ")
 }

@@ -1,0 +1,95 @@
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+
+	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
+	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/tresorkms/tresor/internal/store"
+)
+
+const (
+	gcmNonceSize = 12
+	gcmTagSize   = 16
+)
+
+// gcmVersion seals and opens with one version of an AES256_GCM key. Its
+// output is byte for byte Tink's AES-GCM output for that key (the 5-byte
+// Tink prefix, a random 12-byte nonce, the ciphertext and a 16-byte tag), so
+// Tink's own primitive opens it and the other way round; what it adds is
+// sealing into one buffer that already holds tresor's header, which saves an
+// allocation and a copy of every ciphertext on the hot path.
+type gcmVersion struct {
+	prefix []byte // Tink output prefix: 0x01 and the Tink key id
+	aead   cipher.AEAD
+}
+
+// gcmVersions builds each version's cipher from an unwrapped keyset.
+func gcmVersions(h *keyset.Handle, versions []store.Version) (map[uint32]gcmVersion, error) {
+	byID := make(map[uint32]uint32, len(versions))
+	for _, v := range versions {
+		byID[v.TinkKeyID] = v.Number
+	}
+	out := make(map[uint32]gcmVersion, len(versions))
+	for i := range h.Len() {
+		e, err := h.Entry(i)
+		if err != nil {
+			return nil, err
+		}
+		number, ok := byID[e.KeyID()]
+		if !ok {
+			continue
+		}
+		k, ok := e.Key().(*aesgcm.Key)
+		if !ok {
+			return nil, fmt.Errorf("version %d is %T, not an AES-GCM key", number, e.Key())
+		}
+		p, ok := k.Parameters().(*aesgcm.Parameters)
+		if !ok || p.KeySizeInBytes() != 32 || p.IVSizeInBytes() != gcmNonceSize || p.TagSizeInBytes() != gcmTagSize || p.Variant() != aesgcm.VariantTink {
+			return nil, fmt.Errorf("version %d is not AES-256-GCM with a 12-byte nonce, a 16-byte tag and a Tink prefix", number)
+		}
+		block, err := aes.NewCipher(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
+		if err != nil {
+			return nil, err
+		}
+		a, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, err
+		}
+		out[number] = gcmVersion{prefix: k.OutputPrefix(), aead: a}
+	}
+	if len(out) != len(versions) {
+		return nil, errors.New("the keyset lacks a key for some version")
+	}
+	return out, nil
+}
+
+// seal returns header || prefix || nonce || ciphertext || tag in one allocation.
+func (v gcmVersion) seal(header, plaintext, ad []byte) ([]byte, error) {
+	n := len(header) + len(v.prefix)
+	out := make([]byte, n+gcmNonceSize, n+gcmNonceSize+len(plaintext)+gcmTagSize)
+	copy(out, header)
+	copy(out[len(header):], v.prefix)
+	nonce := out[n : n+gcmNonceSize]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return v.aead.Seal(out, nonce, plaintext, ad), nil
+}
+
+// open opens what seal wrote after the header (the Tink ciphertext). The
+// caller has checked the prefix.
+func (v gcmVersion) open(body, ad []byte) ([]byte, error) {
+	n := len(v.prefix)
+	if len(body) < n+gcmNonceSize+gcmTagSize {
+		return nil, ErrDecrypt
+	}
+	ct := body[n+gcmNonceSize:]
+	return v.aead.Open(make([]byte, 0, len(ct)-gcmTagSize), body[n:n+gcmNonceSize], ct, ad)
+}
