@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
 )
 
 func main() {
@@ -20,7 +21,11 @@ func main() {
 	defer stop()
 	cmd := newRootCmd(os.Stdin, os.Stdout, os.Stderr)
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "tresor:", err)
+		if st, ok := status.FromError(err); ok {
+			fmt.Fprintf(os.Stderr, "tresor: %s: %s\n", st.Code(), st.Message())
+		} else {
+			fmt.Fprintln(os.Stderr, "tresor:", err)
+		}
 		var ec exitCoder
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())
