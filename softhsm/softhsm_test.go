@@ -116,6 +116,9 @@ func TestNewTokenErrors(t *testing.T) {
 }
 
 func TestSetProcessEnv(t *testing.T) {
+	t.Setenv(softhsm.ConfEnv, "") // restored after the test
+	softhsm.ResetProcessEnv()
+	t.Cleanup(softhsm.ResetProcessEnv)
 	ctx := context.Background()
 	a, err := softhsm.NewToken(ctx, t.TempDir(), "a")
 	if err != nil {

@@ -26,7 +26,7 @@ func CreateRootKey(ctx context.Context, uri string, opts ...Option) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	pin, err := readPIN(u.PINSource)
+	pin, _, err := readPIN(u.PINSource)
 	if err != nil {
 		return err
 	}

@@ -57,8 +57,9 @@ type options struct {
 	logger   *slog.Logger
 }
 
-// WithSessions bounds the root key's session pool to n sessions (n >= 1);
-// a call waits for a free session, honoring its context.
+// WithSessions bounds the root key's session pool to n sessions (n < 1
+// keeps [DefaultSessions]). Sessions are opened when calls overlap; a call
+// finding all n in use waits for one, honoring its context.
 func WithSessions(n int) Option {
 	return func(o *options) {
 		if n >= 1 {

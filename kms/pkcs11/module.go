@@ -122,11 +122,17 @@ type token struct {
 	key                         string
 	modulePath                  string // as the URI gave it, for messages
 	label, serial, manuf, model string
-	pin                         secret.String
-	pinSource                   string
 	refs                        int // guarded by mod.mu
 	slot                        atomic.Uint64
-	loginMu                     sync.Mutex
+
+	loginMu   sync.Mutex // guards the fields below
+	pin       secret.String
+	pinSource string
+	// pinRefused is set when the token refused pin at a login after Open
+	// (the PIN was changed, say). No login is tried again until a root key
+	// is opened on the token, since a token locks its PIN after a few
+	// wrong tries.
+	pinRefused bool
 }
 
 // acquireToken finds the token u names, shares or registers it, and returns
@@ -140,15 +146,23 @@ func (m *module) acquireToken(c cryptoki, u URI, pin secret.String, flags uint) 
 	m.mu.Lock()
 	t := m.tokens[key]
 	if t != nil {
-		if subtle.ConstantTimeCompare([]byte(t.pin), []byte(pin)) != 1 {
+		t.loginMu.Lock()
+		switch {
+		case t.pinRefused:
+			// An explicit open is the one retry allowed after a refusal.
+			t.pin, t.pinSource, t.pinRefused = pin, u.PINSource, false
+		case subtle.ConstantTimeCompare([]byte(t.pin), []byte(pin)) != 1:
+			src := t.pinSource
+			t.loginMu.Unlock()
 			m.mu.Unlock()
 			return nil, 0, fmt.Errorf("%w: token %q: the PIN read from pin-source %s differs from the PIN this process logged in with (from %s)",
-				ErrPINIncorrect, info.Label, u.PINSource, t.pinSource)
+				ErrPINIncorrect, info.Label, u.PINSource, src)
 		}
+		t.loginMu.Unlock()
 		t.refs++
 	} else {
-		t = &token{mod: m, key: key, modulePath: u.ModulePath, label: info.Label, serial: info.SerialNumber, manuf: u.Manufacturer, model: u.Model,
-			pin: pin, pinSource: u.PINSource, refs: 1}
+		t = &token{mod: m, key: key, modulePath: u.ModulePath, label: info.Label, serial: info.SerialNumber,
+			manuf: u.Manufacturer, model: u.Model, refs: 1, pin: pin, pinSource: u.PINSource}
 		t.slot.Store(uint64(slot))
 		m.tokens[key] = t
 	}
@@ -247,63 +261,55 @@ func (t *token) login(c cryptoki, sh p11.SessionHandle) error {
 		(info.State == p11.CKS_RO_USER_FUNCTIONS || info.State == p11.CKS_RW_USER_FUNCTIONS) {
 		return nil
 	}
+	if t.pinRefused {
+		return fmt.Errorf("%w: token %q refused the PIN read from pin-source %s; not trying it again (the token would lock the PIN): fix the PIN file and open the root key again",
+			ErrPINIncorrect, t.label, t.pinSource)
+	}
 	err := c.Login(sh, p11.CKU_USER, string(t.pin))
 	switch {
 	case err == nil, isCKR(err, p11.CKR_USER_ALREADY_LOGGED_IN):
 		return nil
 	case isCKR(err, p11.CKR_PIN_INCORRECT), isCKR(err, p11.CKR_PIN_INVALID), isCKR(err, p11.CKR_PIN_LEN_RANGE):
+		t.pinRefused = true
 		return fmt.Errorf("%w: token %q refused the PIN read from pin-source %s: %w", ErrPINIncorrect, t.label, t.pinSource, err)
 	case isCKR(err, p11.CKR_PIN_LOCKED), isCKR(err, p11.CKR_PIN_EXPIRED):
+		t.pinRefused = true
 		return fmt.Errorf("%w: token %q: the user PIN is locked or expired (pin-source %s): %w", ErrPINIncorrect, t.label, t.pinSource, err)
 	default:
 		return fmt.Errorf("pkcs11: token %q: C_Login: %w", t.label, classify(err))
 	}
 }
 
-// readPIN reads the user PIN from path, without a trailing newline.
-func readPIN(path string) (secret.String, error) {
+// readPIN reads the user PIN from path, without a trailing newline, and
+// reports whether other users may read the file.
+func readPIN(path string) (pin secret.String, shared bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return "", fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("pkcs11: pin-source %s is not a regular file", path)
+		return "", false, fmt.Errorf("pkcs11: pin-source %s is not a regular file", path)
 	}
 	const maxPIN = 1 << 10
 	buf := make([]byte, maxPIN+1)
-	n, err := readFull(f, buf)
-	if err != nil {
-		return "", fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+	defer clear(buf)
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
+		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+	case n > maxPIN:
+		return "", false, fmt.Errorf("pkcs11: pin-source %s is larger than %d bytes; it must hold only the PIN", path, maxPIN)
 	}
-	if n > maxPIN {
-		return "", fmt.Errorf("pkcs11: pin-source %s is larger than %d bytes; it must hold only the PIN", path, maxPIN)
+	s := strings.TrimRight(string(buf[:n]), "\r\n")
+	if s == "" {
+		return "", false, fmt.Errorf("pkcs11: pin-source %s is empty", path)
 	}
-	pin := strings.TrimRight(string(buf[:n]), "\r\n")
-	clear(buf)
-	if pin == "" {
-		return "", fmt.Errorf("pkcs11: pin-source %s is empty", path)
-	}
-	return secret.String(pin), nil
-}
-
-func readFull(f *os.File, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return n, nil
-			}
-			return n, err
-		}
-	}
-	return n, nil
+	return secret.String(s), st.Mode().Perm()&0o077 != 0, nil
 }
 
 // isCKR reports whether err is the PKCS#11 return value rv.

@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"io/fs"
 	"log/slog"
@@ -126,19 +127,24 @@ func TestOpenCancelled(t *testing.T) {
 
 func TestCreateRootKey(t *testing.T) {
 	ctx := context.Background()
-	uri := mainToken.URI("create-test")
+	// Labels and ids unique to this run, since the token lives as long as
+	// the process (go test -count).
+	label := "create-" + rand.Text()[:8]
+	uri := mainToken.URI(label)
 	if err := CreateRootKey(ctx, uri); err != nil {
 		t.Fatalf("CreateRootKey(%s) err = %v, want nil", uri, err)
 	}
-	if err := CreateRootKey(ctx, uri); !errors.Is(err, ErrKeyExists) || !strings.Contains(err.Error(), `"create-test"`) {
+	if err := CreateRootKey(ctx, uri); !errors.Is(err, ErrKeyExists) || !strings.Contains(err.Error(), `"`+label+`"`) {
 		t.Errorf("second CreateRootKey(%s) err = %v, want ErrKeyExists naming the label", uri, err)
 	}
 
-	withID := strings.Replace(mainToken.URI("create-test-id"), ";object=create-test-id", ";object=create-test-id;id=%c0%ff%ee", 1)
+	id := make([]byte, 4)
+	_, _ = rand.Read(id)
+	withID := strings.Replace(mainToken.URI(label+"-id"), ";object="+label+"-id", ";object="+label+"-id;id="+escapeAll(id), 1)
 	if err := CreateRootKey(ctx, withID); err != nil {
 		t.Fatalf("CreateRootKey(%s) err = %v, want nil", withID, err)
 	}
-	sameID := strings.Replace(withID, "create-test-id", "create-test-id2", 1)
+	sameID := strings.Replace(withID, label+"-id", label+"-id2", 1)
 	if err := CreateRootKey(ctx, sameID); !errors.Is(err, ErrKeyExists) {
 		t.Errorf("CreateRootKey(%s) with a used id err = %v, want ErrKeyExists", sameID, err)
 	}
@@ -148,7 +154,7 @@ func TestCreateRootKey(t *testing.T) {
 		t.Fatalf("Open(%s) err = %v, want nil", withID, err)
 	}
 	defer k.Close()
-	if want := "pkcs11:token=tresor;object=create-test-id;id=%C0%FF%EE"; k.ID() != want {
+	if want := "pkcs11:token=tresor;object=" + label + "-id;id=" + escapeAll(id); k.ID() != want {
 		t.Errorf("ID() = %q, want %q", k.ID(), want)
 	}
 	// The key is sensitive and not extractable.
@@ -594,5 +600,43 @@ func TestNoPINInOutput(t *testing.T) {
 	}
 	if logs.Len() == 0 {
 		t.Error("no log output, want some (the test checks it)")
+	}
+}
+
+// TestPINRefusedAtReloginIsNotRetried: a token that refuses the PIN when the
+// pool logs in again (after every session was closed) is not sent the PIN
+// again on each call, which would lock it; opening the root key again retries.
+func TestPINRefusedAtReloginIsNotRetried(t *testing.T) {
+	ctx := context.Background()
+	k := openRoot(t, WithSessions(1))
+	f := newFaulty(k.p11)
+	k.p11 = f
+
+	f.setDown(true) // the only session is discarded: the token logs out
+	if _, err := k.Wrap(ctx, []byte("x"), nil); !errors.Is(err, kms.ErrUnavailable) {
+		t.Fatalf("Wrap with the token out err = %v, want kms.ErrUnavailable", err)
+	}
+	f.setDown(false)
+	f.failNext("Login", p11.CKR_PIN_INCORRECT)
+	_, err := k.Wrap(ctx, []byte("x"), nil)
+	if !errors.Is(err, ErrPINIncorrect) || !errors.Is(err, kms.ErrUnavailable) {
+		t.Fatalf("Wrap with the PIN refused err = %v, want ErrPINIncorrect and kms.ErrUnavailable", err)
+	}
+	logins := f.count("Login")
+	for range 3 {
+		if _, err := k.Wrap(ctx, []byte("x"), nil); !errors.Is(err, ErrPINIncorrect) {
+			t.Errorf("Wrap after the PIN was refused err = %v, want ErrPINIncorrect", err)
+		}
+	}
+	if n := f.count("Login") - logins; n != 0 {
+		t.Errorf("C_Login called %d more times after the token refused the PIN, want 0", n)
+	}
+
+	// Opening the root key again tries the PIN once more; then both work.
+	again := openRoot(t)
+	for _, key := range []*RootKey{again, k} {
+		if _, err := key.Wrap(ctx, []byte("x"), nil); err != nil {
+			t.Errorf("Wrap after reopening err = %v, want nil", err)
+		}
 	}
 }

@@ -62,9 +62,12 @@ func Open(ctx context.Context, uri string, opts ...Option) (*RootKey, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	pin, err := readPIN(u.PINSource)
+	pin, shared, err := readPIN(u.PINSource)
 	if err != nil {
 		return nil, err
+	}
+	if shared {
+		o.logger.WarnContext(ctx, "pkcs11: the PIN file is readable by other users; chmod 600 it", "pin_source", u.PINSource)
 	}
 	mod, err := acquireModule(u.ModulePath)
 	if err != nil {
@@ -341,7 +344,10 @@ func (k *RootKey) encrypt(sh p11.SessionHandle, iv, plaintext, aad []byte) (ct, 
 		return nil, nil, err
 	}
 	// Some tokens choose the IV themselves and write it back.
-	return ct, params.IV(), nil
+	if usedIV = params.IV(); usedIV == nil {
+		usedIV = iv
+	}
+	return ct, usedIV, nil
 }
 
 // staleHandle reports whether err says the cached key handle is invalid.
