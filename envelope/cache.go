@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,10 @@ type KeysetCache struct {
 
 	mu      sync.RWMutex
 	entries map[string]*loadedKey
+	// floor is, per key name, the lowest revision put may still cache: a
+	// load that read the store before this keyring changed the key must not
+	// put the old revision back once the change has dropped or replaced it.
+	floor map[string]int64
 
 	hits, misses atomic.Uint64
 }
@@ -47,7 +52,7 @@ type CacheStats struct {
 }
 
 func newKeysetCache(maxKeys int, maxAge time.Duration, now func() time.Time) *KeysetCache {
-	return &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, now: now, entries: make(map[string]*loadedKey)}
+	return &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, now: now, entries: make(map[string]*loadedKey), floor: make(map[string]int64)}
 }
 
 // get returns the cached key if present and younger than maxAge.
@@ -80,6 +85,9 @@ func (c *KeysetCache) put(lk *loadedKey) {
 	if old, ok := c.entries[name]; ok && old.meta.Revision > lk.meta.Revision {
 		return
 	}
+	if lk.meta.Revision < c.floor[name] {
+		return
+	}
 	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.maxKeys {
 		var victim string
 		oldest := int64(1<<63 - 1)
@@ -91,6 +99,15 @@ func (c *KeysetCache) put(lk *loadedKey) {
 		delete(c.entries, victim)
 	}
 	c.entries[name] = lk
+}
+
+// invalidate drops name and refuses any later put of a revision below
+// revision, the one this keyring just wrote.
+func (c *KeysetCache) invalidate(name string, revision int64) {
+	c.mu.Lock()
+	delete(c.entries, name)
+	c.floor[name] = max(c.floor[name], revision)
+	c.mu.Unlock()
 }
 
 // remove drops name if it still maps to lk (nil: whatever it maps to).
@@ -124,7 +141,9 @@ type flightCall struct {
 }
 
 // do runs load once for all concurrent callers with the same name. A caller
-// whose ctx ends stops waiting; the load itself goes on for the others.
+// whose ctx ends stops waiting; the load itself goes on for the others. A
+// panic in load becomes an error for every caller, and the next call loads
+// afresh.
 func (f *flight) do(ctx context.Context, name string, load func() (*loadedKey, error)) (*loadedKey, error) {
 	f.mu.Lock()
 	if f.calls == nil {
@@ -143,10 +162,17 @@ func (f *flight) do(ctx context.Context, name string, load func() (*loadedKey, e
 	f.calls[name] = c
 	f.mu.Unlock()
 
-	c.lk, c.err = load()
-	close(c.done)
-	f.mu.Lock()
-	delete(f.calls, name)
-	f.mu.Unlock()
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				c.lk, c.err = nil, fmt.Errorf("envelope: loading key %q panicked", name)
+			}
+			f.mu.Lock()
+			delete(f.calls, name)
+			f.mu.Unlock()
+			close(c.done)
+		}()
+		c.lk, c.err = load()
+	}()
 	return c.lk, c.err
 }

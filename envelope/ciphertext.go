@@ -87,8 +87,11 @@ func DecodeCiphertext(s string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w", ErrDecrypt)
 	}
-	b, err := base64.RawURLEncoding.DecodeString(rest)
-	if err != nil {
+	// Strict decoding and a length check make the string form canonical:
+	// one ciphertext has exactly one spelling, which equality lookups on
+	// deterministic ciphertexts rely on.
+	b, err := base64.RawURLEncoding.Strict().DecodeString(rest)
+	if err != nil || base64.RawURLEncoding.EncodedLen(len(b)) != len(rest) {
 		return nil, fmt.Errorf("%w", ErrDecrypt)
 	}
 	return b, nil

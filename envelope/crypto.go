@@ -97,17 +97,10 @@ func (r *Keyring) Decrypt(ctx context.Context, ciphertext, aad []byte) (secret.B
 
 func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, error) {
 	// The version must exist and the Tink prefix must name that version's
-	// key, so a header that lies about its version fails here, opaquely,
-	// before any check that would tell a forger something.
+	// key, so a header that lies about its version fails here.
 	id, ok := lk.tinkIDs[c.KeyVersion]
 	if !ok || c.body[0] != 0x01 || binary.BigEndian.Uint32(c.body[1:5]) != id {
 		return nil, ErrDecrypt
-	}
-	if lk.meta.State != store.KeyStateEnabled {
-		return nil, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
-	}
-	if c.KeyVersion < lk.meta.MinDecryptionVersion {
-		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.KeyVersion, lk.meta.MinDecryptionVersion)
 	}
 	ad := associatedData(c.header, aad)
 	var pt []byte
@@ -119,6 +112,16 @@ func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, e
 	}
 	if err != nil {
 		return nil, ErrDecrypt
+	}
+	// The key's state is told only to a caller holding an authentic
+	// ciphertext, so a forged one learns nothing about the key.
+	if lk.meta.State != store.KeyStateEnabled {
+		clear(pt)
+		return nil, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
+	}
+	if c.KeyVersion < lk.meta.MinDecryptionVersion {
+		clear(pt)
+		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.KeyVersion, lk.meta.MinDecryptionVersion)
 	}
 	return pt, nil
 }

@@ -616,3 +616,154 @@ func TestTinkCompatible(t *testing.T) {
 		t.Errorf("Decrypt(header || Tink ciphertext) = %q, %+v, %v; want %q at version 2", pt, ref, err, "from tink")
 	}
 }
+
+// hookKEK wraps a root key and runs a hook before each Unwrap.
+type hookKEK struct {
+	KEK
+	beforeUnwrap func()
+}
+
+func (k hookKEK) Unwrap(ctx context.Context, ct, aad []byte) ([]byte, error) {
+	if k.beforeUnwrap != nil {
+		k.beforeUnwrap()
+	}
+	return k.KEK.Unwrap(ctx, ct, aad)
+}
+
+// TestChangeDuringColdLoad disables a key while another call is loading it
+// from the root key: the load that read the old revision must not put it
+// back in the cache, so the next call sees the key disabled.
+func TestChangeDuringColdLoad(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "switch", store.KeyTypeAES256GCM)
+	inUnwrap, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cold, err := New(f.store, hookKEK{KEK: f.kek, beforeUnwrap: func() {
+		once.Do(func() {
+			close(inUnwrap)
+			<-release
+		})
+	}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := make(chan error, 1)
+	go func() {
+		_, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil)
+		loaded <- err
+	}()
+	<-inUnwrap
+	if _, err := cold.DisableKey(ctx, "switch"); err != nil {
+		t.Fatalf("DisableKey() err = %v", err)
+	}
+	close(release)
+	<-loaded // it started before the disable; either outcome is fine
+	if _, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil); !errors.Is(err, ErrKeyDisabled) {
+		t.Errorf("Encrypt() after DisableKey raced a cold load: err = %v, want ErrKeyDisabled", err)
+	}
+}
+
+// TestPanicDuringLoad proves that a panic while loading a key (a faulty HSM
+// driver, say) fails that call and leaves the key loadable.
+func TestPanicDuringLoad(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "fragile", store.KeyTypeAES256GCM)
+	var panicked atomic.Bool
+	ring, err := New(f.store, hookKEK{KEK: f.kek, beforeUnwrap: func() {
+		if panicked.CompareAndSwap(false, true) {
+			panic("driver fault")
+		}
+	}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ring.Encrypt(ctx, "fragile", []byte("p"), nil); err == nil {
+		t.Fatalf("Encrypt() during a panicking load err = nil, want an error")
+	}
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, _, err := ring.Encrypt(tctx, "fragile", []byte("p"), nil); err != nil {
+		t.Errorf("Encrypt() after a panicking load err = %v, want nil", err)
+	}
+}
+
+// TestForgedCiphertextLearnsNothing: a forged ciphertext (a real header and
+// Tink prefix, then garbage) gets ErrDecrypt even for a disabled key or a
+// version below the minimum, so the key's state is not told to a forger.
+func TestForgedCiphertextLearnsNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "off", store.KeyTypeAES256GCM)
+	f.createKey(t, "old", store.KeyTypeAES256SIV)
+	offCT, _, _ := f.ring.Encrypt(ctx, "off", []byte("some plaintext"), nil)
+	oldCT, _, _ := f.ring.Encrypt(ctx, "old", []byte("some plaintext"), nil)
+	if _, err := f.ring.DisableKey(ctx, "off"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ring.RotateKey(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	two := uint32(2)
+	if _, err := f.ring.UpdateKey(ctx, "old", KeyUpdate{MinDecryptionVersion: &two}); err != nil {
+		t.Fatal(err)
+	}
+	for name, ct := range map[string][]byte{"disabled key": offCT, "below minimum": oldCT} {
+		c, err := ParseCiphertext(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefixLen := len(c.header) + tinkPrefixSize
+		forged := append(bytes.Clone(ct[:prefixLen]), make([]byte, len(ct)-prefixLen)...)
+		if _, _, err := f.ring.Decrypt(ctx, forged, nil); !errors.Is(err, ErrDecrypt) {
+			t.Errorf("Decrypt(forged, %s) err = %v, want ErrDecrypt", name, err)
+		}
+		for i := range ct {
+			bad := bytes.Clone(ct)
+			bad[i] ^= 0x10
+			if _, _, err := f.ring.Decrypt(ctx, bad, nil); !errors.Is(err, ErrDecrypt) {
+				t.Errorf("Decrypt(%s ciphertext with byte %d flipped) err = %v, want ErrDecrypt", name, i, err)
+			}
+		}
+	}
+}
+
+// TestStringFormIsCanonical: one ciphertext has one string form.
+func TestStringFormIsCanonical(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "det", store.KeyTypeAES256SIV)
+	ct, _, err := f.ring.Encrypt(ctx, "det", []byte("DE89370400440532013000"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := FormatCiphertext(ct)
+	// Flip the lowest bit of the last character: when the binary length is
+	// not a multiple of 3 that bit is padding, so a lax decoder would return
+	// the same bytes.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	lastBit := s[:len(s)-1] + string(alphabet[strings.IndexByte(alphabet, s[len(s)-1])^1])
+	tests := map[string]string{
+		"newline inside":       s[:20] + "\n" + s[20:],
+		"carriage return":      s + "\r",
+		"padding":              s + "==",
+		"last character bit 0": lastBit,
+		"no prefix":            strings.TrimPrefix(s, StringPrefix),
+	}
+	if std := strings.NewReplacer("-", "+", "_", "/").Replace(s); std != s {
+		tests["standard alphabet"] = std
+	}
+	for name, in := range tests {
+		t.Run(name, func(t *testing.T) {
+			if b, err := DecodeCiphertext(in); err == nil && bytes.Equal(b, ct) {
+				t.Errorf("DecodeCiphertext(%s variant) decoded to the same ciphertext as the canonical form; want ErrDecrypt", name)
+			}
+		})
+	}
+	if len(ct)%3 != 0 {
+		if _, err := DecodeCiphertext(lastBit); !errors.Is(err, ErrDecrypt) {
+			t.Errorf("DecodeCiphertext(non-zero padding bits) err = %v, want ErrDecrypt", err)
+		}
+	}
+}

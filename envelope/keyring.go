@@ -497,5 +497,5 @@ func (r *Keyring) recache(updated store.Key, prevRevision int64, h *keyset.Handl
 			return
 		}
 	}
-	r.cache.remove(updated.Name, nil)
+	r.cache.invalidate(updated.Name, updated.Revision)
 }

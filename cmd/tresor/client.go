@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -80,20 +81,17 @@ func clientCmd(use, short string, args cobra.PositionalArgs, setup func(*pflag.F
 				return err
 			}
 			defer conn.Close()
+			if cf.timeout > 0 {
+				ctx, cancel := context.WithTimeout(cmd.Context(), cf.timeout)
+				defer cancel()
+				cmd.SetContext(ctx)
+			}
 			return fn(cmd, conn, args)
 		},
 	}
 	cf.register(cmd.Flags())
 	if setup != nil {
 		setup(cmd.Flags())
-	}
-	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
-		ctx := cmd.Context()
-		if cf.timeout > 0 {
-			c, cancel := contextWithTimeout(ctx, cf.timeout)
-			cmd.SetContext(c)
-			cobra.OnFinalize(cancel)
-		}
 	}
 	return cmd
 }

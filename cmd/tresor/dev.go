@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,13 +20,6 @@ import (
 	"github.com/tresorkms/tresor/kms/pkcs11"
 	"github.com/tresorkms/tresor/softhsm"
 )
-
-func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	return context.WithTimeout(ctx, d)
-}
 
 const (
 	devTokenLabel = "tresor-dev"

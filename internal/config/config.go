@@ -45,7 +45,8 @@ type Listen struct {
 type TLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
-	// ClientCAFile, when set, requires client certificates verified against it.
+	// ClientCAFile is the CA bundle client certificates are verified
+	// against. Required: every call is mutually authenticated.
 	ClientCAFile string `yaml:"client_ca_file"`
 }
 
@@ -111,9 +112,12 @@ func Load(path string, env []string) (Config, error) {
 // Parse is Load for a reader.
 func Parse(r io.Reader, env []string) (Config, error) {
 	cfg := Default()
-	data, err := io.ReadAll(io.LimitReader(r, 1<<20))
+	data, err := io.ReadAll(io.LimitReader(r, maxFileSize+1))
 	if err != nil {
 		return Config{}, fmt.Errorf("config: read: %w", err)
+	}
+	if len(data) > maxFileSize {
+		return Config{}, fmt.Errorf("%w: the file is larger than %d bytes", ErrInvalid, maxFileSize)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -131,6 +135,9 @@ func Parse(r io.Reader, env []string) (Config, error) {
 	}
 	return cfg, nil
 }
+
+// maxFileSize bounds the configuration file.
+const maxFileSize = 1 << 20
 
 // EnvPrefix starts every environment override.
 const EnvPrefix = "TRESOR_"
@@ -226,6 +233,9 @@ func (c Config) Validate() error {
 	}
 	if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
 		errs = append(errs, errors.New("tls.cert_file and tls.key_file are required: tresor serves TLS only"))
+	}
+	if c.TLS.ClientCAFile == "" {
+		errs = append(errs, errors.New("tls.client_ca_file is required: every caller authenticates with a client certificate (mutual TLS)"))
 	}
 	if c.Store.URL == "" {
 		errs = append(errs, errors.New("store.url is required"))

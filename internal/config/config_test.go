@@ -13,6 +13,7 @@ listen:
 tls:
   cert_file: /etc/tresor/server.pem
   key_file: /etc/tresor/server-key.pem
+  client_ca_file: /etc/tresor/clients.pem
 store:
   url: sqlite:///var/lib/tresor/keys.db
 root_key:
@@ -47,6 +48,8 @@ func TestParse(t *testing.T) {
 		{name: "bad environment value", yaml: base, env: []string{"TRESOR_CACHE_MAX_AGE=soon"}, wantErr: "TRESOR_CACHE_MAX_AGE"},
 		{name: "missing root key", yaml: strings.Replace(base, "  uri: pkcs11", "  uri: ''\n  #", 1), wantErr: "root_key.uri is required"},
 		{name: "missing TLS", yaml: strings.Replace(base, "  cert_file: /etc/tresor/server.pem\n", "", 1), wantErr: "tls.cert_file"},
+		{name: "no client CA", yaml: strings.Replace(base, "  client_ca_file: /etc/tresor/clients.pem\n", "", 1), wantErr: "tls.client_ca_file is required"},
+		{name: "file too large", yaml: base + "#" + strings.Repeat("x", 1<<20) + "\n", wantErr: "larger than"},
 		{name: "bad log level", yaml: base + "log:\n  level: loud\n", wantErr: "log.level"},
 		{name: "plaintext limit too large", yaml: base + "limits:\n  max_plaintext_bytes: 99999999\n", wantErr: "max_plaintext_bytes"},
 		{name: "not YAML", yaml: "listen: [", wantErr: "invalid"},

@@ -281,19 +281,19 @@ func (t *token) login(c cryptoki, sh p11.SessionHandle) error {
 }
 
 // readPIN reads the user PIN from path, without a trailing newline, and
-// reports whether other users may read the file.
-func readPIN(path string) (pin secret.String, shared bool, err error) {
+// returns the file's permission bits.
+func readPIN(path string) (pin secret.String, perm os.FileMode, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return "", false, fmt.Errorf("pkcs11: pin-source %s is not a regular file", path)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s is not a regular file", path)
 	}
 	const maxPIN = 1 << 10
 	buf := make([]byte, maxPIN+1)
@@ -301,15 +301,15 @@ func readPIN(path string) (pin secret.String, shared bool, err error) {
 	n, err := io.ReadFull(f, buf)
 	switch {
 	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
-		return "", false, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s: %w", path, err)
 	case n > maxPIN:
-		return "", false, fmt.Errorf("pkcs11: pin-source %s is larger than %d bytes; it must hold only the PIN", path, maxPIN)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s is larger than %d bytes; it must hold only the PIN", path, maxPIN)
 	}
 	s := strings.TrimRight(string(buf[:n]), "\r\n")
 	if s == "" {
-		return "", false, fmt.Errorf("pkcs11: pin-source %s is empty", path)
+		return "", 0, fmt.Errorf("pkcs11: pin-source %s is empty", path)
 	}
-	return secret.String(s), st.Mode().Perm()&0o077 != 0, nil
+	return secret.String(s), st.Mode().Perm(), nil
 }
 
 // isCKR reports whether err is the PKCS#11 return value rv.

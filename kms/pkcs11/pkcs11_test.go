@@ -58,6 +58,15 @@ func TestOpenErrors(t *testing.T) {
 	emptyPINFile := writeFile(t, "empty.pin", "\n")
 	missingPINFile := filepath.Join(t.TempDir(), "missing.pin")
 	notALibrary := writeFile(t, "lib.so", "not an ELF file")
+	// A copy of the real PIN that every user may read: refused before use.
+	realPIN, err := os.ReadFile(mainToken.PINFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	worldReadable := writeFile(t, "world.pin", string(realPIN))
+	if err := os.Chmod(worldReadable, 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	// Keep the main token logged in, so that a wrong PIN for it is caught
 	// without a C_Login (the token would answer CKR_USER_ALREADY_LOGGED_IN).
@@ -89,6 +98,8 @@ func TestOpenErrors(t *testing.T) {
 			[]string{"pin-source " + missingPINFile}},
 		{"empty pin file", uriWith(pinToken, "root-1", emptyPINFile), nil,
 			[]string{"pin-source " + emptyPINFile + " is empty"}},
+		{"world-readable pin file", uriWith(mainToken, "root-1", worldReadable), nil,
+			[]string{"pin-source " + worldReadable + " is accessible to every user", "chmod 600"}},
 		{"pin-value", rootURI + "&pin-value=" + wrongPIN, kms.ErrInvalidURI, []string{"pin-value is refused"}},
 		{"bad URI", "pkcs11:object=root-1", kms.ErrInvalidURI, []string{"token="}},
 	}

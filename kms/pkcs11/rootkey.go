@@ -62,12 +62,15 @@ func Open(ctx context.Context, uri string, opts ...Option) (*RootKey, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	pin, shared, err := readPIN(u.PINSource)
+	pin, perm, err := readPIN(u.PINSource)
 	if err != nil {
 		return nil, err
 	}
-	if shared {
-		o.logger.WarnContext(ctx, "pkcs11: the PIN file is readable by other users; chmod 600 it", "pin_source", u.PINSource)
+	if perm&0o007 != 0 {
+		return nil, fmt.Errorf("pkcs11: pin-source %s is accessible to every user (mode %04o); chmod 600 it", u.PINSource, perm)
+	}
+	if perm&0o070 != 0 {
+		o.logger.WarnContext(ctx, "pkcs11: the PIN file is readable by its group; chmod 600 it unless the group is the service's own", "pin_source", u.PINSource, "mode", fmt.Sprintf("%04o", perm))
 	}
 	mod, err := acquireModule(u.ModulePath)
 	if err != nil {
