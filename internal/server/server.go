@@ -43,8 +43,8 @@ type Options struct {
 	// GRPCAddr and HTTPAddr are the listen addresses, such as
 	// "127.0.0.1:8443". An empty HTTPAddr serves no REST API.
 	GRPCAddr, HTTPAddr string
-	// TLS is the server's TLS configuration; nil refuses to start unless
-	// Insecure is set. Client certificates are verified when ClientCAs is set.
+	// TLS is the server's TLS configuration. It must require and verify
+	// client certificates (mutual TLS) unless Insecure is set.
 	TLS *tls.Config
 	// Insecure serves plaintext. Tests only; never in production.
 	Insecure bool
@@ -72,8 +72,8 @@ type Server struct {
 
 // New builds a Server for ring. It listens nowhere until Serve.
 func New(ring *envelope.Keyring, opts Options) (*Server, error) {
-	if opts.TLS == nil && !opts.Insecure {
-		return nil, errors.New("server: TLS is required: set a certificate and key (Insecure is for tests only)")
+	if !opts.Insecure && (opts.TLS == nil || opts.TLS.ClientAuth != tls.RequireAndVerifyClientCert || opts.TLS.ClientCAs == nil) {
+		return nil, errors.New("server: mutual TLS is required: set a certificate, a key and a client CA bundle (Insecure is for tests only)")
 	}
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
@@ -109,10 +109,10 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	conn.register(&tresorv1.KeyService_ServiceDesc, keys)
 	conn.register(&tresorv1.CryptoService_ServiceDesc, crypto)
 	mux := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}),
+		}}),
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
 			if http.CanonicalHeaderKey(h) == "X-Request-Id" {
 				return requestIDHeader, true
@@ -135,9 +135,14 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, grpc: gs, health: hs, listening: make(chan struct{})}
 	s.handler = s.httpHandler(mux)
+	var httpTLS *tls.Config
+	if opts.TLS != nil {
+		// net/http edits the config it serves with (HTTP/2 setup): give it its own.
+		httpTLS = opts.TLS.Clone()
+	}
 	s.http = &http.Server{
 		Handler:           s.handler,
-		TLSConfig:         opts.TLS,
+		TLSConfig:         httpTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,
@@ -270,8 +275,8 @@ func (s *Server) Serve(ctx context.Context) error {
 // TLSFiles are the paths of the server's TLS material.
 type TLSFiles struct {
 	CertFile, KeyFile string
-	// ClientCAFile, when set, makes client certificates required and
-	// verified against the CAs in it (mutual TLS).
+	// ClientCAFile holds the CAs client certificates are verified against;
+	// LoadTLS requires client certificates when it is set.
 	ClientCAFile string
 }
 

@@ -462,6 +462,31 @@ func TestHealthAndTLS(t *testing.T) {
 	}
 }
 
+func TestNewRequiresMutualTLS(t *testing.T) {
+	ca, err := devpki.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _ := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
+	cert, _ := pair.TLSCertificate()
+	tests := []struct {
+		name string
+		tls  *tls.Config
+	}{
+		{"no TLS", nil},
+		{"server TLS only", &tls.Config{Certificates: []tls.Certificate{cert}}},
+		{"client certificates optional", &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: ca.Pool(), ClientAuth: tls.VerifyClientCertIfGiven}},
+		{"no client CAs", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := New(nil, Options{GRPCAddr: "127.0.0.1:0", TLS: tt.tls}); err == nil || !strings.Contains(err.Error(), "mutual TLS is required") {
+				t.Errorf("New(%s) err = %v, want mutual TLS is required", tt.name, err)
+			}
+		})
+	}
+}
+
 func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	ctx := context.Background()
 	ts := startServer(t, 0)
@@ -475,13 +500,18 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	}
 	_, derr := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: enc.GetCiphertext(), AssociatedData: []byte("wrong")})
 	_, perr := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "missing", Plaintext: []byte(secretText)})
-	_, code := ts.rest(t, "POST", "/v1/keys/s:encrypt", map[string]any{"plaintext": b64(secretText), "associatedData": b64(secretText)})
-	_ = code
+	_, restOK := ts.rest(t, "POST", "/v1/keys/s:encrypt", map[string]any{"plaintext": b64(secretText), "associatedData": b64(secretText)})
+	// A body protojson rejects: its own error would quote the value.
+	badCode, restBad := ts.rest(t, "POST", "/v1/keys/s:encrypt", `{"plaintext":"`+secretText+`@@"}`)
+	if badCode != 400 {
+		t.Errorf("REST encrypt with a non-base64 plaintext = %d %v, want 400", badCode, restBad)
+	}
+	restBodies := fmt.Sprint(restOK, restBad)
 	dk, err := ts.crypto.GenerateDataKey(ctx, &tresorv1.GenerateDataKeyRequest{Key: "s"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{ts.logs.String(), fmt.Sprint(derr), fmt.Sprint(perr)} {
+	for _, s := range []string{ts.logs.String(), fmt.Sprint(derr), fmt.Sprint(perr), restBodies} {
 		for _, secret := range []string{secretText, b64(secretText), base64.StdEncoding.EncodeToString(dk.GetPlaintext()), fmt.Sprintf("%x", dk.GetPlaintext())} {
 			if strings.Contains(s, secret) {
 				t.Errorf("logs or errors contain a secret: %q in %.200q", secret, s)
