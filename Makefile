@@ -56,7 +56,7 @@ dev:
 
 ## test-deps: install what the tests need and the machine lacks (SoftHSM2).
 test-deps:
-	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so >/dev/null 2>&1; then \
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! { [ -e /usr/lib/softhsm/libsofthsm2.so ] || [ -e /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so ]; }; then \
 		echo "installing softhsm2 (tests use a real SoftHSM2 token)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
