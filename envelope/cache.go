@@ -14,7 +14,7 @@ import (
 )
 
 // loadedKey is a named key with its keyset unwrapped and its primitive built.
-// It is immutable once built, except for lastUsed.
+// It is immutable once built, except for its cache bookkeeping.
 type loadedKey struct {
 	meta   store.Key // WrappedKeyset is kept: rotation re-wraps from it
 	handle *keyset.Handle
@@ -24,19 +24,29 @@ type loadedKey struct {
 	// tinkIDs maps a version number to its Tink key id.
 	tinkIDs  map[uint32]uint32
 	loadedAt time.Time
-	lastUsed atomic.Int64 // unix nanoseconds, for eviction
+
+	expired    atomic.Bool // set by the expiry timer
+	referenced atomic.Bool // second-chance bit for eviction
+	stopTimer  func() bool
 }
 
 // KeysetCache holds unwrapped keysets in memory, bounded in number and age,
 // so that the hot path makes no root-key (HSM or KMS) call after the first
 // use of a key. It is safe for concurrent use.
+//
+// A lookup is one atomic load of an immutable map and one of the entry's
+// expiry flag: no lock and no clock read. Writers (a load after a miss, a
+// rotation) copy the map under a mutex. Each entry's age is enforced by a
+// timer that marks it expired and drops it; eviction when the cache is full
+// gives recently used entries a second chance (the CLOCK algorithm).
 type KeysetCache struct {
-	maxKeys int
-	maxAge  time.Duration
-	now     func() time.Time
+	maxKeys   int
+	maxAge    time.Duration
+	afterFunc func(time.Duration, func()) func() bool
 
-	mu      sync.RWMutex
-	entries map[string]*loadedKey
+	entries atomic.Pointer[map[string]*loadedKey]
+
+	mu sync.Mutex // serializes writers
 	// floor is, per key name, the lowest revision put may still cache: a
 	// load that read the store before this keyring changed the key must not
 	// put the old revision back once the change has dropped or replaced it.
@@ -51,80 +61,119 @@ type CacheStats struct {
 	Size         int
 }
 
-func newKeysetCache(maxKeys int, maxAge time.Duration, now func() time.Time) *KeysetCache {
-	return &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, now: now, entries: make(map[string]*loadedKey), floor: make(map[string]int64)}
+func newKeysetCache(maxKeys int, maxAge time.Duration, afterFunc func(time.Duration, func()) func() bool) *KeysetCache {
+	c := &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, afterFunc: afterFunc, floor: make(map[string]int64)}
+	empty := map[string]*loadedKey{}
+	c.entries.Store(&empty)
+	return c
 }
 
-// get returns the cached key if present and younger than maxAge.
+// get returns the cached key if present and not expired.
 func (c *KeysetCache) get(name string) (*loadedKey, bool) {
-	c.mu.RLock()
-	lk, ok := c.entries[name]
-	c.mu.RUnlock()
-	if !ok {
+	lk, ok := (*c.entries.Load())[name]
+	return c.hit(lk, ok)
+}
+
+// getBytes is get for a name in bytes; the map lookup converts without allocating.
+func (c *KeysetCache) getBytes(name []byte) (*loadedKey, bool) {
+	lk, ok := (*c.entries.Load())[string(name)]
+	return c.hit(lk, ok)
+}
+
+func (c *KeysetCache) hit(lk *loadedKey, ok bool) (*loadedKey, bool) {
+	if !ok || lk.expired.Load() {
 		c.misses.Add(1)
 		return nil, false
 	}
-	now := c.now()
-	if now.Sub(lk.loadedAt) > c.maxAge {
-		c.misses.Add(1)
-		c.remove(name, lk)
-		return nil, false
+	if !lk.referenced.Load() {
+		lk.referenced.Store(true)
 	}
-	lk.lastUsed.Store(now.UnixNano())
 	c.hits.Add(1)
 	return lk, true
 }
 
-// put caches lk under its name, evicting the least recently used entry when
-// the cache is full. A put never replaces a newer revision with an older one.
+// put caches lk under its name, evicting an entry when the cache is full. A
+// put never replaces a newer revision with an older one.
 func (c *KeysetCache) put(lk *loadedKey) {
-	lk.lastUsed.Store(c.now().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	name := lk.meta.Name
-	if old, ok := c.entries[name]; ok && old.meta.Revision > lk.meta.Revision {
+	cur := *c.entries.Load()
+	old, exists := cur[name]
+	if exists && old.meta.Revision > lk.meta.Revision || lk.meta.Revision < c.floor[name] {
 		return
 	}
-	if lk.meta.Revision < c.floor[name] {
-		return
+	next := make(map[string]*loadedKey, len(cur)+1)
+	for n, e := range cur {
+		next[n] = e
 	}
-	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.maxKeys {
-		var victim string
-		oldest := int64(1<<63 - 1)
-		for n, e := range c.entries {
-			if u := e.lastUsed.Load(); u < oldest {
-				victim, oldest = n, u
-			}
+	if exists {
+		old.stopTimer()
+	} else if len(cur) >= c.maxKeys {
+		victim := c.victim(cur)
+		cur[victim].stopTimer()
+		delete(next, victim)
+	}
+	lk.referenced.Store(true)
+	lk.stopTimer = c.afterFunc(c.maxAge, func() {
+		lk.expired.Store(true)
+		c.remove(name, lk)
+	})
+	next[name] = lk
+	c.entries.Store(&next)
+}
+
+// victim picks the entry to evict: the first not used since the last scan,
+// clearing the used bit of those it passes over.
+func (c *KeysetCache) victim(m map[string]*loadedKey) string {
+	var first string
+	for n, e := range m {
+		if first == "" {
+			first = n
 		}
-		delete(c.entries, victim)
+		if !e.referenced.Load() {
+			return n
+		}
+		e.referenced.Store(false)
 	}
-	c.entries[name] = lk
+	return first
 }
 
 // invalidate drops name and refuses any later put of a revision below
 // revision, the one this keyring just wrote.
 func (c *KeysetCache) invalidate(name string, revision int64) {
 	c.mu.Lock()
-	delete(c.entries, name)
+	defer c.mu.Unlock()
 	c.floor[name] = max(c.floor[name], revision)
-	c.mu.Unlock()
+	c.deleteLocked(name, nil)
 }
 
 // remove drops name if it still maps to lk (nil: whatever it maps to).
 func (c *KeysetCache) remove(name string, lk *loadedKey) {
 	c.mu.Lock()
-	if cur, ok := c.entries[name]; ok && (lk == nil || cur == lk) {
-		delete(c.entries, name)
+	defer c.mu.Unlock()
+	c.deleteLocked(name, lk)
+}
+
+func (c *KeysetCache) deleteLocked(name string, lk *loadedKey) {
+	cur := *c.entries.Load()
+	e, ok := cur[name]
+	if !ok || (lk != nil && e != lk) {
+		return
 	}
-	c.mu.Unlock()
+	e.stopTimer()
+	next := make(map[string]*loadedKey, len(cur))
+	for n, v := range cur {
+		if n != name {
+			next[n] = v
+		}
+	}
+	c.entries.Store(&next)
 }
 
 // Stats returns the cache's counters.
 func (c *KeysetCache) Stats() CacheStats {
-	c.mu.RLock()
-	n := len(c.entries)
-	c.mu.RUnlock()
-	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: n}
+	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: len(*c.entries.Load())}
 }
 
 // flight deduplicates concurrent loads of the same key, so that a burst of

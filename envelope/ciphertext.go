@@ -53,23 +53,33 @@ func appendHeader(dst []byte, name string, version uint32) []byte {
 // ParseCiphertext parses the binary form. It checks structure only; any
 // error wraps ErrDecrypt and says nothing more.
 func ParseCiphertext(b []byte) (Ciphertext, error) {
-	if len(b) < 2 || b[0] != formatV1 {
+	p, ok := parse(b)
+	if !ok {
 		return Ciphertext{}, ErrDecrypt
+	}
+	return Ciphertext{KeyName: string(p.name), KeyVersion: p.version, header: p.header, body: p.body}, nil
+}
+
+// parsed is a ciphertext's parts, aliasing the input.
+type parsed struct {
+	name         []byte
+	version      uint32
+	header, body []byte
+}
+
+func parse(b []byte) (parsed, bool) {
+	if len(b) < 2 || b[0] != formatV1 {
+		return parsed{}, false
 	}
 	n := int(b[1])
 	if n == 0 || n > maxKeyNameLen || len(b) < 2+n+4+minTinkCiphertext {
-		return Ciphertext{}, ErrDecrypt
+		return parsed{}, false
 	}
-	name := string(b[2 : 2+n])
-	if !ValidKeyName(name) {
-		return Ciphertext{}, ErrDecrypt
+	name := b[2 : 2+n]
+	if !validKeyNameBytes(name) {
+		return parsed{}, false
 	}
-	return Ciphertext{
-		KeyName:    name,
-		KeyVersion: binary.BigEndian.Uint32(b[2+n:]),
-		header:     b[:2+n+4],
-		body:       b[2+n+4:],
-	}, nil
+	return parsed{name: name, version: binary.BigEndian.Uint32(b[2+n:]), header: b[:2+n+4], body: b[2+n+4:]}, true
 }
 
 // FormatCiphertext returns the printable string form of a binary ciphertext.

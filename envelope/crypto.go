@@ -77,28 +77,28 @@ func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, er
 // gives ErrKeyDisabled and a version below the key's minimum gives
 // ErrVersionNotAllowed; every other failure gives ErrDecrypt.
 func (r *Keyring) Decrypt(ctx context.Context, ciphertext, aad []byte) (secret.Bytes, KeyRef, error) {
-	c, err := ParseCiphertext(ciphertext)
-	if err != nil {
-		return nil, KeyRef{}, err
+	p, ok := parse(ciphertext)
+	if !ok {
+		return nil, KeyRef{}, ErrDecrypt
 	}
-	lk, err := r.load(ctx, c.KeyName)
+	lk, err := r.loadBytes(ctx, p.name)
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, KeyRef{}, ErrDecrypt
 	}
 	if err != nil {
 		return nil, KeyRef{}, err
 	}
-	pt, err := r.open(lk, c, aad)
+	pt, err := r.open(lk, p, aad)
 	if err != nil {
 		return nil, KeyRef{}, err
 	}
-	return pt, KeyRef{Name: c.KeyName, Version: c.KeyVersion}, nil
+	return pt, KeyRef{Name: lk.meta.Name, Version: p.version}, nil
 }
 
-func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, error) {
+func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error) {
 	// The version must exist and the Tink prefix must name that version's
 	// key, so a header that lies about its version fails here.
-	id, ok := lk.tinkIDs[c.KeyVersion]
+	id, ok := lk.tinkIDs[c.version]
 	if !ok || c.body[0] != 0x01 || binary.BigEndian.Uint32(c.body[1:5]) != id {
 		return nil, ErrDecrypt
 	}
@@ -106,7 +106,7 @@ func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, e
 	var pt []byte
 	var err error
 	if lk.gcm != nil {
-		pt, err = lk.gcm[c.KeyVersion].open(c.body, ad)
+		pt, err = lk.gcm[c.version].open(c.body, ad)
 	} else {
 		pt, err = lk.daead.DecryptDeterministically(c.body, ad)
 	}
@@ -119,9 +119,9 @@ func (r *Keyring) open(lk *loadedKey, c Ciphertext, aad []byte) (secret.Bytes, e
 		clear(pt)
 		return nil, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
 	}
-	if c.KeyVersion < lk.meta.MinDecryptionVersion {
+	if c.version < lk.meta.MinDecryptionVersion {
 		clear(pt)
-		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.KeyVersion, lk.meta.MinDecryptionVersion)
+		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.version, lk.meta.MinDecryptionVersion)
 	}
 	return pt, nil
 }

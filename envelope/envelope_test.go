@@ -83,8 +83,15 @@ type fixture struct {
 }
 
 type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu     sync.Mutex
+	t      time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool
 }
 
 func (c *fakeClock) Now() time.Time {
@@ -93,10 +100,36 @@ func (c *fakeClock) Now() time.Time {
 	return c.t
 }
 
+// AfterFunc schedules f at Now()+d on the fake clock.
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.t.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !t.stopped
+		t.stopped = true
+		return was
+	}
+}
+
+// Advance moves the clock and runs the timers that came due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
+	var due []*fakeTimer
+	for _, t := range c.timers {
+		if !t.stopped && !t.at.After(c.t) {
+			t.stopped = true
+			due = append(due, t)
+		}
+	}
 	c.mu.Unlock()
+	for _, t := range due {
+		t.f()
+	}
 }
 
 func newFixture(t testing.TB, opts Options) *fixture {
@@ -110,6 +143,7 @@ func newFixture(t testing.TB, opts Options) *fixture {
 	clock := &fakeClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	if opts.Now == nil {
 		opts.Now = clock.Now
+		opts.AfterFunc = clock.AfterFunc
 	}
 	kek := newAEADKEK(t, "test-root-1")
 	ring, err := New(s, kek, opts)
@@ -765,5 +799,30 @@ func TestStringFormIsCanonical(t *testing.T) {
 		if _, err := DecodeCiphertext(lastBit); !errors.Is(err, ErrDecrypt) {
 			t.Errorf("DecodeCiphertext(non-zero padding bits) err = %v, want ErrDecrypt", err)
 		}
+	}
+}
+
+// TestCacheExpiresOnTheRealClock runs the default expiry timer: a keyset
+// leaves memory once CacheMaxAge has passed, without any call touching it.
+func TestCacheExpiresOnTheRealClock(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{Now: time.Now, CacheMaxAge: 20 * time.Millisecond})
+	f.createKey(t, "brief", store.KeyTypeAES256GCM)
+	if st := f.ring.Cache().Stats(); st.Size != 1 {
+		t.Fatalf("cache size after CreateKey = %d, want 1", st.Size)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for f.ring.Cache().Stats().Size != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cache still holds the keyset 10s after a 20ms CacheMaxAge")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := f.kek.calls.Load()
+	if _, _, err := f.ring.Encrypt(ctx, "brief", []byte("p"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.kek.calls.Load() - before; got != 1 {
+		t.Errorf("Encrypt after expiry made %d root-key calls, want 1 unwrap", got)
 	}
 }

@@ -44,6 +44,10 @@ type Options struct {
 	CacheMaxAge time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AfterFunc runs f once d has passed and returns a function that stops
+	// it, as time.AfterFunc does; nil means time.AfterFunc. The keyset cache
+	// expires entries with it. Tests pass a fake clock's.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
 }
 
 // Keyring manages named keys and encrypts and decrypts under them. Its
@@ -73,7 +77,10 @@ func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Keyring{store: s, kek: kek, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.Now)}, nil
+	if opts.AfterFunc == nil {
+		opts.AfterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+	}
+	return &Keyring{store: s, kek: kek, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.AfterFunc)}, nil
 }
 
 // Cache returns the keyring's keyset cache, for its statistics.
@@ -91,6 +98,19 @@ func ValidKeyName(name string) bool {
 	}
 	for i := 1; i < len(name); i++ {
 		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// validKeyNameBytes is ValidKeyName for bytes, without a conversion.
+func validKeyNameBytes(name []byte) bool {
+	if len(name) == 0 || len(name) > maxKeyNameLen || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for _, c := range name[1:] {
 		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
 			return false
 		}
@@ -209,6 +229,15 @@ func (r *Keyring) build(k store.Key, h *keyset.Handle) (*loadedKey, error) {
 		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
 	}
 	return lk, nil
+}
+
+// loadBytes is load for a name in bytes, as a ciphertext holds it: a cache
+// hit converts nothing and allocates nothing.
+func (r *Keyring) loadBytes(ctx context.Context, name []byte) (*loadedKey, error) {
+	if lk, ok := r.cache.getBytes(name); ok {
+		return lk, nil
+	}
+	return r.load(ctx, string(name))
 }
 
 // load returns the named key with its primitive, from the cache when it can.
