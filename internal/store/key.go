@@ -51,6 +51,12 @@ func validateKey(k Key) error {
 	if len(k.Versions) == 0 {
 		return invalid("no versions")
 	}
+	if len(k.WrappedKeyset) == 0 {
+		return invalid("no wrapped keyset")
+	}
+	if k.RootKeyID == "" {
+		return invalid("no root key id")
+	}
 	seen := make(map[uint32]bool, len(k.Versions))
 	for _, v := range k.Versions {
 		if v.Number == 0 {

@@ -104,6 +104,8 @@ func minimalKey(name string) store.Key {
 		State:          store.KeyStateDisabled,
 		PrimaryVersion: 1,
 		Versions:       []store.Version{{Number: 1}},
+		WrappedKeyset:  []byte{0x01},
+		RootKeyID:      "r",
 	}
 }
 
@@ -262,9 +264,8 @@ func testCreateGetRoundTrip(t *testing.T, s store.Store) {
 	ignored.CreateTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 	ignored.UpdateTime = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 	ignored.Revision = 42
-	emptyLabels := minimalKey("empty-labels-and-keyset")
+	emptyLabels := minimalKey("empty-labels")
 	emptyLabels.Labels = map[string]string{}
-	emptyLabels.WrappedKeyset = []byte{}
 	zeroTime := minimalKey("zero-version-time")
 	zeroTime.Versions[0].CreateTime = time.Time{}
 	manyVersions := minimalKey("many-versions")
@@ -286,7 +287,7 @@ func testCreateGetRoundTrip(t *testing.T, s store.Store) {
 		{"minimal", minimalKey("minimal")},
 		{"versions out of order", outOfOrder},
 		{"caller's times and revision ignored", ignored},
-		{"empty labels and keyset", emptyLabels},
+		{"empty labels", emptyLabels},
 		{"zero version time", zeroTime},
 		{"many versions", manyVersions},
 		{"big keyset", bigKeyset},
@@ -621,6 +622,8 @@ func invalidKeys(name string) []struct {
 		{"unspecified state", mod(func(k *store.Key) { k.State = store.KeyStateUnspecified })},
 		{"unknown state", mod(func(k *store.Key) { k.State = -1 })},
 		{"nil versions", mod(func(k *store.Key) { k.Versions = nil })},
+		{"no wrapped keyset", mod(func(k *store.Key) { k.WrappedKeyset = nil })},
+		{"no root key id", mod(func(k *store.Key) { k.RootKeyID = "" })},
 		{"empty versions", mod(func(k *store.Key) { k.Versions = []store.Version{} })},
 		{"primary not among versions", mod(func(k *store.Key) { k.PrimaryVersion = 3 })},
 		{"primary zero", mod(func(k *store.Key) { k.PrimaryVersion = 0 })},
