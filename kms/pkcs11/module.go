@@ -341,6 +341,20 @@ var unavailable = map[uint]bool{
 	p11.CKR_FUNCTION_CANCELED:         true,
 }
 
+// deviceGone reports whether err says the token itself went away, which
+// kills every session on it, not just the one that saw the error.
+func deviceGone(err error) bool {
+	var e p11.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch uint(e) {
+	case p11.CKR_DEVICE_REMOVED, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_TOKEN_NOT_RECOGNIZED:
+		return true
+	}
+	return false
+}
+
 // isUnavailable reports whether err says the token or session is broken.
 func isUnavailable(err error) bool {
 	var e p11.Error

@@ -562,6 +562,51 @@ func TestTokenFailures(t *testing.T) {
 	}
 }
 
+// TestTokenGoneDrainsIdleSessions: when the token reports itself gone, every
+// idle session is closed at once, not one failed call at a time.
+func TestTokenGoneDrainsIdleSessions(t *testing.T) {
+	ctx := context.Background()
+	const size = 4
+	k := openRoot(t, WithSessions(size))
+	f := newFaulty(k.p11)
+	k.p11 = f
+	tests := []struct {
+		name          string
+		rv            uint
+		wantDiscarded uint64
+	}{
+		{"session handle invalid: only that session", p11.CKR_SESSION_HANDLE_INVALID, 1},
+		{"device removed: every session", p11.CKR_DEVICE_REMOVED, size},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Hold every session of the pool at once, so all are open and idle after.
+			var held []p11.SessionHandle
+			for range size {
+				sh, err := k.acquire(ctx)
+				if err != nil {
+					t.Fatalf("acquire() err = %v", err)
+				}
+				held = append(held, sh)
+			}
+			for _, sh := range held {
+				k.put(sh)
+			}
+			before := k.Stats().SessionsDiscarded
+			f.failNext("EncryptInit", tt.rv)
+			if _, err := k.Wrap(ctx, []byte("x"), nil); !errors.Is(err, kms.ErrUnavailable) {
+				t.Fatalf("Wrap() with %s err = %v, want kms.ErrUnavailable", tt.name, err)
+			}
+			if got := k.Stats().SessionsDiscarded - before; got != tt.wantDiscarded {
+				t.Errorf("sessions discarded after %s = %d, want %d", tt.name, got, tt.wantDiscarded)
+			}
+			if _, err := k.Wrap(ctx, []byte("x"), nil); err != nil {
+				t.Errorf("Wrap() after %s err = %v, want nil", tt.name, err)
+			}
+		})
+	}
+}
+
 // TestNoPINInOutput runs failing calls with a logger and checks that neither
 // the log nor any error holds a PIN.
 func TestNoPINInOutput(t *testing.T) {

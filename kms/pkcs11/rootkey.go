@@ -263,8 +263,26 @@ func (k *RootKey) release(sh p11.SessionHandle, err error) {
 		k.discarded.Add(1)
 		k.logger.Warn("pkcs11: discarding a broken session", "id", k.id, "err", err)
 		sh = 0
+		if deviceGone(err) {
+			k.drainIdle()
+		}
 	}
 	k.put(sh)
+}
+
+// drainIdle closes every idle session: after the token itself went away
+// they are all dead, and each would otherwise fail one more call.
+func (k *RootKey) drainIdle() {
+	for {
+		select {
+		case sh := <-k.idle:
+			_ = k.p11.CloseSession(sh)
+			k.discarded.Add(1)
+			k.vacant <- struct{}{}
+		default:
+			return
+		}
+	}
 }
 
 // handle returns the key's handle, finding it again after the token reported
