@@ -3,13 +3,9 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,41 +26,9 @@ import (
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/devpki"
 	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/kms/localkek"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
-
-// gcmKEK is a root key backed by a real AES-256-GCM key in memory, standing
-// in for the HSM (kms/pkcs11 has its own tests against SoftHSM2).
-type gcmKEK struct{ aead cipher.AEAD }
-
-func newGCMKEK(t testing.TB) gcmKEK {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := cipher.NewGCM(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return gcmKEK{a}
-}
-
-func (k gcmKEK) ID() string { return "test-kek" }
-
-func (k gcmKEK) Wrap(_ context.Context, pt, aad []byte) ([]byte, error) {
-	n := make([]byte, 12)
-	_, _ = rand.Read(n)
-	return k.aead.Seal(n, n, pt, aad), nil
-}
-
-func (k gcmKEK) Unwrap(_ context.Context, ct, aad []byte) ([]byte, error) {
-	if len(ct) < 12 {
-		return nil, errors.New("unwrap failed")
-	}
-	return k.aead.Open(nil, ct[:12], ct[12:], aad)
-}
 
 // syncBuffer is a log sink safe for concurrent writes.
 type syncBuffer struct {
@@ -105,7 +69,13 @@ func startServer(t testing.TB, maxPlaintext int) *testServer {
 	if err != nil {
 		t.Fatalf("OpenSQLite() err = %v", err)
 	}
-	ring, err := envelope.New(st, newGCMKEK(t), envelope.Options{MaxPlaintextSize: maxPlaintext})
+	// The development key file is a real AES-256-GCM root key; kms/pkcs11
+	// has its own tests against SoftHSM2, and cmd/tresor serves with it.
+	kek, err := localkek.OpenOrCreate(ctx, filepath.Join(t.TempDir(), "root.key"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("localkek.OpenOrCreate() err = %v", err)
+	}
+	ring, err := envelope.New(st, kek, envelope.Options{MaxPlaintextSize: maxPlaintext})
 	if err != nil {
 		t.Fatal(err)
 	}
