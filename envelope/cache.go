@@ -3,6 +3,7 @@ package envelope
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,26 +35,34 @@ type loadedKey struct {
 // so that the hot path makes no root-key (HSM or KMS) call after the first
 // use of a key. It is safe for concurrent use.
 //
-// A lookup is one atomic load of an immutable map and one of the entry's
-// expiry flag: no lock and no clock read. Writers (a load after a miss, a
-// rotation) copy the map under a mutex. Each entry's age is enforced by a
-// timer that marks it expired and drops it; eviction when the cache is full
-// gives recently used entries a second chance (the CLOCK algorithm).
+// A lookup is a hash of the name, one atomic load of an immutable shard map
+// and one of the entry's expiry flag: no lock, no clock read, no allocation.
+// Writers (a load after a miss, a rotation, an expiry) take a mutex and copy
+// one of cacheShards shards. Each entry's age is enforced by a timer that
+// marks it expired and drops it. When the cache is full, a put evicts an
+// expired entry if there is one, else one not used since the eviction hand
+// last passed it (second chance), else the first the hand reaches.
 type KeysetCache struct {
 	maxKeys   int
 	maxAge    time.Duration
 	afterFunc func(time.Duration, func()) func() bool
+	seed      maphash.Seed
+	shards    [cacheShards]atomic.Pointer[map[string]*loadedKey]
 
-	entries atomic.Pointer[map[string]*loadedKey]
-
-	mu sync.Mutex // serializes writers
-	// floor is, per key name, the lowest revision put may still cache: a
-	// load that read the store before this keyring changed the key must not
-	// put the old revision back once the change has dropped or replaced it.
+	mu   sync.Mutex // serializes writers
+	size int
+	hand int // shard where the next eviction scan starts
+	// floor is, per key name, the lowest revision put may still cache: the
+	// newest revision this cache has held or this keyring has written. A
+	// load that read an older revision from the store cannot put it back
+	// after the change, even once the newer entry is gone.
 	floor map[string]int64
 
 	hits, misses atomic.Uint64
+	length       atomic.Int64
 }
+
+const cacheShards = 64
 
 // CacheStats counts lookups in a KeysetCache.
 type CacheStats struct {
@@ -62,21 +71,28 @@ type CacheStats struct {
 }
 
 func newKeysetCache(maxKeys int, maxAge time.Duration, afterFunc func(time.Duration, func()) func() bool) *KeysetCache {
-	c := &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, afterFunc: afterFunc, floor: make(map[string]int64)}
-	empty := map[string]*loadedKey{}
-	c.entries.Store(&empty)
+	c := &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, afterFunc: afterFunc, seed: maphash.MakeSeed(), floor: make(map[string]int64)}
+	for i := range c.shards {
+		empty := map[string]*loadedKey{}
+		c.shards[i].Store(&empty)
+	}
 	return c
+}
+
+func (c *KeysetCache) shard(name string) *atomic.Pointer[map[string]*loadedKey] {
+	return &c.shards[maphash.String(c.seed, name)%cacheShards]
 }
 
 // get returns the cached key if present and not expired.
 func (c *KeysetCache) get(name string) (*loadedKey, bool) {
-	lk, ok := (*c.entries.Load())[name]
+	lk, ok := (*c.shard(name).Load())[name]
 	return c.hit(lk, ok)
 }
 
-// getBytes is get for a name in bytes; the map lookup converts without allocating.
+// getBytes is get for a name in bytes; hashing and the map lookup convert
+// without allocating.
 func (c *KeysetCache) getBytes(name []byte) (*loadedKey, bool) {
-	lk, ok := (*c.entries.Load())[string(name)]
+	lk, ok := (*c.shards[maphash.Bytes(c.seed, name)%cacheShards].Load())[string(name)]
 	return c.hit(lk, ok)
 }
 
@@ -93,87 +109,141 @@ func (c *KeysetCache) hit(lk *loadedKey, ok bool) (*loadedKey, bool) {
 }
 
 // put caches lk under its name, evicting an entry when the cache is full. A
-// put never replaces a newer revision with an older one.
+// put never caches a revision older than one the cache has seen for the
+// name. Timers start and stop outside the lock, so an AfterFunc may run its
+// function at once.
 func (c *KeysetCache) put(lk *loadedKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	name := lk.meta.Name
-	cur := *c.entries.Load()
-	old, exists := cur[name]
-	if exists && old.meta.Revision > lk.meta.Revision || lk.meta.Revision < c.floor[name] {
-		return
-	}
-	next := make(map[string]*loadedKey, len(cur)+1)
-	for n, e := range cur {
-		next[n] = e
-	}
-	if exists {
-		old.stopTimer()
-	} else if len(cur) >= c.maxKeys {
-		victim := c.victim(cur)
-		cur[victim].stopTimer()
-		delete(next, victim)
-	}
 	lk.referenced.Store(true)
-	lk.stopTimer = c.afterFunc(c.maxAge, func() {
+	stop := c.afterFunc(c.maxAge, func() {
 		lk.expired.Store(true)
 		c.remove(name, lk)
 	})
-	next[name] = lk
-	c.entries.Store(&next)
+	var stale []*loadedKey
+	accepted := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if lk.meta.Revision < c.floor[name] || lk.expired.Load() {
+			return false
+		}
+		c.floor[name] = lk.meta.Revision
+		lk.stopTimer = stop
+		sh := c.shard(name)
+		if old, ok := (*sh.Load())[name]; ok {
+			stale = append(stale, old)
+			c.replaceLocked(sh, name, lk)
+			return true
+		}
+		if c.size >= c.maxKeys {
+			if v, vname, vsh := c.victimLocked(); v != nil {
+				stale = append(stale, v)
+				c.replaceLocked(vsh, vname, nil)
+			}
+		}
+		c.replaceLocked(sh, name, lk)
+		return true
+	}()
+	if !accepted {
+		stop()
+	}
+	for _, e := range stale {
+		e.stopTimer()
+	}
 }
 
-// victim picks the entry to evict: the first not used since the last scan,
-// clearing the used bit of those it passes over.
-func (c *KeysetCache) victim(m map[string]*loadedKey) string {
-	var first string
-	for n, e := range m {
-		if first == "" {
-			first = n
+// replaceLocked copies shard sh with name mapped to lk (nil: removed).
+func (c *KeysetCache) replaceLocked(sh *atomic.Pointer[map[string]*loadedKey], name string, lk *loadedKey) {
+	cur := *sh.Load()
+	_, had := cur[name]
+	next := make(map[string]*loadedKey, len(cur)+1)
+	for n, e := range cur {
+		if n != name {
+			next[n] = e
 		}
-		if !e.referenced.Load() {
-			return n
-		}
-		e.referenced.Store(false)
 	}
-	return first
+	if lk != nil {
+		next[name] = lk
+	}
+	switch {
+	case had && lk == nil:
+		c.size--
+	case !had && lk != nil:
+		c.size++
+	}
+	c.length.Store(int64(c.size))
+	sh.Store(&next)
+}
+
+// victimLocked picks the entry to evict, scanning the shards from the hand:
+// an expired entry, else one not used since the hand last passed it
+// (clearing the used bit of those it passes), else the first it saw.
+func (c *KeysetCache) victimLocked() (*loadedKey, string, *atomic.Pointer[map[string]*loadedKey]) {
+	var first *loadedKey
+	var firstName string
+	var firstShard *atomic.Pointer[map[string]*loadedKey]
+	var unused *loadedKey
+	var unusedName string
+	var unusedShard *atomic.Pointer[map[string]*loadedKey]
+	for i := range cacheShards {
+		sh := &c.shards[(c.hand+i)%cacheShards]
+		for n, e := range *sh.Load() {
+			if e.expired.Load() {
+				c.hand = (c.hand + i + 1) % cacheShards
+				return e, n, sh
+			}
+			if first == nil {
+				first, firstName, firstShard = e, n, sh
+			}
+			if unused == nil && !e.referenced.Load() {
+				unused, unusedName, unusedShard = e, n, sh
+			}
+			e.referenced.Store(false)
+		}
+	}
+	c.hand = (c.hand + 1) % cacheShards
+	if unused != nil {
+		return unused, unusedName, unusedShard
+	}
+	return first, firstName, firstShard
 }
 
 // invalidate drops name and refuses any later put of a revision below
 // revision, the one this keyring just wrote.
 func (c *KeysetCache) invalidate(name string, revision int64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.floor[name] = max(c.floor[name], revision)
-	c.deleteLocked(name, nil)
+	e := c.deleteLocked(name, nil)
+	c.mu.Unlock()
+	if e != nil {
+		e.stopTimer()
+	}
 }
 
 // remove drops name if it still maps to lk (nil: whatever it maps to).
 func (c *KeysetCache) remove(name string, lk *loadedKey) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.deleteLocked(name, lk)
+	e := c.deleteLocked(name, lk)
+	c.mu.Unlock()
+	if e != nil {
+		e.stopTimer()
+	}
 }
 
-func (c *KeysetCache) deleteLocked(name string, lk *loadedKey) {
-	cur := *c.entries.Load()
-	e, ok := cur[name]
+// deleteLocked removes name if it maps to lk (nil: to anything) and returns
+// the removed entry, whose timer the caller stops after unlocking.
+func (c *KeysetCache) deleteLocked(name string, lk *loadedKey) *loadedKey {
+	sh := c.shard(name)
+	e, ok := (*sh.Load())[name]
 	if !ok || (lk != nil && e != lk) {
-		return
+		return nil
 	}
-	e.stopTimer()
-	next := make(map[string]*loadedKey, len(cur))
-	for n, v := range cur {
-		if n != name {
-			next[n] = v
-		}
-	}
-	c.entries.Store(&next)
+	c.replaceLocked(sh, name, nil)
+	return e
 }
 
 // Stats returns the cache's counters.
 func (c *KeysetCache) Stats() CacheStats {
-	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: len(*c.entries.Load())}
+	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: int(c.length.Load())}
 }
 
 // flight deduplicates concurrent loads of the same key, so that a burst of

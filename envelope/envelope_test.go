@@ -664,37 +664,64 @@ func (k hookKEK) Unwrap(ctx context.Context, ct, aad []byte) ([]byte, error) {
 	return k.KEK.Unwrap(ctx, ct, aad)
 }
 
-// TestChangeDuringColdLoad disables a key while another call is loading it
+// TestChangeDuringColdLoad changes a key while another call is loading it
 // from the root key: the load that read the old revision must not put it
-// back in the cache, so the next call sees the key disabled.
+// back in the cache, even once the newer entry has been evicted, so the next
+// call sees the key disabled.
 func TestChangeDuringColdLoad(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture(t, Options{})
-	f.createKey(t, "switch", store.KeyTypeAES256GCM)
-	inUnwrap, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	cold, err := New(f.store, hookKEK{KEK: f.kek, beforeUnwrap: func() {
-		once.Do(func() {
-			close(inUnwrap)
-			<-release
+	tests := []struct {
+		name    string
+		maxKeys int
+		change  func(t *testing.T, r *Keyring)
+	}{
+		{"disable", 0, func(t *testing.T, r *Keyring) {
+			if _, err := r.DisableKey(context.Background(), "switch"); err != nil {
+				t.Fatalf("DisableKey() err = %v", err)
+			}
+		}},
+		{"rotate, disable, then evict", 1, func(t *testing.T, r *Keyring) {
+			ctx := context.Background()
+			if _, err := r.RotateKey(ctx, "switch"); err != nil {
+				t.Fatalf("RotateKey() err = %v", err)
+			}
+			if _, err := r.DisableKey(ctx, "switch"); err != nil {
+				t.Fatalf("DisableKey() err = %v", err)
+			}
+			if _, _, err := r.Encrypt(ctx, "other", []byte("p"), nil); err != nil {
+				t.Fatalf("Encrypt(other) err = %v", err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, Options{})
+			f.createKey(t, "switch", store.KeyTypeAES256GCM)
+			f.createKey(t, "other", store.KeyTypeAES256GCM)
+			inUnwrap, release := make(chan struct{}), make(chan struct{})
+			var first atomic.Bool
+			cold, err := New(f.store, hookKEK{KEK: f.kek, beforeUnwrap: func() {
+				if first.CompareAndSwap(false, true) {
+					close(inUnwrap)
+					<-release
+				}
+			}}, Options{CacheMaxKeys: tt.maxKeys})
+			if err != nil {
+				t.Fatal(err)
+			}
+			loaded := make(chan error, 1)
+			go func() {
+				_, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil)
+				loaded <- err
+			}()
+			<-inUnwrap
+			tt.change(t, cold)
+			close(release)
+			<-loaded // it started before the change; either outcome is fine
+			if _, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil); !errors.Is(err, ErrKeyDisabled) {
+				t.Errorf("Encrypt() after the change raced a cold load: err = %v, want ErrKeyDisabled", err)
+			}
 		})
-	}}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	loaded := make(chan error, 1)
-	go func() {
-		_, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil)
-		loaded <- err
-	}()
-	<-inUnwrap
-	if _, err := cold.DisableKey(ctx, "switch"); err != nil {
-		t.Fatalf("DisableKey() err = %v", err)
-	}
-	close(release)
-	<-loaded // it started before the disable; either outcome is fine
-	if _, _, err := cold.Encrypt(ctx, "switch", []byte("p"), nil); !errors.Is(err, ErrKeyDisabled) {
-		t.Errorf("Encrypt() after DisableKey raced a cold load: err = %v, want ErrKeyDisabled", err)
 	}
 }
 
