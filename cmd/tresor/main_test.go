@@ -189,6 +189,17 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"missing root key object", withRoot(strings.Replace(uri, "object="+devRootObject, "object=nope", 1)), pkcs11.ErrKeyNotFound, "nope"},
 		{"missing pin file", withRoot(strings.Replace(uri, pinSource, filepath.Join(dir, "no-such.pin"), 1)), nil, "no-such.pin"},
 		{"unknown root key provider", withRoot("vault://x"), nil, "unknown root key provider"},
+		{"missing TLS certificate", func() config.Config {
+			c := devCfg
+			c.TLS.CertFile = filepath.Join(dir, "typo.pem")
+			c.Store.URL = "sqlite://" + filepath.Join(dir, "must-not-exist.db")
+			return c
+		}(), nil, "typo.pem"},
+		{"no client CA", func() config.Config {
+			c := devCfg
+			c.TLS.ClientCAFile = ""
+			return c
+		}(), config.ErrInvalid, "client_ca_file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -210,6 +221,9 @@ func TestServeRefusesToStart(t *testing.T) {
 				t.Errorf("serve() err = %q contains the PIN", err)
 			}
 		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "must-not-exist.db")); err == nil {
+		t.Errorf("serve() with a TLS typo created the key store; want nothing written")
 	}
 }
 

@@ -89,6 +89,14 @@ func openStore(ctx context.Context, url string) (store.Store, error) {
 // until ctx ends. ready, when not nil, is called with the server once it
 // listens.
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(*server.Server)) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	// TLS first: a typo in a path must not leave a new empty key store behind.
+	tlsCfg, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	st, err := openStore(ctx, cfg.Store.URL)
 	if err != nil {
 		return fmt.Errorf("refusing to start: key store: %w", err)
@@ -107,10 +115,6 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
-	if err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
 	srv, err := server.New(ring, server.Options{
 		GRPCAddr:        cfg.Listen.GRPC,
 		HTTPAddr:        cfg.Listen.HTTP,
@@ -125,7 +129,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	grpcAddr, httpAddr := srv.Addrs()
-	logger.InfoContext(ctx, "tresor serving", "grpc", grpcAddr, "http", httpAddr, "root_key", rk.ID(), "store", storeKind(cfg.Store.URL), "mtls", cfg.TLS.ClientCAFile != "")
+	logger.InfoContext(ctx, "tresor serving", "grpc", grpcAddr, "http", httpAddr, "root_key", rk.ID(), "store", storeKind(cfg.Store.URL))
 	if ready != nil {
 		ready(srv)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -25,6 +24,7 @@ import (
 // any JSON parser refuses it.
 type gatewayJSON struct {
 	runtime.JSONPb
+	bodies sync.Pool // *[]byte request-body buffers, wiped before reuse
 }
 
 // Marshal marshals a message with protojson without JSONPb's extra copy
@@ -47,9 +47,7 @@ type gatewayJSONDecoder struct {
 }
 
 // maxPooledBody bounds the bodies whose buffers are kept for reuse.
-const maxPooledBody = 64 << 10
-
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+const maxPooledBody = 256 << 10
 
 // Decode reads the whole body and unmarshals it into v with protojson. An
 // empty (or all-whitespace) body gives io.EOF, as JSONPb's decoder does: the
@@ -60,16 +58,21 @@ func (d *gatewayJSONDecoder) Decode(v any) error {
 	if !ok {
 		return d.j.JSONPb.NewDecoder(d.r).Decode(v)
 	}
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
+	bp, _ := d.j.bodies.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, 0, 4<<10)
+		bp = &b
+	}
+	raw, err := readAllWiping(d.r, (*bp)[:0])
 	defer func() {
 		// The body holds plaintext: wipe it before the buffer is reused.
-		clear(buf.Bytes()[:buf.Cap()])
-		if buf.Cap() <= maxPooledBody {
-			bodyPool.Put(buf)
+		clear(raw[:cap(raw)])
+		if cap(raw) <= maxPooledBody {
+			*bp = raw[:0]
+			d.j.bodies.Put(bp)
 		}
 	}()
-	if _, err := buf.ReadFrom(d.r); err != nil {
+	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			return errBodyTooLarge
@@ -78,14 +81,43 @@ func (d *gatewayJSONDecoder) Decode(v any) error {
 	}
 	// protojson copies what it keeps (strings, decoded bytes): the buffer
 	// can be reused once Unmarshal returns.
-	body := bytes.TrimLeft(buf.Bytes(), " \t\r\n")
+	body := bytes.TrimLeft(raw, " \t\r\n")
 	if len(body) == 0 {
 		return io.EOF
 	}
 	if err := d.j.UnmarshalOptions.Unmarshal(body, m); err != nil {
-		return decodeError(err)
+		// Tell an unknown field from other errors by parsing again with
+		// unknown fields allowed, not by reading protojson's message (which
+		// quotes the body).
+		lenient := d.j.UnmarshalOptions
+		lenient.DiscardUnknown = true
+		if lenient.Unmarshal(body, m.ProtoReflect().New().Interface()) == nil {
+			return errUnknownField
+		}
+		return errBadJSON
 	}
 	return nil
+}
+
+// readAllWiping reads r to its end into b, growing it as needed and wiping
+// each array it outgrows, so no copy of the body is left behind unwiped.
+func readAllWiping(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), 2*cap(b)+512)
+			copy(nb, b)
+			clear(b[:cap(b)])
+			b = nb
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if errors.Is(err, io.EOF) {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
 
 // Decode errors. protojson's own messages quote the offending value, which
@@ -96,10 +128,3 @@ var (
 	errUnknownField   = errors.New("request body has a field this method does not define")
 	errBadJSON        = errors.New("request body is not valid JSON for this method")
 )
-
-func decodeError(err error) error {
-	if strings.Contains(err.Error(), "unknown field") {
-		return errUnknownField
-	}
-	return errBadJSON
-}

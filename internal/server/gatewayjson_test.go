@@ -26,7 +26,7 @@ func jsonMarshalers() (*gatewayJSON, *runtime.JSONPb) {
 		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}
-	return &gatewayJSON{pb}, &pb
+	return &gatewayJSON{JSONPb: pb}, &pb
 }
 
 func TestGatewayJSONMarshalMatchesJSONPb(t *testing.T) {

@@ -109,7 +109,7 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	conn.register(&tresorv1.KeyService_ServiceDesc, keys)
 	conn.register(&tresorv1.CryptoService_ServiceDesc, crypto)
 	mux := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{JSONPb: runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}}),
@@ -275,13 +275,13 @@ func (s *Server) Serve(ctx context.Context) error {
 // TLSFiles are the paths of the server's TLS material.
 type TLSFiles struct {
 	CertFile, KeyFile string
-	// ClientCAFile holds the CAs client certificates are verified against;
-	// LoadTLS requires client certificates when it is set.
+	// ClientCAFile holds the CAs client certificates are verified against.
+	// Required: every caller presents a certificate (mutual TLS).
 	ClientCAFile string
 }
 
-// LoadTLS builds a server TLS configuration (TLS 1.2 or newer, HTTP/2 and
-// HTTP/1.1) from files.
+// LoadTLS builds a server TLS configuration from files: TLS 1.2 or newer,
+// HTTP/2 and HTTP/1.1, client certificates required and verified.
 func LoadTLS(f TLSFiles) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
 	if err != nil {
@@ -292,17 +292,18 @@ func LoadTLS(f TLSFiles) (*tls.Config, error) {
 		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{"h2", "http/1.1"},
 	}
-	if f.ClientCAFile != "" {
-		pem, err := os.ReadFile(f.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("server: read client CA bundle: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("server: client CA bundle %s holds no PEM certificate", f.ClientCAFile)
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	if f.ClientCAFile == "" {
+		return nil, errors.New("server: a client CA bundle is required: every caller presents a certificate (mutual TLS)")
 	}
+	pem, err := os.ReadFile(f.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: read client CA bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("server: client CA bundle %s holds no PEM certificate", f.ClientCAFile)
+	}
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	return cfg, nil
 }

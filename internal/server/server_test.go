@@ -394,16 +394,19 @@ func TestRESTRequestLimits(t *testing.T) {
 		name     string
 		body     string
 		wantHTTP int
+		wantMsg  string
 	}{
-		{"unknown field", `{"plaintext":"cA==","surprise":1}`, 400},
-		{"malformed JSON", `{"plaintext":`, 400},
-		{"body over the limit", `{"plaintext":"` + strings.Repeat("A", 2<<20) + `"}`, 413},
+		{"unknown field", `{"plaintext":"cA==","surprise":1}`, 400, "field this method does not define"},
+		{"malformed JSON", `{"plaintext":`, 400, "not valid JSON"},
+		{"value that mentions an unknown field", `{"associatedData":"x unknown field"}`, 400, "not valid JSON"},
+		{"trailing data", `{"plaintext":"cA=="} {}`, 400, "not valid JSON"},
+		{"body over the limit", `{"plaintext":"` + strings.Repeat("A", 2<<20) + `"}`, 413, "too large"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out := ts.rest(t, "POST", "/v1/keys/any:encrypt", tt.body)
-			if code != tt.wantHTTP {
-				t.Errorf("POST %s = %d %v, want %d", tt.name, code, out, tt.wantHTTP)
+			if code != tt.wantHTTP || !strings.Contains(fmt.Sprint(out), tt.wantMsg) {
+				t.Errorf("POST %s = %d %v, want %d mentioning %q", tt.name, code, out, tt.wantHTTP, tt.wantMsg)
 			}
 		})
 	}
