@@ -77,22 +77,31 @@ func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, er
 // gives ErrKeyDisabled and a version below the key's minimum gives
 // ErrVersionNotAllowed; every other failure gives ErrDecrypt.
 func (r *Keyring) Decrypt(ctx context.Context, ciphertext, aad []byte) (secret.Bytes, KeyRef, error) {
+	pt, lk, version, err := r.decrypt(ctx, ciphertext, aad)
+	if err != nil {
+		return nil, KeyRef{}, err
+	}
+	return pt, KeyRef{Name: lk.meta.Name, Version: version}, nil
+}
+
+// decrypt is Decrypt returning the loaded key that opened the ciphertext.
+func (r *Keyring) decrypt(ctx context.Context, ciphertext, aad []byte) (secret.Bytes, *loadedKey, uint32, error) {
 	p, ok := parse(ciphertext)
 	if !ok {
-		return nil, KeyRef{}, ErrDecrypt
+		return nil, nil, 0, ErrDecrypt
 	}
 	lk, err := r.loadBytes(ctx, p.name)
 	if errors.Is(err, ErrKeyNotFound) {
-		return nil, KeyRef{}, ErrDecrypt
+		return nil, nil, 0, ErrDecrypt
 	}
 	if err != nil {
-		return nil, KeyRef{}, err
+		return nil, nil, 0, err
 	}
 	pt, err := r.open(lk, p, aad)
 	if err != nil {
-		return nil, KeyRef{}, err
+		return nil, nil, 0, err
 	}
-	return pt, KeyRef{Name: lk.meta.Name, Version: p.version}, nil
+	return pt, lk, p.version, nil
 }
 
 func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error) {
@@ -135,24 +144,20 @@ func (r *Keyring) ReEncrypt(ctx context.Context, ciphertext, aad []byte, destKey
 			return nil, KeyRef{}, KeyRef{}, err
 		}
 	}
-	pt, src, err := r.Decrypt(ctx, ciphertext, aad)
+	pt, srcKey, version, err := r.decrypt(ctx, ciphertext, aad)
 	if err != nil {
 		return nil, KeyRef{}, KeyRef{}, err
 	}
 	defer pt.Wipe()
-	if destKey == "" {
-		destKey = src.Name
-	}
-	srcKey, err := r.load(ctx, src.Name)
-	if err != nil {
-		return nil, KeyRef{}, KeyRef{}, err
-	}
-	dst, err := r.load(ctx, destKey)
-	if err != nil {
-		return nil, KeyRef{}, KeyRef{}, err
+	src := KeyRef{Name: srcKey.meta.Name, Version: version}
+	dst := srcKey
+	if destKey != "" && destKey != src.Name {
+		if dst, err = r.load(ctx, destKey); err != nil {
+			return nil, KeyRef{}, KeyRef{}, err
+		}
 	}
 	if dst.meta.Type != srcKey.meta.Type {
-		return nil, KeyRef{}, KeyRef{}, fmt.Errorf("%w: cannot re-encrypt from %s key %q to %s key %q", ErrKeyTypeMismatch, srcKey.meta.Type, src.Name, dst.meta.Type, destKey)
+		return nil, KeyRef{}, KeyRef{}, fmt.Errorf("%w: cannot re-encrypt from %s key %q to %s key %q", ErrKeyTypeMismatch, srcKey.meta.Type, src.Name, dst.meta.Type, dst.meta.Name)
 	}
 	out, ref, err := r.seal(dst, pt, aad)
 	if err != nil {

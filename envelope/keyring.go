@@ -278,7 +278,9 @@ func storeErr(name string, err error) error {
 	}
 }
 
-// public returns k without its wrapped keyset, for callers outside the keyring.
+// public returns k without its wrapped keyset, for callers outside the
+// keyring. Labels and versions are copied because k may also be the
+// metadata of a cached entry, which callers must not be able to change.
 func public(k store.Key) store.Key {
 	k.WrappedKeyset = nil
 	k.Labels = maps.Clone(k.Labels)
