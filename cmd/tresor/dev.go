@@ -121,12 +121,15 @@ func devRootKey(ctx context.Context, dir string, noHSM bool, logger *slog.Logger
 		}
 		return uri, true, nil
 	}
+	// Create the key file only: serve opens it (and warns) once.
 	path := filepath.Join(dir, "root.key")
-	k, err := localkek.OpenOrCreate(ctx, path, logger)
+	created, err := localkek.CreateKeyFile(path)
 	if err != nil {
 		return "", false, err
 	}
-	_ = k.Close()
+	if created {
+		logger.WarnContext(ctx, "DEVELOPMENT ONLY: created a new root key file", "path", path)
+	}
 	return localkek.URI(path), false, nil
 }
 

@@ -89,7 +89,7 @@ func OpenOrCreate(ctx context.Context, path string, logger *slog.Logger) (*RootK
 	if logger == nil {
 		logger = slog.Default()
 	}
-	created, err := create(path)
+	created, err := CreateKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +99,9 @@ func OpenOrCreate(ctx context.Context, path string, logger *slog.Logger) (*RootK
 	return Open(ctx, path, logger)
 }
 
-// create writes a new key file unless one exists.
-func create(path string) (bool, error) {
+// CreateKeyFile writes a new random key file at path (mode 0600, parent
+// directories 0700) unless one exists, and reports whether it wrote one.
+func CreateKeyFile(path string) (created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return false, fmt.Errorf("localkek: %w", err)
 	}

@@ -162,3 +162,17 @@ func TestParseURI(t *testing.T) {
 		}
 	}
 }
+
+func TestCreateKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "root.key")
+	for i, want := range []bool{true, false} {
+		created, err := CreateKeyFile(path)
+		if err != nil || created != want {
+			t.Fatalf("CreateKeyFile() call %d = %v, %v; want %v, nil", i+1, created, err, want)
+		}
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Size() != KeySize || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file = %v, %v; want %d bytes, mode 0600", st, err, KeySize)
+	}
+}
