@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -29,6 +30,9 @@ import (
 // Several processes may open the same file (each waits for the others' write
 // transactions up to a busy timeout), but one tresor per database is the
 // intended deployment.
+//
+// The store's clock ([WithClock]) decides which budget windows have ended:
+// ConsumeBudget deletes their counts now and then (see [SQLite.ConsumeBudget]).
 type SQLite struct {
 	w   *sql.DB // one connection; BEGIN IMMEDIATE; every write
 	r   *sql.DB // query_only connections; every read
@@ -39,6 +43,11 @@ type SQLite struct {
 	getKey, listKeys               *sql.Stmt // on r
 	insertKey, updateKey, revision *sql.Stmt // on w
 	deleteVersions, insertVersion  *sql.Stmt // on w
+	consumeBudget, sweepBudgets    *sql.Stmt // on w
+
+	// nextSweep is when (Unix microseconds, store clock) ConsumeBudget
+	// next deletes the counts of ended windows.
+	nextSweep atomic.Int64
 }
 
 var _ Store = (*SQLite)(nil)
@@ -120,6 +129,8 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 		{&s.revision, w, `SELECT revision FROM keys WHERE name = ?`},
 		{&s.deleteVersions, w, `DELETE FROM key_versions WHERE key_name = ?`},
 		{&s.insertVersion, w, insertVersionSQL},
+		{&s.consumeBudget, w, consumeBudgetSQL},
+		{&s.sweepBudgets, w, sweepBudgetsSQL},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
 			s.Close()
@@ -153,7 +164,8 @@ func checkWriter(ctx context.Context, w *sql.DB) error {
 // Close closes the database. Calls made after Close fail.
 func (s *SQLite) Close() error {
 	var errs []error
-	for _, stmt := range []*sql.Stmt{s.getKey, s.listKeys, s.insertKey, s.updateKey, s.revision, s.deleteVersions, s.insertVersion} {
+	for _, stmt := range []*sql.Stmt{s.getKey, s.listKeys, s.insertKey, s.updateKey, s.revision,
+		s.deleteVersions, s.insertVersion, s.consumeBudget, s.sweepBudgets} {
 		if stmt != nil {
 			errs = append(errs, stmt.Close())
 		}
@@ -284,6 +296,133 @@ func (s *SQLite) write(ctx context.Context, fn func(*sql.Tx) error) error {
 		return sqliteErr(err)
 	}
 	return nil
+}
+
+// Budget counters.
+
+// maxBudgetCounter is the longest counter name ConsumeBudget accepts, in bytes.
+const maxBudgetCounter = 512
+
+// validateBudget checks the arguments of ConsumeBudget against the rules of
+// [ErrInvalidBudget], and also refuses counter names that are not valid UTF-8
+// or hold a NUL (which not every backend stores) and windows whose End is not
+// after Start once both are truncated to the microsecond. The errors it
+// returns wrap ErrInvalidBudget. Every implementation calls it first.
+func validateBudget(n int64, windows []BudgetWindow) error {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidBudget, fmt.Sprintf(format, args...))
+	}
+	if n <= 0 {
+		return invalid("n = %d, want at least 1", n)
+	}
+	if len(windows) == 0 {
+		return invalid("no windows")
+	}
+	for i, w := range windows {
+		switch {
+		case w.Counter == "":
+			return invalid("window %d: empty counter name", i)
+		case len(w.Counter) > maxBudgetCounter:
+			return invalid("window %d: counter name of %d bytes, want at most %d", i, len(w.Counter), maxBudgetCounter)
+		case w.Limit <= 0:
+			return invalid("window %d (%q): limit %d, want at least 1", i, w.Counter, w.Limit)
+		case !storeTime(w.End).After(storeTime(w.Start)):
+			return invalid("window %d (%q): end %v is not after start %v (to the microsecond)", i, w.Counter, w.End, w.Start)
+		}
+		if err := checkText(w.Counter); err != nil {
+			return invalid("window %d: counter name: %v", i, err)
+		}
+	}
+	return nil
+}
+
+// consumeBudgetSQL adds ?4 to the count of the window (?1, ?2), creating it,
+// unless the sum would pass the limit ?5: then it changes nothing and returns
+// no row. The caller checks ?4 <= ?5 first, for the insert; the test is
+// written so that it cannot overflow. A window given with different ends
+// keeps the latest, so that it is not deleted early.
+const consumeBudgetSQL = `INSERT INTO budget_counts (counter, window_start, window_end, used)
+	VALUES (?1, ?2, ?3, ?4)
+	ON CONFLICT (counter, window_start) DO UPDATE
+	SET used = used + excluded.used, window_end = max(window_end, excluded.window_end)
+	WHERE used <= ?5 - excluded.used
+	RETURNING used`
+
+// sweepBudgetsSQL deletes up to ?2 counts of windows that ended by ?1.
+const sweepBudgetsSQL = `DELETE FROM budget_counts WHERE (counter, window_start) IN
+	(SELECT counter, window_start FROM budget_counts WHERE window_end <= ?1 LIMIT ?2)`
+
+// Sweeping: at most once per budgetSweepInterval of the store's clock, and
+// again on the next call while a sweep found a full batch, a successful
+// ConsumeBudget deletes up to budgetSweepBatch counts of ended windows in
+// its own transaction. That bounds both the table and the time any one call
+// spends on it.
+const (
+	budgetSweepInterval = time.Minute
+	budgetSweepBatch    = 1000
+)
+
+// errBudgetExceeded makes write roll back a ConsumeBudget that found a
+// window over its limit.
+var errBudgetExceeded = errors.New("budget exceeded")
+
+// ConsumeBudget implements [Store.ConsumeBudget]. It checks and increments
+// every window in one write transaction (BEGIN IMMEDIATE), so concurrent
+// calls, from this process or another one on the same file, never count
+// past a limit. On an error it returns 0 (not -1) with the error, so that a
+// caller that ignores the error still refuses.
+func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWindow) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("consume budget: %w", err)
+	}
+	if err := validateBudget(n, windows); err != nil {
+		return 0, fmt.Errorf("consume budget: %w", err)
+	}
+	now := storeTime(s.now()).UnixMicro()
+	sweep := now >= s.nextSweep.Load()
+	exceeded, swept := -1, 0
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		stmt := tx.StmtContext(ctx, s.consumeBudget)
+		for i, w := range windows {
+			if n > w.Limit {
+				exceeded = i
+				return errBudgetExceeded
+			}
+			var used int64
+			err := stmt.QueryRowContext(ctx, w.Counter, storeTime(w.Start).UnixMicro(),
+				storeTime(w.End).UnixMicro(), n, w.Limit).Scan(&used)
+			if errors.Is(err, sql.ErrNoRows) {
+				exceeded = i
+				return errBudgetExceeded
+			}
+			if err != nil {
+				return sqliteErr(err)
+			}
+		}
+		if !sweep {
+			return nil
+		}
+		res, err := tx.StmtContext(ctx, s.sweepBudgets).ExecContext(ctx, now, budgetSweepBatch)
+		if err != nil {
+			return fmt.Errorf("delete ended windows: %w", sqliteErr(err))
+		}
+		deleted, err := res.RowsAffected()
+		if err != nil {
+			return fmt.Errorf("delete ended windows: %w", sqliteErr(err))
+		}
+		swept = int(deleted)
+		return nil
+	})
+	switch {
+	case errors.Is(err, errBudgetExceeded):
+		return exceeded, nil
+	case err != nil:
+		return 0, fmt.Errorf("consume budget: %w", err)
+	}
+	if sweep && swept < budgetSweepBatch {
+		s.nextSweep.Store(now + budgetSweepInterval.Microseconds())
+	}
+	return -1, nil
 }
 
 // selectKeySQL reads keys joined with their versions, one row per version,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,6 +321,171 @@ func TestSQLiteClosed(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close() err = %v, want nil", err)
+	}
+}
+
+// budgetRows returns the counters and window starts (Unix seconds) of the
+// budget_counts rows, read from the file directly.
+func budgetRows(t *testing.T, path string) []string {
+	t.Helper()
+	rows, err := rawDB(t, path).Query(`SELECT counter, window_start FROM budget_counts ORDER BY counter, window_start`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var counter string
+		var start int64
+		if err := rows.Scan(&counter, &start); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, counter+"@"+strconv.FormatInt(time.UnixMicro(start).Unix(), 10))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestSQLiteBudgetSweep checks that ConsumeBudget deletes the counts of
+// windows that ended by the store's clock, no more than once a minute, and
+// those of windows still open never.
+func TestSQLiteBudgetSweep(t *testing.T) {
+	var mu sync.Mutex
+	t0 := time.Unix(1_900_000_000, 0).UTC()
+	now := t0
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	set := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = t0.Add(d)
+	}
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	s := openSQLite(t, path, store.WithClock(clock))
+	consume := func(counter string, start, length time.Duration) {
+		t.Helper()
+		w := store.BudgetWindow{Counter: counter, Start: t0.Add(start), End: t0.Add(start + length), Limit: 10}
+		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
+			t.Fatalf("ConsumeBudget(ctx, 1, [%s]) = %d, %v; want -1, nil", counter, got, err)
+		}
+	}
+	check := func(when string, want ...string) {
+		t.Helper()
+		if got := budgetRows(t, path); !slices.Equal(got, want) {
+			t.Errorf("budget_counts %s = %q, want %q", when, got, want)
+		}
+	}
+	at := func(counter string, start time.Duration) string {
+		return counter + "@" + strconv.FormatInt(t0.Add(start).Unix(), 10)
+	}
+
+	// The first call sweeps (nothing) and sets the next sweep a minute on.
+	consume("second", 0, time.Second)
+	consume("day", 0, 24*time.Hour)
+	consume("ends-at-sweep", 0, 2*time.Minute) // ends exactly when the sweep runs
+	set(2 * time.Second)
+	consume("second", 2*time.Second, time.Second)
+	check("before a minute passed", at("day", 0), at("ends-at-sweep", 0), at("second", 0), at("second", 2*time.Second))
+
+	set(2 * time.Minute)
+	consume("second", 2*time.Minute, time.Second)
+	check("after a minute", at("day", 0), at("second", 2*time.Minute))
+
+	// A window that was deleted counts from zero when given again.
+	consume("second", 0, time.Second)
+	check("after an ended window was given again", at("day", 0), at("second", 0), at("second", 2*time.Minute))
+}
+
+// TestSQLiteBudgetSweepBatches checks that one call deletes at most a batch
+// of ended windows, and that calls go on deleting until none is left.
+func TestSQLiteBudgetSweepBatches(t *testing.T) {
+	var mu sync.Mutex
+	t0 := time.Unix(1_900_000_000, 0).UTC()
+	now := t0
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	s := openSQLite(t, path, store.WithClock(clock))
+	const ended = 2500
+	windows := make([]store.BudgetWindow, ended)
+	for i := range windows {
+		windows[i] = store.BudgetWindow{Counter: "c" + strconv.Itoa(i), Start: t0, End: t0.Add(time.Second), Limit: 1}
+	}
+	if got, err := s.ConsumeBudget(t.Context(), 1, windows); err != nil || got != -1 {
+		t.Fatalf("ConsumeBudget(ctx, 1, %d windows) = %d, %v; want -1, nil", ended, got, err)
+	}
+	mu.Lock()
+	now = t0.Add(time.Hour)
+	mu.Unlock()
+	live := store.BudgetWindow{Counter: "live", Start: t0.Add(time.Hour), End: t0.Add(2 * time.Hour), Limit: 100}
+	for _, want := range []int{1501, 501, 1, 1, 1} {
+		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{live}); err != nil || got != -1 {
+			t.Fatalf("ConsumeBudget(ctx, 1, [live]) = %d, %v; want -1, nil", got, err)
+		}
+		if got := len(budgetRows(t, path)); got != want {
+			t.Fatalf("budget_counts has %d rows, want %d", got, want)
+		}
+	}
+}
+
+// TestSQLiteBudgetTwoHandles checks that budgets hold across two handles on
+// one database, as they would across two processes.
+func TestSQLiteBudgetTwoHandles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tresor.db")
+	handles := []*store.SQLite{openSQLite(t, path), openSQLite(t, path)}
+	const (
+		goroutines = 8
+		calls      = 50
+		limit      = 300
+	)
+	start := time.Now().Truncate(time.Hour)
+	w := []store.BudgetWindow{{Counter: "c", Start: start, End: start.Add(48 * time.Hour), Limit: limit}}
+	var counted [2 * goroutines]int
+	var wg sync.WaitGroup
+	for g := range 2 * goroutines {
+		s := handles[g%2]
+		wg.Go(func() {
+			for range calls {
+				got, err := s.ConsumeBudget(t.Context(), 1, w)
+				if err != nil || (got != -1 && got != 0) {
+					t.Errorf("ConsumeBudget(ctx, 1, [c]) = %d, %v; want -1 or 0, nil", got, err)
+					return
+				}
+				if got == -1 {
+					counted[g]++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	total := 0
+	for _, n := range counted {
+		total += n
+	}
+	if total != limit {
+		t.Errorf("ConsumeBudget from two handles counted %d of %d calls, want %d", total, 2*goroutines*calls, limit)
+	}
+}
+
+func BenchmarkConsumeBudget(b *testing.B) {
+	s := openSQLite(b, filepath.Join(b.TempDir(), "tresor.db"))
+	start := time.Now().Truncate(time.Hour)
+	windows := []store.BudgetWindow{
+		{Counter: "decrypt/restricted/1s/=spiffe://bank.example/payments", Start: start, End: start.Add(time.Hour), Limit: 1 << 62},
+		{Counter: "decrypt/restricted/24h0m0s/=spiffe://bank.example/payments", Start: start, End: start.Add(24 * time.Hour), Limit: 1 << 62},
+	}
+	for b.Loop() {
+		if got, err := s.ConsumeBudget(b.Context(), 1, windows); err != nil || got != -1 {
+			b.Fatalf("ConsumeBudget(ctx, 1, ...) = %d, %v; want -1, nil", got, err)
+		}
 	}
 }
 

@@ -47,6 +47,16 @@ var (
 	ErrSchemaTooNew = errors.New("store: database schema is newer than this binary")
 )
 
+// ErrInvalidBudget means ConsumeBudget got no windows, a non-positive n or limit, an empty or over-long (512 bytes) counter name, or End not after Start. Nothing was counted.
+var ErrInvalidBudget = errors.New("store: invalid budget")
+
+// BudgetWindow is one fixed window of a usage budget.
+type BudgetWindow struct {
+	Counter    string    // names the counter, e.g. "decrypt/restricted/spiffe://bank.example/payments/1s"
+	Start, End time.Time // the window; counts are kept per (Counter, Start)
+	Limit      int64     // the most the window may count
+}
+
 // Page sizes of ListKeys.
 const (
 	// DefaultPageSize is used when ListKeys gets a pageSize <= 0.
@@ -175,6 +185,8 @@ type Store interface {
 	// ErrNotFound when there is no such key and ErrConflict when the revision
 	// differs.
 	UpdateKey(ctx context.Context, k Key) (Key, error)
+	// ConsumeBudget adds n to the count of every window, in one transaction, if every count stays within its Limit; otherwise it counts nothing and returns the index of the first window that would exceed its limit. It returns -1 when n was counted. Counts of windows whose End has passed may be deleted by the store at any time.
+	ConsumeBudget(ctx context.Context, n int64, windows []BudgetWindow) (exceeded int, err error)
 	// Close releases the store's resources.
 	Close() error
 }

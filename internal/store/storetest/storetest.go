@@ -62,6 +62,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentCreatesOneName", testConcurrentCreatesOneName},
 		{"ConsistentReads", testConsistentReads},
 		{"ContextCanceled", testContextCanceled},
+		{"BudgetWithinLimit", testBudgetWithinLimit},
+		{"BudgetExceededCountsNothing", testBudgetExceededCountsNothing},
+		{"BudgetCountersIndependent", testBudgetCountersIndependent},
+		{"BudgetNewWindowStartsAtZero", testBudgetNewWindowStartsAtZero},
+		{"BudgetManyUses", testBudgetManyUses},
+		{"BudgetInvalid", testBudgetInvalid},
+		{"BudgetContextCanceled", testBudgetContextCanceled},
+		{"BudgetConcurrent", testBudgetConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -961,4 +969,248 @@ func testContextCanceled(t *testing.T, s store.Store) {
 	if d := diffKey(mustGet(t, s, "existing"), existing); d != "" {
 		t.Errorf("GetKey(ctx, %q) after UpdateKey with a canceled context: %s", "existing", d)
 	}
+}
+
+// Budgets.
+
+// budgetWindow returns a window of counter with the given limit that starts
+// at the beginning of the current hour and lasts two days, so that it does
+// not end (and may not be deleted) while the suite runs. Window i of the
+// counter is the i-th such window after it.
+func budgetWindow(counter string, i int, limit int64) store.BudgetWindow {
+	start := time.Now().UTC().Truncate(time.Hour).Add(time.Duration(i) * 48 * time.Hour)
+	return store.BudgetWindow{Counter: counter, Start: start, End: start.Add(48 * time.Hour), Limit: limit}
+}
+
+// fmtWindows shows windows as they appear in failure messages.
+func fmtWindows(ws []store.BudgetWindow) string {
+	var s []string
+	for _, w := range ws {
+		s = append(s, fmt.Sprintf("{%q %s+%v %d}", w.Counter, w.Start.Format(time.RFC3339Nano), w.End.Sub(w.Start), w.Limit))
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
+
+// consume calls ConsumeBudget and fails t unless it returns want and no error.
+func consume(t *testing.T, s store.Store, n int64, want int, windows ...store.BudgetWindow) {
+	t.Helper()
+	got, err := s.ConsumeBudget(t.Context(), n, windows)
+	if err != nil {
+		t.Fatalf("ConsumeBudget(ctx, %d, %s) err = %v, want nil", n, fmtWindows(windows), err)
+	}
+	if got != want {
+		t.Fatalf("ConsumeBudget(ctx, %d, %s) = %d, want %d", n, fmtWindows(windows), got, want)
+	}
+}
+
+// wantCount fails t unless the count of w is want. It finds out by
+// consuming, which the Store interface allows only as far as the limit given
+// with each call: one more use is refused under a limit of want and counted
+// under a limit of want+1. It leaves the count at want+1.
+func wantCount(t *testing.T, s store.Store, w store.BudgetWindow, want int64) {
+	t.Helper()
+	if want > 0 {
+		w.Limit = want
+		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != 0 {
+			t.Fatalf("count of %s is below %d: ConsumeBudget(ctx, 1, %s) = %d, %v; want 0, nil", fmtWindows([]store.BudgetWindow{w}), want, fmtWindows([]store.BudgetWindow{w}), got, err)
+		}
+	}
+	w.Limit = want + 1
+	if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
+		t.Fatalf("count of %s is above %d: ConsumeBudget(ctx, 1, %s) = %d, %v; want -1, nil", fmtWindows([]store.BudgetWindow{w}), want, fmtWindows([]store.BudgetWindow{w}), got, err)
+	}
+}
+
+func testBudgetWithinLimit(t *testing.T, s store.Store) {
+	w := budgetWindow("decrypt/restricted/alice/1s", 0, 3)
+	for range 3 {
+		consume(t, s, 1, -1, w)
+	}
+	consume(t, s, 1, 0, w)
+	consume(t, s, 1, 0, w)
+	wantCount(t, s, w, 3)
+
+	// The limit is the caller's on every call: a higher one lets more in.
+	w.Limit = 10
+	consume(t, s, 6, -1, w)
+	consume(t, s, 1, 0, w)
+
+	// The same instant given in another zone is the same window.
+	inZone := budgetWindow("zones", 0, 2)
+	inZone.Start, inZone.End = inZone.Start.In(loc), inZone.End.In(loc)
+	consume(t, s, 1, -1, budgetWindow("zones", 0, 2))
+	consume(t, s, 1, -1, inZone)
+	consume(t, s, 1, 0, budgetWindow("zones", 0, 2))
+}
+
+func testBudgetExceededCountsNothing(t *testing.T, s store.Store) {
+	a := budgetWindow("a", 0, 10)
+	b := budgetWindow("b", 0, 2)
+	c := budgetWindow("c", 0, 10)
+	d := budgetWindow("d", 0, 2)
+	consume(t, s, 1, -1, a, b, c, d)
+	consume(t, s, 1, -1, a, b, c, d)
+	// b and d are full; b, the first of them, is reported.
+	consume(t, s, 1, 1, a, b, c, d)
+	consume(t, s, 1, 1, a, b, c, d)
+	consume(t, s, 1, 0, d, a, b)
+	// A fresh window that n alone would overfill, after counted ones.
+	e := budgetWindow("e", 0, 3)
+	consume(t, s, 5, 2, a, c, e)
+	for _, w := range []store.BudgetWindow{a, b, c, d} {
+		wantCount(t, s, w, 2)
+	}
+	wantCount(t, s, e, 0)
+}
+
+func testBudgetCountersIndependent(t *testing.T, s store.Store) {
+	counters := []string{"k", "K", "k/", "k ", "kk", "/k", "ü", "decrypt/restricted/spiffe://bank.example/payments/1s"}
+	for _, c := range counters {
+		consume(t, s, 1, -1, budgetWindow(c, 0, 1))
+	}
+	for _, c := range counters {
+		consume(t, s, 1, 0, budgetWindow(c, 0, 1))
+	}
+	consume(t, s, 1, -1, budgetWindow("other", 0, 1))
+	for _, c := range counters {
+		wantCount(t, s, budgetWindow(c, 0, 1), 1)
+	}
+}
+
+func testBudgetNewWindowStartsAtZero(t *testing.T, s store.Store) {
+	first := budgetWindow("c", 0, 2)
+	consume(t, s, 2, -1, first)
+	consume(t, s, 1, 0, first)
+	next := budgetWindow("c", 1, 2)
+	consume(t, s, 2, -1, next)
+	consume(t, s, 1, 0, next)
+	// A window that starts a second later is another window, overlapping
+	// or not; counts are kept per (Counter, Start).
+	shifted := first
+	shifted.Start = shifted.Start.Add(time.Second)
+	consume(t, s, 2, -1, shifted)
+	wantCount(t, s, first, 2)
+}
+
+func testBudgetManyUses(t *testing.T, s store.Store) {
+	w := budgetWindow("c", 0, 10)
+	steps := []struct {
+		n    int64
+		want int
+	}{{4, -1}, {4, -1}, {4, 0}, {3, 0}, {2, -1}, {1, 0}}
+	for _, st := range steps {
+		consume(t, s, st.n, st.want, w)
+	}
+	big := budgetWindow("big", 0, 1<<62)
+	consume(t, s, 1<<62, -1, big)
+	consume(t, s, 1<<62, 0, big)
+	consume(t, s, 1, 0, big)
+	big.Limit = 1<<63 - 1
+	consume(t, s, 1<<62, 0, big)
+	consume(t, s, 1<<62-1, -1, big)
+	consume(t, s, 1, 0, big)
+}
+
+func testBudgetInvalid(t *testing.T, s store.Store) {
+	valid := budgetWindow("valid", 0, 5)
+	mod := func(f func(w *store.BudgetWindow)) store.BudgetWindow {
+		w := budgetWindow("w", 0, 5)
+		f(&w)
+		return w
+	}
+	tests := []struct {
+		name    string
+		n       int64
+		windows []store.BudgetWindow
+	}{
+		{"n zero", 0, []store.BudgetWindow{valid}},
+		{"n negative", -1, []store.BudgetWindow{valid}},
+		{"nil windows", 1, nil},
+		{"empty windows", 1, []store.BudgetWindow{}},
+		{"limit zero", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Limit = 0 })}},
+		{"limit negative", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Limit = -5 })}},
+		{"empty counter", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Counter = "" })}},
+		{"counter of 513 bytes", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Counter = strings.Repeat("x", 513) })}},
+		{"counter of 513 bytes in 257 runes", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Counter = strings.Repeat("é", 256) + "x" })}},
+		{"counter not UTF-8", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Counter = "c\xff" })}},
+		{"counter with NUL", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Counter = "c\x00d" })}},
+		{"end equals start", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.End = w.Start })}},
+		{"end before start", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.End = w.Start.Add(-time.Second) })}},
+		{"zero times", 1, []store.BudgetWindow{valid, mod(func(w *store.BudgetWindow) { w.Start, w.End = time.Time{}, time.Time{} })}},
+		{"invalid first", 1, []store.BudgetWindow{mod(func(w *store.BudgetWindow) { w.Limit = 0 }), valid}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.ConsumeBudget(t.Context(), tt.n, tt.windows)
+			if !errors.Is(err, store.ErrInvalidBudget) {
+				t.Fatalf("ConsumeBudget(ctx, %d, %s) = %d, %v; want ErrInvalidBudget", tt.n, fmtWindows(tt.windows), got, err)
+			}
+		})
+	}
+	// Nothing was counted, and the limits are inclusive of 512 bytes.
+	wantCount(t, s, valid, 0)
+	consume(t, s, 1, -1, budgetWindow(strings.Repeat("x", 512), 0, 1))
+	consume(t, s, 1, -1, budgetWindow(strings.Repeat("é", 256), 0, 1))
+}
+
+func testBudgetContextCanceled(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	w := budgetWindow("c", 0, 5)
+	if _, err := s.ConsumeBudget(ctx, 1, []store.BudgetWindow{w}); !errors.Is(err, context.Canceled) {
+		t.Errorf("ConsumeBudget(canceled ctx, 1, %s) err = %v, want context.Canceled", fmtWindows([]store.BudgetWindow{w}), err)
+	}
+	wantCount(t, s, w, 0)
+}
+
+func testBudgetConcurrent(t *testing.T, s store.Store) {
+	const (
+		calls = 50
+		limit = 300
+	)
+	tight := budgetWindow("tight", 0, limit)
+	loose := budgetWindow("loose", 0, goroutines*calls)
+	var ok, refused [goroutines]int
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			<-start
+			for range calls {
+				// Half the goroutines give the windows in the other order.
+				windows := []store.BudgetWindow{loose, tight}
+				want := 1
+				if g%2 == 1 {
+					windows[0], windows[1] = tight, loose
+					want = 0
+				}
+				got, err := s.ConsumeBudget(t.Context(), 1, windows)
+				switch {
+				case err != nil:
+					t.Errorf("ConsumeBudget(ctx, 1, %s) err = %v, want nil", fmtWindows(windows), err)
+					return
+				case got == -1:
+					ok[g]++
+				case got == want:
+					refused[g]++
+				default:
+					t.Errorf("ConsumeBudget(ctx, 1, %s) = %d, want -1 or %d", fmtWindows(windows), got, want)
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	okTotal, refusedTotal := 0, 0
+	for g := range goroutines {
+		okTotal += ok[g]
+		refusedTotal += refused[g]
+	}
+	if okTotal != limit || refusedTotal != goroutines*calls-limit {
+		t.Fatalf("%d goroutines × %d ConsumeBudget(ctx, 1, ...) against limit %d: %d counted, %d refused; want %d, %d",
+			goroutines, calls, limit, okTotal, refusedTotal, limit, goroutines*calls-limit)
+	}
+	wantCount(t, s, tight, limit)
+	wantCount(t, s, loose, limit)
 }
