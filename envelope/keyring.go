@@ -150,7 +150,7 @@ func checkLabels(labels map[string]string) error {
 			return fmt.Errorf("%w: label %q: value longer than %d bytes", ErrInvalidArgument, k, maxLabelValueLen)
 		}
 	}
-	return nil
+	return checkSensitivityLabel(labels)
 }
 
 func template(t store.KeyType) (*tinkpb.KeyTemplate, error) {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -28,6 +29,7 @@ import (
 // defaults from TRESOR_ADDR, TRESOR_CA, TRESOR_CERT and TRESOR_KEY.
 type clientFlags struct {
 	addr, ca, cert, key string
+	token, devDir       string
 	timeout             time.Duration
 }
 
@@ -36,8 +38,29 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.ca, "ca", os.Getenv("TRESOR_CA"), "CA bundle that signed the server certificate (TRESOR_CA)")
 	fs.StringVar(&f.cert, "cert", os.Getenv("TRESOR_CERT"), "client certificate for mutual TLS (TRESOR_CERT)")
 	fs.StringVar(&f.key, "key-file", os.Getenv("TRESOR_KEY"), "client certificate's private key (TRESOR_KEY)")
+	fs.StringVar(&f.token, "token", os.Getenv("TRESOR_TOKEN"), "bearer access token (TRESOR_TOKEN); when empty and TRESOR_DEV_DIR is set, a development token is minted")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of each call")
+	f.devDir = os.Getenv("TRESOR_DEV_DIR")
 }
+
+// bearer returns the access token to send: --token, else a development
+// token bound to the client certificate when TRESOR_DEV_DIR names tresor
+// dev's folder, else none.
+func (f *clientFlags) bearer() (string, error) {
+	if f.token != "" || f.devDir == "" {
+		return f.token, nil
+	}
+	return mintDevToken(f.devDir, devissuer.TokenRequest{Subject: "dev-user", Audience: devAudience, Lifetime: 5 * time.Minute}, f.cert)
+}
+
+// bearerCredentials sends a bearer token with every call, over TLS only.
+type bearerCredentials string
+
+func (b bearerCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearerCredentials) RequireTransportSecurity() bool { return true }
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -67,7 +90,15 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 		}
 		cfg.Certificates = []tls.Certificate{c}
 	}
-	return grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+	tok, err := f.bearer()
+	if err != nil {
+		return nil, err
+	}
+	if tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCredentials(tok)))
+	}
+	return grpc.NewClient(f.addr, opts...)
 }
 
 // clientCmd builds a command that dials the server and runs fn.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/devpki"
 	"github.com/tresorkms/tresor/internal/server"
@@ -27,7 +28,7 @@ const (
 )
 
 func newDevCmd() *cobra.Command {
-	var dir, grpcAddr, httpAddr string
+	var dir, grpcAddr, httpAddr, issuerAddr string
 	var noHSM bool
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -40,11 +41,21 @@ them; later runs reuse them. It prints how to call the server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			cfg, hsm, err := devSetup(cmd.Context(), dir, grpcAddr, httpAddr, noHSM, logger)
+			cfg, hsm, err := devSetup(cmd.Context(), dir, grpcAddr, httpAddr, issuerAddr, noHSM, logger)
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, logger, func(s *server.Server) {
+			iss, err := devissuer.Open(filepath.Join(dir, "issuer"))
+			if err != nil {
+				return err
+			}
+			iss.SetURL(cfg.Auth.Token.Issuer)
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			if _, err := serveDevIssuer(ctx, iss, issuerAddr, cfg.TLS.CertFile, cfg.TLS.KeyFile, logger); err != nil {
+				return err
+			}
+			return serve(ctx, cfg, logger, func(s *server.Server) {
 				g, h := s.Addrs()
 				printDevBanner(cmd.OutOrStdout(), dir, g, h, cfg, hsm)
 			})
@@ -53,13 +64,14 @@ them; later runs reuse them. It prints how to call the server.`,
 	cmd.Flags().StringVar(&dir, "dir", envOr("TRESOR_DEV_DIR", ".tresor"), "folder for the dev state (TRESOR_DEV_DIR)")
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "127.0.0.1:8443", "gRPC listen address")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "127.0.0.1:8444", "REST listen address")
+	cmd.Flags().StringVar(&issuerAddr, "issuer-addr", "127.0.0.1:8445", "development token issuer's listen address (OIDC discovery and JWKS)")
 	cmd.Flags().BoolVar(&noHSM, "no-hsm", false, "use a development key file even when SoftHSM2 is installed")
 	return cmd
 }
 
 // devSetup creates (first run) or reuses the dev state under dir and returns
 // the configuration to serve and whether the root key is in SoftHSM2.
-func devSetup(ctx context.Context, dir, grpcAddr, httpAddr string, noHSM bool, logger *slog.Logger) (config.Config, bool, error) {
+func devSetup(ctx context.Context, dir, grpcAddr, httpAddr, issuerAddr string, noHSM bool, logger *slog.Logger) (config.Config, bool, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return config.Config{}, false, err
@@ -81,6 +93,12 @@ func devSetup(ctx context.Context, dir, grpcAddr, httpAddr string, noHSM bool, l
 	cfg.Store.URL = "sqlite://" + filepath.Join(abs, "keys.db")
 	cfg.RootKey.URI = rootURI
 	cfg.Log.Format = "text"
+	if cfg.Policy.SchemaFile, cfg.Policy.Dir, err = devPolicies(abs); err != nil {
+		return config.Config{}, false, err
+	}
+	if _, err := devIssuerSetup(abs, issuerAddr, &cfg); err != nil {
+		return config.Config{}, false, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return config.Config{}, false, err
 	}
@@ -146,6 +164,10 @@ func writeDevConfig(path string, cfg config.Config, hsm bool, softhsmConf string
 	fmt.Fprintf(&b, "limits:\n  max_plaintext_bytes: %d\n  max_request_bytes: %d\n", cfg.Limits.MaxPlaintextBytes, cfg.Limits.MaxRequestBytes)
 	fmt.Fprintf(&b, "cache:\n  max_keys: %d\n  max_age: %s\n", cfg.Cache.MaxKeys, cfg.Cache.MaxAge)
 	fmt.Fprintf(&b, "log:\n  level: %s\n  format: %s\n", cfg.Log.Level, cfg.Log.Format)
+	t := cfg.Auth.Token
+	fmt.Fprintf(&b, "# Development token issuer (tresor token mints its tokens). Production points at the bank's identity provider.\n")
+	fmt.Fprintf(&b, "auth:\n  require_token: %v\n  token:\n    issuer: %q\n    audiences: [%q]\n    jwks_file: %q\n    max_lifetime: %s\n", cfg.Auth.RequireToken, t.Issuer, devAudience, t.JWKSFile, t.MaxLifetime)
+	fmt.Fprintf(&b, "policy:\n  schema_file: %q\n  dir: %q\n  timezone: %s\n", cfg.Policy.SchemaFile, cfg.Policy.Dir, cfg.Policy.Timezone)
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
@@ -159,13 +181,14 @@ func printDevBanner(w io.Writer, dir, grpcAddr, httpAddr string, cfg config.Conf
   gRPC  %s
   REST  https://%s
 
-From another shell:
-  export TRESOR_ADDR=%s TRESOR_CA=%s/ca.pem TRESOR_CERT=%s/client.pem TRESOR_KEY=%s/client-key.pem
+From another shell (client commands mint a short-lived token bound to the
+client certificate from the development issuer in TRESOR_DEV_DIR):
+  export TRESOR_ADDR=%s TRESOR_CA=%s/ca.pem TRESOR_CERT=%s/client.pem TRESOR_KEY=%s/client-key.pem TRESOR_DEV_DIR=%s
   tresor keys create payments
   echo -n 'DE89370400440532013000' | tresor encrypt --key payments --aad customer=42 > ct.txt
   tresor decrypt --aad customer=42 < ct.txt
-  curl --cacert $TRESOR_CA --cert $TRESOR_CERT --key $TRESOR_KEY \
+  curl --cacert $TRESOR_CA --cert $TRESOR_CERT --key $TRESOR_KEY -H "Authorization: Bearer $(tresor token)" \
     -X POST https://%s/v1/keys/payments:encrypt -d '{"plaintext":"aGVsbG8="}'
 Stop with Ctrl-C.
-`, dir, root, grpcAddr, httpAddr, grpcAddr, tlsDir, tlsDir, tlsDir, httpAddr)
+`, dir, root, grpcAddr, httpAddr, grpcAddr, tlsDir, tlsDir, tlsDir, dir, httpAddr)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/kms/pkcs11"
@@ -37,7 +39,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		cfg, hsm, err := devSetup(context.Background(), dir, "127.0.0.1:0", "127.0.0.1:0", false, slog.New(slog.DiscardHandler))
+		cfg, hsm, err := devSetup(context.Background(), dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", false, slog.New(slog.DiscardHandler))
 		if err != nil || !hsm {
 			fmt.Fprintf(os.Stderr, "devSetup() = hsm %v, err %v; want a SoftHSM2 root key\n", hsm, err)
 			return 1
@@ -76,7 +78,11 @@ func startDev(t *testing.T, cfg config.Config) []string {
 		}
 	})
 	tlsDir := filepath.Dir(cfg.TLS.ClientCAFile)
-	return []string{"--addr", addr, "--ca", filepath.Join(tlsDir, "ca.pem"), "--cert", filepath.Join(tlsDir, "client.pem"), "--key-file", filepath.Join(tlsDir, "client-key.pem")}
+	tok, err := mintDevToken(filepath.Dir(tlsDir), devissuer.TokenRequest{Subject: "cli-test", Audience: devAudience, Lifetime: 15 * time.Minute}, filepath.Join(tlsDir, "client.pem"))
+	if err != nil {
+		t.Fatalf("mintDevToken() err = %v, want nil", err)
+	}
+	return []string{"--addr", addr, "--ca", filepath.Join(tlsDir, "ca.pem"), "--cert", filepath.Join(tlsDir, "client.pem"), "--key-file", filepath.Join(tlsDir, "client-key.pem"), "--token", tok}
 }
 
 // run runs the CLI in process with stdin and returns stdout.
@@ -251,7 +257,7 @@ func TestConfigFiles(t *testing.T) {
 
 func TestDevWithoutHSM(t *testing.T) {
 	dir := t.TempDir()
-	cfg, hsm, err := devSetup(context.Background(), dir, "127.0.0.1:0", "127.0.0.1:0", true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg, hsm, err := devSetup(context.Background(), dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", true, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil || hsm || !strings.HasPrefix(cfg.RootKey.URI, "local-file://") {
 		t.Fatalf("devSetup(--no-hsm) = %q, hsm %v, %v; want a local-file root key", cfg.RootKey.URI, hsm, err)
 	}
@@ -260,5 +266,81 @@ func TestDevWithoutHSM(t *testing.T) {
 	ct := mustRun(t, "x", append([]string{"encrypt", "--key", "k"}, conn...)...)
 	if got := mustRun(t, ct, append([]string{"decrypt"}, conn...)...); got != "x" {
 		t.Errorf("decrypt = %q, want x", got)
+	}
+}
+
+// TestTokensFromTheDevIssuer: `tresor token` mints a token the server
+// accepts; client commands mint one themselves from TRESOR_DEV_DIR; without
+// a token the server refuses.
+func TestTokensFromTheDevIssuer(t *testing.T) {
+	conn := startDev(t, devCfg)
+	noToken := conn[:len(conn)-2] // drop --token
+	devDir := filepath.Dir(filepath.Dir(devCfg.TLS.CertFile))
+	mustRun(t, "", append([]string{"keys", "create", "tokens"}, conn...)...)
+
+	t.Setenv("TRESOR_DEV_DIR", "")
+	if _, err := run(t, "x", append([]string{"encrypt", "--key", "tokens"}, noToken...)...); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+		t.Errorf("encrypt without a token err = %v, want Unauthenticated", err)
+	}
+	tok := strings.TrimSpace(mustRun(t, "", "token", "--dir", devDir, "--sub", "alice", "--role", "analyst"))
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("tresor token printed %q, want a compact JWT", tok)
+	}
+	claims, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || !strings.Contains(string(claims), `"x5t#S256"`) || !strings.Contains(string(claims), `"alice"`) || !strings.Contains(string(claims), `"analyst"`) {
+		t.Errorf("token claims = %s, %v; want sub alice, role analyst and a certificate binding", claims, err)
+	}
+	if out := mustRun(t, "x", append([]string{"encrypt", "--key", "tokens", "--token", tok}, noToken...)...); !strings.HasPrefix(out, "tresor:v1:") {
+		t.Errorf("encrypt with a minted token = %q, want a ciphertext", out)
+	}
+	if _, err := run(t, "", "token", "--dir", devDir, "--lifetime", "1h"); err == nil {
+		t.Errorf("tresor token --lifetime 1h err = nil, want a refusal (at most 15m)")
+	}
+	t.Setenv("TRESOR_DEV_DIR", devDir)
+	if out := mustRun(t, "x", append([]string{"encrypt", "--key", "tokens"}, noToken...)...); !strings.HasPrefix(out, "tresor:v1:") {
+		t.Errorf("encrypt with TRESOR_DEV_DIR and no --token = %q, want a ciphertext (minted token)", out)
+	}
+}
+
+// TestPoliciesRefusedAtStart: a policy that does not validate against the
+// schema stops `tresor check` and `tresor serve`.
+func TestPoliciesRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	schema, err := os.ReadFile(devCfg.Policy.SchemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tresor.cedarschema"), schema, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bad.cedar"), []byte(`@id("bad") permit (principal, action, resource) when { resource.colour == "red" };`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := devCfg
+	cfg.Policy.Dir = dir
+	cfg.Policy.SchemaFile = filepath.Join(dir, "tresor.cedarschema")
+	cfg.Store.URL = "sqlite://" + filepath.Join(dir, "must-not-exist.db")
+	err = serve(context.Background(), cfg, slog.New(slog.DiscardHandler), func(*server.Server) {
+		t.Errorf("serve() started with a policy that does not validate")
+	})
+	if err == nil || !strings.Contains(err.Error(), "refusing to start") || !strings.Contains(err.Error(), "bad") {
+		t.Errorf("serve() with an invalid policy err = %v, want a refusal naming the policy", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "must-not-exist.db")); err == nil {
+		t.Errorf("serve() with an invalid policy created the key store")
+	}
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(devCfg.TLS.CertFile)), "tresor.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := strings.Replace(string(raw), fmt.Sprintf("dir: %q", devCfg.Policy.Dir), fmt.Sprintf("dir: %q", dir), 1)
+	yaml = strings.Replace(yaml, fmt.Sprintf("schema_file: %q", devCfg.Policy.SchemaFile), fmt.Sprintf("schema_file: %q", cfg.Policy.SchemaFile), 1)
+	path := filepath.Join(dir, "tresor.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t, "", "check", "--config", path); err == nil || !strings.Contains(err.Error(), "bad") {
+		t.Errorf("check with an invalid policy err = %v, want a refusal naming the policy", err)
 	}
 }

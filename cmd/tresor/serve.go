@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/config"
+	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/provider"
@@ -44,13 +47,22 @@ func newCheckCmd() *cobra.Command {
 	var path string
 	cmd := &cobra.Command{
 		Use:   "check --config FILE",
-		Short: "Validate a configuration file without starting the server",
+		Short: "Validate a configuration file and its policies without starting the server",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := config.Load(path, nil); err != nil {
+			cfg, err := config.Load(path, nil)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "configuration OK:", path)
+			popts, err := policyOptions(cfg.Policy)
+			if err != nil {
+				return err
+			}
+			eng, err := policy.Load(popts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s\npolicies OK: %s, validated against %s (%d actions)\n", path, cfg.Policy.Dir, cfg.Policy.SchemaFile, len(eng.Actions()))
 			return nil
 		},
 	}
@@ -92,11 +104,20 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	// TLS first: a typo in a path must not leave a new empty key store behind.
-	tlsCfg, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
+	// TLS and policies first: a typo in a path must not leave a new empty
+	// key store behind.
+	if _, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	popts, err := policyOptions(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
+	if _, err := policy.Load(popts); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	st, err := openStore(ctx, cfg.Store.URL)
 	if err != nil {
 		return fmt.Errorf("refusing to start: key store: %w", err)
@@ -115,13 +136,21 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(ring, server.Options{
+	per, err := newPerimeter(ctx, cfg, st, logger)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	defer per.Close()
+	opts := server.Options{
 		GRPCAddr:        cfg.Listen.GRPC,
 		HTTPAddr:        cfg.Listen.HTTP,
-		TLS:             tlsCfg,
 		MaxRequestBytes: cfg.Limits.MaxRequestBytes,
 		Logger:          logger,
-	})
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	per.serverOptions(&opts, reg)
+	srv, err := server.New(ring, opts)
 	if err != nil {
 		return err
 	}

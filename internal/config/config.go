@@ -31,6 +31,91 @@ type Config struct {
 	Limits  Limits  `yaml:"limits"`
 	Cache   Cache   `yaml:"cache"`
 	Log     Log     `yaml:"log"`
+	Auth    Auth    `yaml:"auth"`
+	Policy  Policy  `yaml:"policy"`
+	// RateLimits are per-principal token buckets by action class and one
+	// global bucket.
+	RateLimits RateLimits `yaml:"rate_limits"`
+	// Budgets count uses of sensitive data per principal in fixed windows,
+	// in the key store, so they hold across replicas.
+	Budgets []Budget `yaml:"budgets"`
+}
+
+// Auth configures how callers authenticate beyond their client certificate.
+type Auth struct {
+	// RequireToken refuses calls without a bearer access token. On by
+	// default; off means a client certificate alone authenticates (the
+	// policy still sees context.auth == "mtls" and can refuse).
+	RequireToken bool `yaml:"require_token"`
+	// Token configures access-token verification. An empty issuer accepts
+	// no tokens (then require_token must be off).
+	Token Token `yaml:"token"`
+}
+
+// Token configures OAuth 2.0 / OIDC access-token verification.
+type Token struct {
+	// Issuer must equal the token's iss claim.
+	Issuer string `yaml:"issuer"`
+	// Audiences: the token's aud must hold one of them.
+	Audiences []string `yaml:"audiences"`
+	// JWKSFile is a static JWKS for closed networks, re-read when it
+	// changes. Empty: OIDC discovery at the issuer.
+	JWKSFile string `yaml:"jwks_file"`
+	// CAFile is the CA bundle for discovery and JWKS fetches; empty uses
+	// the system roots.
+	CAFile string `yaml:"ca_file"`
+	// Algorithms allowed in tokens. HS* and none are refused.
+	Algorithms []string `yaml:"algorithms"`
+	// ClockSkew tolerated on exp, nbf and iat.
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// MaxLifetime refuses tokens that live longer (exp - iat).
+	MaxLifetime time.Duration `yaml:"max_lifetime"`
+	// RolesClaim and ScopesClaim name the claims (dotted paths) that hold
+	// the caller's roles and scopes.
+	RolesClaim  string `yaml:"roles_claim"`
+	ScopesClaim string `yaml:"scopes_claim"`
+}
+
+// Policy locates the Cedar policies and their schema.
+type Policy struct {
+	// SchemaFile is the Cedar schema every policy is validated against.
+	SchemaFile string `yaml:"schema_file"`
+	// Dir holds the *.cedar policy files.
+	Dir string `yaml:"dir"`
+	// Timezone is the IANA zone of business hours (context.local_time).
+	Timezone string `yaml:"timezone"`
+	// ReloadInterval is how often policy, schema, TLS and JWKS files are
+	// checked for changes.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
+// RateLimits configure the rate limiter. A rate of 0 is unlimited.
+type RateLimits struct {
+	Global Rate `yaml:"global"`
+	// Classes: crypto, read, admin, health.
+	Classes       map[string]Rate `yaml:"classes"`
+	MaxPrincipals int             `yaml:"max_principals"`
+}
+
+// Rate is a token bucket.
+type Rate struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// Budget limits how often each principal may use data of a tier.
+type Budget struct {
+	// Action is what is counted: decrypt.
+	Action string `yaml:"action"`
+	// Tier is the sensitivity tier: public, internal, confidential, restricted.
+	Tier    string   `yaml:"tier"`
+	Windows []Window `yaml:"windows"`
+}
+
+// Window is a fixed window of a budget.
+type Window struct {
+	Period time.Duration `yaml:"period"`
+	Limit  int64         `yaml:"limit"`
 }
 
 // Listen holds the listen addresses.
@@ -90,6 +175,15 @@ func Default() Config {
 		Limits: Limits{MaxPlaintextBytes: 64 << 10, MaxRequestBytes: 8 << 20},
 		Cache:  Cache{MaxKeys: 10_000, MaxAge: 5 * time.Minute},
 		Log:    Log{Level: "info", Format: "json"},
+		Auth: Auth{RequireToken: true, Token: Token{
+			Algorithms:  []string{"RS256", "PS256", "ES256", "EdDSA"},
+			ClockSkew:   30 * time.Second,
+			MaxLifetime: 15 * time.Minute,
+			RolesClaim:  "roles",
+			ScopesClaim: "scope",
+		}},
+		Policy:     Policy{Timezone: "UTC", ReloadInterval: 10 * time.Second},
+		RateLimits: RateLimits{MaxPrincipals: 100_000},
 	}
 }
 
@@ -171,7 +265,7 @@ func applyEnv(cfg *Config, env []string) error {
 // share the prefix but are not server configuration.
 func isClientVariable(name string) bool {
 	switch name {
-	case "TRESOR_ADDR", "TRESOR_CA", "TRESOR_CERT", "TRESOR_KEY", "TRESOR_CONFIG", "TRESOR_DEV_DIR":
+	case "TRESOR_ADDR", "TRESOR_CA", "TRESOR_CERT", "TRESOR_KEY", "TRESOR_CONFIG", "TRESOR_DEV_DIR", "TRESOR_TOKEN":
 		return true
 	}
 	return false
@@ -195,9 +289,12 @@ func collectEnvFields(v reflect.Value, prefix string, out map[string]reflect.Val
 		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
 		name := prefix + strings.ToUpper(tag)
 		f := v.Field(i)
-		if f.Kind() == reflect.Struct {
+		switch {
+		case f.Kind() == reflect.Struct:
 			collectEnvFields(f, name+"_", out)
 			continue
+		case f.Kind() == reflect.Map, f.Kind() == reflect.Slice && f.Type().Elem().Kind() != reflect.String:
+			continue // set in the file only
 		}
 		out[name] = f
 	}
@@ -213,12 +310,32 @@ func setFromString(f reflect.Value, s string) error {
 		f.SetInt(int64(d))
 	case f.Kind() == reflect.String:
 		f.SetString(s)
-	case f.Kind() == reflect.Int:
-		n, err := strconv.Atoi(s)
+	case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return err
 		}
-		f.SetInt(int64(n))
+		f.SetInt(n)
+	case f.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.SetBool(b)
+	case f.Kind() == reflect.Float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		f.SetFloat(x)
+	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+		var parts []string
+		for p := range strings.SplitSeq(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		f.Set(reflect.ValueOf(parts))
 	default:
 		return fmt.Errorf("unsupported type %s", f.Type())
 	}
@@ -265,8 +382,80 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: want json or text", c.Log.Format))
 	}
+	errs = append(errs, c.validatePerimeter()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
 	return nil
+}
+
+// validatePerimeter checks auth, policy, rate limits and budgets.
+func (c Config) validatePerimeter() []error {
+	var errs []error
+	t := c.Auth.Token
+	if t.Issuer == "" {
+		if c.Auth.RequireToken {
+			errs = append(errs, errors.New("auth.token.issuer is required while auth.require_token is on"))
+		}
+	} else {
+		if len(t.Audiences) == 0 {
+			errs = append(errs, errors.New("auth.token.audiences needs at least one audience"))
+		}
+		for _, a := range t.Algorithms {
+			if a == "none" || strings.HasPrefix(strings.ToUpper(a), "HS") {
+				errs = append(errs, fmt.Errorf("auth.token.algorithms: %q is refused: only asymmetric signatures are accepted", a))
+			}
+		}
+		if t.MaxLifetime <= 0 || t.MaxLifetime > 24*time.Hour {
+			errs = append(errs, errors.New("auth.token.max_lifetime must be between 1ns and 24h"))
+		}
+		if t.ClockSkew < 0 || t.ClockSkew > 5*time.Minute {
+			errs = append(errs, errors.New("auth.token.clock_skew must be between 0 and 5m"))
+		}
+	}
+	if c.Policy.SchemaFile == "" || c.Policy.Dir == "" {
+		errs = append(errs, errors.New("policy.schema_file and policy.dir are required: every call is authorized by policy (default deny)"))
+	}
+	if _, err := time.LoadLocation(c.Policy.Timezone); err != nil {
+		errs = append(errs, fmt.Errorf("policy.timezone %q: %w", c.Policy.Timezone, err))
+	}
+	if c.Policy.ReloadInterval < time.Second {
+		errs = append(errs, errors.New("policy.reload_interval must be at least 1s"))
+	}
+	checkRate := func(name string, r Rate) {
+		if r.PerSecond < 0 || r.Burst < 0 || (r.PerSecond > 0 && r.Burst == 0) {
+			errs = append(errs, fmt.Errorf("rate_limits.%s: per_second and burst must be non-negative, and burst positive when per_second is", name))
+		}
+	}
+	checkRate("global", c.RateLimits.Global)
+	for name, r := range c.RateLimits.Classes {
+		switch name {
+		case "crypto", "read", "admin", "health":
+		default:
+			errs = append(errs, fmt.Errorf("rate_limits.classes: unknown class %q; want crypto, read, admin or health", name))
+		}
+		checkRate("classes."+name, r)
+	}
+	if c.RateLimits.MaxPrincipals <= 0 {
+		errs = append(errs, errors.New("rate_limits.max_principals must be positive"))
+	}
+	for i, b := range c.Budgets {
+		if b.Action != "decrypt" {
+			errs = append(errs, fmt.Errorf("budgets[%d].action %q: want decrypt", i, b.Action))
+		}
+		switch b.Tier {
+		case "public", "internal", "confidential", "restricted":
+		default:
+			errs = append(errs, fmt.Errorf("budgets[%d].tier %q: want public, internal, confidential or restricted", i, b.Tier))
+		}
+		if len(b.Windows) == 0 {
+			errs = append(errs, fmt.Errorf("budgets[%d].windows: at least one window", i))
+		}
+		for j, w := range b.Windows {
+			if w.Period < time.Second || w.Limit <= 0 {
+				errs = append(errs, fmt.Errorf("budgets[%d].windows[%d]: period at least 1s and a positive limit", i, j))
+			}
+		}
+	}
+	return errs
 }

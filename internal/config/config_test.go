@@ -20,6 +20,21 @@ root_key:
   uri: pkcs11:token=tresor;object=root-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/tresor/pin
 cache:
   max_age: 90s
+auth:
+  token:
+    issuer: https://idp.bank.example
+    audiences: [tresor]
+policy:
+  schema_file: /etc/tresor/policies/tresor.cedarschema
+  dir: /etc/tresor/policies
+  timezone: Europe/Berlin
+rate_limits:
+  classes:
+    crypto: {per_second: 1000, burst: 2000}
+budgets:
+  - action: decrypt
+    tier: restricted
+    windows: [{period: 1s, limit: 5}, {period: 24h, limit: 1000}]
 `
 
 func TestParse(t *testing.T) {
@@ -53,6 +68,29 @@ func TestParse(t *testing.T) {
 		{name: "bad log level", yaml: base + "log:\n  level: loud\n", wantErr: "log.level"},
 		{name: "plaintext limit too large", yaml: base + "limits:\n  max_plaintext_bytes: 99999999\n", wantErr: "max_plaintext_bytes"},
 		{name: "not YAML", yaml: "listen: [", wantErr: "invalid"},
+		{name: "perimeter sections parsed", yaml: base, check: func(c Config) string {
+			if !c.Auth.RequireToken || c.Auth.Token.MaxLifetime != 15*time.Minute || c.Policy.Timezone != "Europe/Berlin" ||
+				c.RateLimits.Classes["crypto"].Burst != 2000 || len(c.Budgets) != 1 || c.Budgets[0].Windows[1].Limit != 1000 {
+				return "perimeter sections not as written"
+			}
+			return ""
+		}},
+		{name: "audiences from the environment", yaml: base, env: []string{"TRESOR_AUTH_TOKEN_AUDIENCES=a, b", "TRESOR_AUTH_REQUIRE_TOKEN=false"}, check: func(c Config) string {
+			if len(c.Auth.Token.Audiences) != 2 || c.Auth.Token.Audiences[1] != "b" || c.Auth.RequireToken {
+				return "audiences or require_token not overridden"
+			}
+			return ""
+		}},
+		{name: "token required without issuer", yaml: strings.Replace(base, "issuer: https://idp.bank.example", "issuer: ''", 1), wantErr: "auth.token.issuer is required"},
+		{name: "HS256 allowed", yaml: base + "  \n", env: []string{"TRESOR_AUTH_TOKEN_ALGORITHMS=ES256,HS256"}, wantErr: `"HS256" is refused`},
+		{name: "alg none allowed", yaml: base, env: []string{"TRESOR_AUTH_TOKEN_ALGORITHMS=none"}, wantErr: `"none" is refused`},
+		{name: "no audience", yaml: strings.Replace(base, "    audiences: [tresor]\n", "", 1), wantErr: "auth.token.audiences"},
+		{name: "no policy", yaml: strings.Replace(base, "  dir: /etc/tresor/policies\n", "", 1), wantErr: "policy.schema_file and policy.dir are required"},
+		{name: "bad timezone", yaml: strings.Replace(base, "Europe/Berlin", "Mars/Olympus", 1), wantErr: "policy.timezone"},
+		{name: "unknown rate class", yaml: strings.Replace(base, "    crypto: {", "    crpyto: {", 1), wantErr: "unknown class"},
+		{name: "burst missing", yaml: strings.Replace(base, ", burst: 2000", "", 1), wantErr: "burst positive"},
+		{name: "budget tier unknown", yaml: strings.Replace(base, "tier: restricted", "tier: secret", 1), wantErr: "budgets[0].tier"},
+		{name: "budget window too short", yaml: strings.Replace(base, "period: 1s", "period: 10ms", 1), wantErr: "budgets[0].windows[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

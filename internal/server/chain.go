@@ -3,33 +3,63 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"runtime/debug"
 	"time"
 
 	"buf.build/go/protovalidate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/authn"
+	"github.com/tresorkms/tresor/internal/policy"
 )
 
 // This file assembles the one interceptor chain every call passes, gRPC or
 // REST (the gateway calls the services in process through the same chain,
-// see inProcessConn). In order:
+// see inProcessConn), unary or streaming. In order:
 //
-//	recover      a panic becomes Internal; the stack is logged, never returned
-//	request id   taken from x-request-id or made, returned in the header
-//	log          one line per call: method, code, duration; never payloads
-//	validate     protovalidate rules of the request message -> InvalidArgument
+//	recover       a panic becomes Internal; the stack is logged, never returned
+//	request id    taken from x-request-id or made, returned in the header
+//	metrics       calls, codes and latency per method (never payloads)
+//	authenticate  mTLS peer certificate + bearer token -> authn.Principal
+//	validate      protovalidate rules of the request message -> InvalidArgument
+//	authorize     Cedar policy per key touched; a method without a rule is denied
+//	rate limit    per-principal token bucket per action class, a global bucket,
+//	              then decrypt budgets counted in the key store
+//	handler
+//	observe       the post-call hook (CallObserver): the audit log's input
 //
-// Later stages (authentication, authorization, rate limits, audit) slot in here.
+// The log line and the hook run for every call, refused ones included.
 
-// requestIDHeader is the metadata key (and HTTP header) carrying the request id.
-const requestIDHeader = "x-request-id"
+// Request metadata (HTTP headers through the gateway) the chain reads.
+const (
+	requestIDHeader = "x-request-id"
+	// TransactionValueHeader declares the value of the transaction a call
+	// serves, a non-negative decimal such as "12500.00". Policies see it
+	// as context.transaction_value.
+	TransactionValueHeader = "x-tresor-transaction-value"
+	// PurposeHeader declares why the caller makes the call, such as
+	// "chargeback-review". Policies see it as context.purpose.
+	PurposeHeader = "x-tresor-purpose"
+)
+
+// serviceResource is the resource of calls that touch no key.
+const serviceResource = "tresor"
 
 type requestIDKey struct{}
 
@@ -39,47 +69,456 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
+// Authenticator turns the caller's certificate and Authorization value into
+// a principal. *authn.Authenticator is the implementation.
+type Authenticator interface {
+	Authenticate(ctx context.Context, cert *x509.Certificate, authorization string) (*authn.Principal, error)
+}
+
+// Authorizer decides a policy request. *policy.Reloading is the
+// implementation.
+type Authorizer interface {
+	Decide(r policy.Request) policy.Decision
+}
+
+// RateLimiter admits calls per principal and action class.
+// *limits.Limiter is the implementation.
+type RateLimiter interface {
+	Allow(principal, class string) (ok bool, retryAfter time.Duration)
+}
+
+// BudgetCounter counts uses of sensitive data against budgets.
+// *limits.Budgets is the implementation.
+type BudgetCounter interface {
+	Consume(ctx context.Context, principal, action, tier string, n int64) (ok bool, retryAfter time.Duration, err error)
+}
+
+// CallObserver sees every call once it has ended, refused calls included:
+// the post-call hook the audit log uses.
+type CallObserver interface {
+	ObserveCall(ctx context.Context, rec *CallRecord)
+}
+
+// CallRecord describes a finished call. It never holds request or response
+// payloads, tokens or key material.
+type CallRecord struct {
+	Method    string
+	Action    string
+	RequestID string
+	// Principal is nil when authentication failed.
+	Principal *authn.Principal
+	Source    netip.Addr
+	// Keys are the keys the call touched (or tried to).
+	Keys []string
+	// Sensitivity is the highest tier of the keys touched, "" if none.
+	Sensitivity string
+	// Decision is "allow", "deny" or "" when the call never reached
+	// authorization; Policies are the policies that determined it.
+	Decision string
+	Policies []string
+	// Code is the gRPC status code's name, such as "OK" or "PermissionDenied".
+	Code     string
+	Message  string
+	Start    time.Time
+	Duration time.Duration
+}
+
 // chain is the server's interceptor chain.
 type chain struct {
 	logger    *slog.Logger
 	validator protovalidate.Validator
+	metrics   *metrics
+	now       func() time.Time
+	keys      keyAttributes
+
+	// authn and authz are nil only for an Unprotected server.
+	authn    Authenticator
+	authz    Authorizer
+	limiter  RateLimiter
+	budgets  BudgetCounter
+	observer CallObserver
 }
 
-func newChain(logger *slog.Logger) (*chain, error) {
-	v, err := protovalidate.New()
-	if err != nil {
-		return nil, fmt.Errorf("server: protovalidate: %w", err)
-	}
-	return &chain{logger: logger, validator: v}, nil
+// call is one call's state as it passes the chain.
+type call struct {
+	method    string
+	start     time.Time
+	principal *authn.Principal
+	rec       CallRecord
 }
 
-// unary runs the whole chain around handler.
+// unary runs the whole chain around a unary handler.
 func (c *chain) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	start := time.Now()
-	ctx = withRequestID(ctx)
+	ctx, cl := c.begin(ctx, info.FullMethod)
 	defer func() {
 		if r := recover(); r != nil {
-			c.logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "request_id", RequestID(ctx), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "request_id", cl.rec.RequestID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
-		c.logger.LogAttrs(ctx, slog.LevelInfo, "call",
-			slog.String("method", info.FullMethod),
-			slog.String("request_id", RequestID(ctx)),
-			slog.String("code", status.Code(err).String()),
-			slog.Duration("duration", time.Since(start)))
+		c.end(ctx, cl, err)
 	}()
+	if ctx, err = c.authenticate(ctx, cl); err != nil {
+		return nil, err
+	}
 	if m, ok := req.(proto.Message); ok {
 		if verr := c.validator.Validate(m); verr != nil {
 			return nil, status.Error(codes.InvalidArgument, verr.Error())
 		}
 	}
+	if err = c.authorize(ctx, cl, req); err != nil {
+		return nil, err
+	}
 	return handler(ctx, req)
+}
+
+// stream runs the chain around a streaming handler: authentication and
+// authorization when the stream opens (streams touch no key), validation
+// of every message received.
+func (c *chain) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	ctx, cl := c.begin(ss.Context(), info.FullMethod)
+	defer func() {
+		if r := recover(); r != nil {
+			c.logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "request_id", cl.rec.RequestID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+		c.end(ctx, cl, err)
+	}()
+	if ctx, err = c.authenticate(ctx, cl); err != nil {
+		return err
+	}
+	if err = c.authorize(ctx, cl, nil); err != nil {
+		return err
+	}
+	return handler(srv, &validatingStream{ServerStream: ss, ctx: ctx, validator: c.validator})
+}
+
+// validatingStream validates every message a streaming handler receives.
+type validatingStream struct {
+	grpc.ServerStream
+	ctx       context.Context
+	validator protovalidate.Validator
+}
+
+func (s *validatingStream) Context() context.Context { return s.ctx }
+
+func (s *validatingStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if pm, ok := m.(proto.Message); ok {
+		if err := s.validator.Validate(pm); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	return nil
+}
+
+// begin gives the call its request id and notes its start and source.
+func (c *chain) begin(ctx context.Context, method string) (context.Context, *call) {
+	now := c.now()
+	ctx = withRequestID(ctx)
+	cl := &call{method: method, start: now}
+	cl.rec = CallRecord{Method: method, RequestID: RequestID(ctx), Start: now}
+	if p, ok := peer.FromContext(ctx); ok {
+		cl.rec.Source = addrOf(p.Addr)
+	}
+	return ctx, cl
+}
+
+// end logs the call, counts it and hands it to the observer.
+func (c *chain) end(ctx context.Context, cl *call, err error) {
+	st := status.Convert(err)
+	cl.rec.Duration = c.now().Sub(cl.start)
+	cl.rec.Code = st.Code().String()
+	if err != nil {
+		cl.rec.Message = st.Message()
+	}
+	c.metrics.observe(cl.method, st.Code(), cl.rec.Duration)
+	attrs := []slog.Attr{
+		slog.String("method", cl.method),
+		slog.String("request_id", cl.rec.RequestID),
+		slog.String("code", cl.rec.Code),
+		slog.Duration("duration", cl.rec.Duration),
+	}
+	if cl.principal != nil {
+		attrs = append(attrs, slog.String("workload", cl.principal.Workload))
+		if cl.principal.Subject != "" {
+			attrs = append(attrs, slog.String("subject", cl.principal.Subject))
+		}
+	}
+	if cl.rec.Decision == "deny" {
+		attrs = append(attrs, slog.Any("policies", cl.rec.Policies))
+	}
+	c.logger.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
+	if c.observer != nil {
+		c.observer.ObserveCall(ctx, &cl.rec)
+	}
+}
+
+// authenticate establishes the caller's principal and puts it in ctx.
+func (c *chain) authenticate(ctx context.Context, cl *call) (context.Context, error) {
+	cert := peerCertificate(ctx)
+	var p *authn.Principal
+	if c.authn == nil {
+		// Unprotected (tests and baselines only): the certificate, if any,
+		// names the caller; nothing else is checked.
+		p = &authn.Principal{Workload: "unauthenticated", Strength: authn.StrengthMTLS}
+		if cert != nil {
+			if id, err := authn.WorkloadID(cert); err == nil {
+				p.Workload = id
+			}
+		}
+	} else {
+		var err error
+		p, err = c.authn.Authenticate(ctx, cert, firstMetadata(ctx, "authorization"))
+		if err != nil {
+			c.metrics.authFailed(authFailureReason(err))
+			return ctx, status.Error(codes.Unauthenticated, authFailureMessage(err))
+		}
+	}
+	cl.principal = p
+	cl.rec.Principal = p
+	return authn.NewContext(ctx, p), nil
+}
+
+// authFailureReason is a short, fixed label for the metrics.
+func authFailureReason(err error) string {
+	switch {
+	case errors.Is(err, authn.ErrNoCertificate):
+		return "no_certificate"
+	case errors.Is(err, authn.ErrNoIdentity):
+		return "no_identity"
+	case errors.Is(err, authn.ErrNoToken):
+		return "no_token"
+	case errors.Is(err, authn.ErrTokenExpired):
+		return "token_expired"
+	case errors.Is(err, authn.ErrTokenBinding):
+		return "token_binding"
+	case errors.Is(err, authn.ErrInvalidToken):
+		return "invalid_token"
+	default:
+		return "error"
+	}
+}
+
+// authFailureMessage tells the caller why it was not authenticated, in
+// authn's words, which name the reason and never the token.
+func authFailureMessage(err error) string {
+	switch {
+	case errors.Is(err, authn.ErrNoCertificate), errors.Is(err, authn.ErrNoIdentity),
+		errors.Is(err, authn.ErrNoToken), errors.Is(err, authn.ErrInvalidToken):
+		return "unauthenticated: " + err.Error()
+	default:
+		return "unauthenticated"
+	}
+}
+
+// authorize decides the call under the policy, then applies rate limits and
+// budgets. req is nil for streams.
+func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
+	rule, ok := methodRules[cl.method]
+	if !ok {
+		cl.rec.Decision = "deny"
+		c.metrics.denied("unmapped")
+		return status.Errorf(codes.PermissionDenied, "permission denied: method %s has no authorization rule", cl.method)
+	}
+	cl.rec.Action = rule.action
+	var uses []keyUse
+	if rule.keys != nil && req != nil {
+		uses = rule.keys(req)
+	}
+	tiers, err := c.decide(ctx, cl, rule, uses)
+	if err != nil {
+		return err
+	}
+	principalKey := cl.principal.Workload + "#" + cl.principal.Subject
+	if c.limiter != nil {
+		if ok, retry := c.limiter.Allow(principalKey, rule.class); !ok {
+			c.metrics.limited(rule.class)
+			return exhausted(fmt.Sprintf("rate limit of %s calls exceeded", rule.class), retry)
+		}
+	}
+	if rule.budget != "" && c.budgets != nil {
+		for i, u := range uses {
+			ok, retry, err := c.budgets.Consume(ctx, principalKey, rule.budget, tiers[i], u.n)
+			if err != nil {
+				c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
+				return status.Error(codes.Unavailable, "budget store unavailable; retry later")
+			}
+			if !ok {
+				c.metrics.budgetExhausted(rule.budget, tiers[i])
+				return exhausted(fmt.Sprintf("%s budget for %s data exceeded", rule.budget, tiers[i]), retry)
+			}
+		}
+	}
+	return nil
+}
+
+// decide asks the policy about every key the call touches (or the service,
+// when it touches none) and returns each key's tier. Every key must be
+// allowed. A key that does not exist is decided as a restricted key with no
+// owner, so that a refused caller cannot tell which keys exist.
+func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []keyUse) ([]string, error) {
+	tiers := make([]string, len(uses))
+	var attrs []envelope.KeyAttributes
+	if len(uses) > 0 {
+		attrs = make([]envelope.KeyAttributes, len(uses))
+	}
+	sensitivity := policy.TierInternal
+	for i, u := range uses {
+		if u.attrs != nil {
+			attrs[i] = *u.attrs
+		} else {
+			a, err := c.keys.KeyAttributes(ctx, u.name)
+			switch {
+			case err == nil:
+				attrs[i] = a
+			case errors.Is(err, envelope.ErrKeyNotFound), errors.Is(err, envelope.ErrInvalidKeyName):
+				attrs[i] = envelope.AttributesOf(u.name, nil)
+			default:
+				return nil, toStatus(ctx, c.logger, err)
+			}
+		}
+		tiers[i] = attrs[i].Sensitivity
+		cl.rec.Keys = append(cl.rec.Keys, u.name)
+		if t, err := policy.ParseTier(tiers[i]); err == nil && t > sensitivity {
+			sensitivity = t
+		}
+	}
+	if len(uses) > 0 {
+		cl.rec.Sensitivity = sensitivity.String()
+	}
+	if c.authz == nil {
+		cl.rec.Decision = "allow"
+		return tiers, nil
+	}
+	pctx, err := c.policyContext(ctx, cl, sensitivity)
+	if err != nil {
+		return nil, err
+	}
+	p := cl.principal
+	preq := policy.Request{
+		Principal: policy.Principal{Workload: p.Workload, Subject: p.Subject, Roles: p.Roles, Scopes: p.Scopes},
+		Action:    rule.action,
+		Context:   pctx,
+	}
+	if uses == nil {
+		preq.Resource = policy.Resource{Kind: policy.ResourceService, Name: serviceResource, Tier: policy.TierInternal}
+		return tiers, c.decideOne(cl, preq)
+	}
+	for i := range uses {
+		tier, _ := policy.ParseTier(attrs[i].Sensitivity)
+		preq.Resource = policy.Resource{Kind: policy.ResourceKey, Name: attrs[i].Name, Tier: tier, Owner: attrs[i].Owner, Labels: attrs[i].Labels}
+		if err := c.decideOne(cl, preq); err != nil {
+			return nil, err
+		}
+	}
+	return tiers, nil
+}
+
+func (c *chain) decideOne(cl *call, preq policy.Request) error {
+	d := c.authz.Decide(preq)
+	cl.rec.Policies = append(cl.rec.Policies, d.Policies...)
+	if !d.Allow {
+		cl.rec.Decision = "deny"
+		c.metrics.denied(preq.Action)
+		if preq.Resource.Kind == policy.ResourceKey {
+			return status.Errorf(codes.PermissionDenied, "permission denied: %s on keys/%s", preq.Action, preq.Resource.Name)
+		}
+		return status.Errorf(codes.PermissionDenied, "permission denied: %s", preq.Action)
+	}
+	cl.rec.Decision = "allow"
+	return nil
+}
+
+// policyContext builds the policy context: source, time, authentication
+// strength, and what the caller declares in request metadata.
+func (c *chain) policyContext(ctx context.Context, cl *call, sensitivity policy.Tier) (policy.Context, error) {
+	pc := policy.Context{
+		SourceIP:     cl.rec.Source,
+		Time:         cl.start,
+		AuthStrength: cl.principal.Strength.String(),
+		Sensitivity:  sensitivity,
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(TransactionValueHeader); len(v) > 0 {
+		if len(v) > 1 {
+			return pc, status.Errorf(codes.InvalidArgument, "%s given more than once", TransactionValueHeader)
+		}
+		tv, err := policy.ParseTransactionValue(v[0])
+		if err != nil {
+			return pc, status.Errorf(codes.InvalidArgument, "%s: want a non-negative decimal with at most 4 fractional digits, such as 12500.00", TransactionValueHeader)
+		}
+		pc.TransactionValue = tv
+	}
+	if v := md.Get(PurposeHeader); len(v) > 0 {
+		if len(v) > 1 || !validPurpose(v[0]) {
+			return pc, status.Errorf(codes.InvalidArgument, "%s: want one value of 1 to 64 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter", PurposeHeader)
+		}
+		pc.Purpose = v[0]
+	}
+	return pc, nil
+}
+
+func validPurpose(s string) bool {
+	if len(s) == 0 || len(s) > 64 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		ch := s[i]
+		if (ch < 'a' || ch > 'z') && (ch < '0' || ch > '9') && ch != '-' && ch != '_' && ch != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// exhausted is RESOURCE_EXHAUSTED with a RetryInfo detail (the gateway turns
+// it into 429 with Retry-After).
+func exhausted(msg string, retry time.Duration) error {
+	if retry <= 0 {
+		retry = time.Second
+	}
+	st := status.New(codes.ResourceExhausted, fmt.Sprintf("%s; retry after %s", msg, retry.Round(time.Millisecond)))
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+func peerCertificate(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return ti.State.PeerCertificates[0]
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(t.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+func firstMetadata(ctx context.Context, key string) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func withRequestID(ctx context.Context) context.Context {
 	var id string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(requestIDHeader); len(v) > 0 && len(v[0]) <= 128 {
+		if v := md.Get(requestIDHeader); len(v) > 0 && validRequestID(v[0]) {
 			id = v[0]
 		}
 	}
@@ -92,4 +531,18 @@ func withRequestID(ctx context.Context) context.Context {
 	// call a handler directly) is harmless: the id is still logged.
 	_ = grpc.SetHeader(ctx, metadata.Pairs(requestIDHeader, id))
 	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// validRequestID accepts ids a log line can hold safely: 1 to 128 printable
+// ASCII characters without spaces or quotes.
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' || s[i] == '"' || s[i] == '\\' {
+			return false
+		}
+	}
+	return true
 }

@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
 	"strings"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -64,4 +69,38 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 // package prefix ("envelope: ") that only helps in logs.
 func publicMessage(err error) string {
 	return strings.TrimPrefix(err.Error(), "envelope: ")
+}
+
+// restErrorHandler is the gateway's error handler: the default one, plus
+// Retry-After on 429 (from the status's RetryInfo) and a Bearer challenge
+// on 401 (RFC 6750).
+func restErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.ResourceExhausted:
+			for _, d := range st.Details() {
+				if ri, ok := d.(*errdetails.RetryInfo); ok {
+					secs := int64(math.Ceil(ri.GetRetryDelay().AsDuration().Seconds()))
+					if secs < 1 {
+						secs = 1
+					}
+					w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+				}
+			}
+		case codes.Unauthenticated:
+			// The default handler would put the status message in the
+			// challenge; RFC 6750 wants a Bearer challenge.
+			w = bearerChallenge{w}
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// bearerChallenge sets a Bearer challenge as the response's headers are
+// written.
+type bearerChallenge struct{ http.ResponseWriter }
+
+func (b bearerChallenge) WriteHeader(code int) {
+	b.Header().Set("WWW-Authenticate", `Bearer realm="tresor", error="invalid_token"`)
+	b.ResponseWriter.WriteHeader(code)
 }

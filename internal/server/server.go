@@ -19,7 +19,10 @@ import (
 	"sync"
 	"time"
 
+	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -54,6 +57,26 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful drain on shutdown.
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+
+	// Authenticator establishes every caller's principal, and Authorizer
+	// decides every call. Both are required unless Unprotected is set.
+	Authenticator Authenticator
+	Authorizer    Authorizer
+	// Unprotected serves without authentication (beyond the TLS handshake)
+	// and without policy: tests and baselines only, never in production.
+	Unprotected bool
+	// Limiter and Budgets are optional: nil means no rate limit, no budget.
+	Limiter RateLimiter
+	Budgets BudgetCounter
+	// Observer, when set, sees every finished call (the audit log).
+	Observer CallObserver
+	// Metrics registers the server's collectors; nil registers them nowhere.
+	Metrics prometheus.Registerer
+	// MetricsGatherer, when set, is served at /metrics on the REST listener
+	// (behind its mutual TLS).
+	MetricsGatherer prometheus.Gatherer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // Server is tresor's API server.
@@ -63,6 +86,7 @@ type Server struct {
 	http    *http.Server
 	health  *health.Server
 	handler http.Handler
+	chain   *chain
 
 	mu        sync.Mutex
 	grpcLis   net.Listener
@@ -84,15 +108,41 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	ch, err := newChain(opts.Logger)
+	if !opts.Unprotected && (opts.Authenticator == nil || opts.Authorizer == nil) {
+		return nil, errors.New("server: an authenticator and an authorizer are required (Unprotected is for tests only)")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	validator, err := protovalidate.New()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server: protovalidate: %w", err)
+	}
+	m, err := newMetrics(opts.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	ch := &chain{
+		logger:    opts.Logger,
+		validator: validator,
+		metrics:   m,
+		now:       opts.Now,
+		keys:      ring,
+		authn:     opts.Authenticator,
+		authz:     opts.Authorizer,
+		limiter:   opts.Limiter,
+		budgets:   opts.Budgets,
+		observer:  opts.Observer,
+	}
+	if opts.Unprotected {
+		ch.authn, ch.authz = nil, nil
 	}
 	keys := &keyService{ring: ring, logger: opts.Logger}
 	crypto := &cryptoService{ring: ring, logger: opts.Logger}
 
 	gopts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(ch.unary),
+		grpc.StreamInterceptor(ch.stream),
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
@@ -114,11 +164,17 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}}),
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
-			if http.CanonicalHeaderKey(h) == "X-Request-Id" {
+			switch http.CanonicalHeaderKey(h) {
+			case "X-Request-Id":
 				return requestIDHeader, true
+			case "X-Tresor-Transaction-Value":
+				return TransactionValueHeader, true
+			case "X-Tresor-Purpose":
+				return PurposeHeader, true
 			}
 			return runtime.DefaultHeaderMatcher(h)
 		}),
+		runtime.WithErrorHandler(restErrorHandler),
 		runtime.WithOutgoingHeaderMatcher(func(h string) (string, bool) {
 			if h == requestIDHeader {
 				return "X-Request-Id", true
@@ -133,7 +189,7 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	if err := tresorv1.RegisterCryptoServiceHandlerClient(ctx, mux, tresorv1.NewCryptoServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("server: gateway: %w", err)
 	}
-	s := &Server{opts: opts, grpc: gs, health: hs, listening: make(chan struct{})}
+	s := &Server{opts: opts, grpc: gs, health: hs, chain: ch, listening: make(chan struct{})}
 	s.handler = s.httpHandler(mux)
 	var httpTLS *tls.Config
 	if opts.TLS != nil {
@@ -166,6 +222,9 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if s.opts.MetricsGatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.MetricsGatherer, promhttp.HandlerOpts{}))
+	}
 	limit := int64(s.opts.MaxRequestBytes)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > limit {

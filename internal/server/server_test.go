@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,7 +25,12 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/tresorkms/tresor/envelope"
+	examplepolicies "github.com/tresorkms/tresor/examples/policies"
+	"github.com/tresorkms/tresor/internal/authn"
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
+	"github.com/tresorkms/tresor/internal/limits"
+	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/localkek"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
@@ -56,26 +62,143 @@ type testServer struct {
 	http   *http.Client
 	base   string // https://127.0.0.1:port
 	store  store.Store
+	ring   *envelope.Keyring
 	logs   *syncBuffer
 	ca     *devpki.CA
 	srvTLS *tls.Config
 	addr   string
+	srv    *Server
+
+	// issuer mints the test tokens; client is the payments workload's
+	// certificate, token a token for it bound to that certificate.
+	issuer    *devissuer.Issuer
+	client    tls.Certificate
+	token     string
+	policy    *policy.Reloading
+	policyDir string
+	calls     *callLog
+}
+
+// Identities of the test server's callers.
+const (
+	testIssuerURL   = "https://idp.test.example"
+	testAudience    = "tresor"
+	paymentsID      = "spiffe://bank.example/payments"
+	permitPayments  = `permit (principal, action, resource) when { principal.workload == "` + paymentsID + `" };`
+	permitPolicyKey = "permit-payments.cedar"
+)
+
+// serverConfig varies the test server. The zero value serves with the
+// whole perimeter on and a policy that lets the payments workload do
+// everything.
+type serverConfig struct {
+	maxPlaintext int
+	// policies are the policy files (name -> Cedar); nil means
+	// permitPayments.
+	policies map[string]string
+	rates    limits.RateConfig
+	budgets  []limits.BudgetRule
+	// unprotected turns authentication and policy off (baselines).
+	unprotected bool
+	// store, when set, is used instead of a new SQLite store.
+	store store.Store
+	// rootKey is the root key file (empty: a new one).
+	rootKey string
+	// now is the server's clock (nil: time.Now).
+	now func() time.Time
+	// issuerDir holds the token issuer's keys (empty: a new folder).
+	issuerDir string
+}
+
+// callLog is a CallObserver that keeps every record.
+type callLog struct {
+	mu   sync.Mutex
+	recs []CallRecord
+}
+
+func (l *callLog) ObserveCall(_ context.Context, rec *CallRecord) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, *rec)
+}
+
+func (l *callLog) last() CallRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.recs) == 0 {
+		return CallRecord{}
+	}
+	return l.recs[len(l.recs)-1]
+}
+
+// writePolicies writes the schema and the given policies into a new folder.
+func writePolicies(t testing.TB, files map[string]string) policy.Options {
+	t.Helper()
+	dir := t.TempDir()
+	schema, err := examplepolicies.Files.ReadFile(examplepolicies.SchemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schemaFile := filepath.Join(t.TempDir(), examplepolicies.SchemaFile)
+	if err := os.WriteFile(schemaFile, schema, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return policy.Options{SchemaFile: schemaFile, PolicyDir: dir, Location: time.UTC}
+}
+
+// examplePolicies returns the shipped example policies, with replace
+// applied to their text.
+func examplePolicies(t testing.TB, replace ...string) map[string]string {
+	t.Helper()
+	entries, err := examplepolicies.Files.ReadDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".cedar") {
+			continue
+		}
+		b, err := examplepolicies.Files.ReadFile(e.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = strings.NewReplacer(replace...).Replace(string(b))
+	}
+	return out
 }
 
 func startServer(t testing.TB, maxPlaintext int) *testServer {
 	t.Helper()
+	return startServerWith(t, serverConfig{maxPlaintext: maxPlaintext})
+}
+
+func startServerWith(t testing.TB, sc serverConfig) *testServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "keys.db"))
-	if err != nil {
-		t.Fatalf("OpenSQLite() err = %v", err)
+	st := sc.store
+	if st == nil {
+		var err error
+		st, err = store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "keys.db"))
+		if err != nil {
+			t.Fatalf("OpenSQLite() err = %v", err)
+		}
 	}
 	// The development key file is a real AES-256-GCM root key; kms/pkcs11
 	// has its own tests against SoftHSM2, and cmd/tresor serves with it.
-	kek, err := localkek.OpenOrCreate(ctx, filepath.Join(t.TempDir(), "root.key"), slog.New(slog.DiscardHandler))
+	if sc.rootKey == "" {
+		sc.rootKey = filepath.Join(t.TempDir(), "root.key")
+	}
+	kek, err := localkek.OpenOrCreate(ctx, sc.rootKey, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("localkek.OpenOrCreate() err = %v", err)
 	}
-	ring, err := envelope.New(st, kek, envelope.Options{MaxPlaintextSize: maxPlaintext})
+	ring, err := envelope.New(st, kek, envelope.Options{MaxPlaintextSize: sc.maxPlaintext})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +207,7 @@ func startServer(t testing.TB, maxPlaintext int) *testServer {
 		t.Fatal(err)
 	}
 	srvPair, _ := ca.IssueServer([]string{"127.0.0.1", "localhost"}, time.Hour)
-	cliPair, _ := ca.IssueClient("payments", "spiffe://bank.example/payments", time.Hour)
+	cliPair, _ := ca.IssueClient("payments", paymentsID, time.Hour)
 	srvCert, _ := srvPair.TLSCertificate()
 	cliCert, _ := cliPair.TLSCertificate()
 	srvTLS := &tls.Config{
@@ -94,12 +217,67 @@ func startServer(t testing.TB, maxPlaintext int) *testServer {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		NextProtos:   []string{"h2", "http/1.1"},
 	}
+
+	if sc.issuerDir == "" {
+		sc.issuerDir = t.TempDir()
+	}
+	iss, err := devissuer.Open(sc.issuerDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss.SetURL(testIssuerURL)
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := iss.WriteJWKS(jwks); err != nil {
+		t.Fatal(err)
+	}
 	logs := &syncBuffer{}
-	srv, err := New(ring, Options{
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	calls := &callLog{}
+	opts := Options{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: srvTLS,
 		MaxRequestBytes: 1 << 20,
-		Logger:          slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+		Logger:          logger,
+		Observer:        calls,
+		Unprotected:     sc.unprotected,
+		Now:             sc.now,
+	}
+	var pol *policy.Reloading
+	var policyDir string
+	if !sc.unprotected {
+		a, err := authn.New(ctx, authn.Config{RequireToken: true, Logger: logger, Tokens: &authn.TokenConfig{
+			Issuer: testIssuerURL, Audiences: []string{testAudience}, JWKSFile: jwks,
+		}})
+		if err != nil {
+			t.Fatalf("authn.New() err = %v", err)
+		}
+		t.Cleanup(func() { a.Close() })
+		files := sc.policies
+		if files == nil {
+			files = map[string]string{permitPolicyKey: permitPayments}
+		}
+		popts := writePolicies(t, files)
+		policyDir = popts.PolicyDir
+		pol, err = policy.NewReloading(popts, logger)
+		if err != nil {
+			t.Fatalf("policy.NewReloading() err = %v", err)
+		}
+		opts.Authenticator, opts.Authorizer = a, pol
+		if sc.rates.Classes != nil || sc.rates.Global.PerSecond > 0 {
+			lim, err := limits.NewLimiter(sc.rates, time.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.Limiter = lim
+		}
+		if sc.budgets != nil {
+			b, err := limits.NewBudgets(st, sc.budgets, time.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.Budgets = b
+		}
+	}
+	srv, err := New(ring, opts)
 	if err != nil {
 		t.Fatalf("server.New() err = %v", err)
 	}
@@ -109,25 +287,110 @@ func startServer(t testing.TB, maxPlaintext int) *testServer {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
 	grpcAddr, httpAddr := srv.Addrs()
-	cliTLS := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cliCert}, MinVersion: tls.VersionTLS12}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cliTLS)))
+	token, err := iss.Mint(devissuer.TokenRequest{Subject: "payments-batch", Audience: testAudience, Lifetime: 10 * time.Minute, BindTo: cliCert.Leaf})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Mint() err = %v", err)
 	}
+	ts := &testServer{
+		store: st, ring: ring, logs: logs, ca: ca, srvTLS: srvTLS, addr: grpcAddr, srv: srv,
+		base: "https://" + httpAddr, issuer: iss, client: cliCert, token: token, policy: pol, policyDir: policyDir, calls: calls,
+	}
+	conn := ts.dial(t, cliCert, token)
+	ts.conn = conn
+	ts.keys, ts.crypto, ts.health = tresorv1.NewKeyServiceClient(conn), tresorv1.NewCryptoServiceClient(conn), healthpb.NewHealthClient(conn)
+	ts.http = ts.httpClient(cliCert, token)
 	t.Cleanup(func() {
-		conn.Close()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve() err = %v, want nil after shutdown", err)
 		}
-		st.Close()
+		if sc.store == nil {
+			st.Close()
+		}
 	})
-	return &testServer{
-		keys: tresorv1.NewKeyServiceClient(conn), crypto: tresorv1.NewCryptoServiceClient(conn),
-		health: healthpb.NewHealthClient(conn), conn: conn,
-		http: &http.Client{Transport: &http.Transport{TLSClientConfig: cliTLS, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second},
-		base: "https://" + httpAddr, store: st, logs: logs, ca: ca, srvTLS: srvTLS, addr: grpcAddr,
+	return ts
+}
+
+// bearer sends a token with every gRPC call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// dial connects with cert (none when its Certificate is empty) and sends
+// token (none when empty).
+func (ts *testServer) dial(t testing.TB, cert tls.Certificate, token string) *grpc.ClientConn {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: ts.ca.Pool(), MinVersion: tls.VersionTLS12}
+	if len(cert.Certificate) > 0 {
+		cfg.Certificates = []tls.Certificate{cert}
 	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+	}
+	conn, err := grpc.NewClient(ts.addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// withToken adds an Authorization header to requests that have none.
+type withToken struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (w withToken) RoundTrip(r *http.Request) (*http.Response, error) {
+	if w.token != "" && r.Header.Get("Authorization") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+w.token)
+	}
+	return w.next.RoundTrip(r)
+}
+
+// httpClient is a REST client with cert and token.
+func (ts *testServer) httpClient(cert tls.Certificate, token string) *http.Client {
+	cfg := &tls.Config{RootCAs: ts.ca.Pool(), MinVersion: tls.VersionTLS12}
+	if len(cert.Certificate) > 0 {
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return &http.Client{Transport: withToken{token: token, next: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}, Timeout: 10 * time.Second}
+}
+
+// clientCert issues a client certificate of the test CA for a workload.
+func (ts *testServer) clientCert(t testing.TB, workload string) tls.Certificate {
+	t.Helper()
+	pair, err := ts.ca.IssueClient(workload[strings.LastIndex(workload, "/")+1:], workload, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// mint mints a token, failing the test on error.
+func (ts *testServer) mint(t testing.TB, req devissuer.TokenRequest) string {
+	t.Helper()
+	if req.Audience == "" {
+		req.Audience = testAudience
+	}
+	if req.Lifetime == 0 {
+		req.Lifetime = 10 * time.Minute
+	}
+	tok, err := ts.issuer.Mint(req)
+	if err != nil {
+		t.Fatalf("Mint() err = %v", err)
+	}
+	return tok
 }
 
 // rest posts (or sends method) a JSON body and decodes the JSON answer.
