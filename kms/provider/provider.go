@@ -2,8 +2,9 @@
 // it. Reach for [Open]: it dispatches on the URI scheme.
 //
 //	pkcs11:token=tresor;object=root-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/tresor/pin
+//	aws-kms://arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab
+//	aws-kms://alias/tresor-root?region=eu-west-1
 //	local-file:///var/lib/tresor/root.key   (development only)
-//	aws-kms://...                           (not available in this build yet)
 package provider
 
 import (
@@ -13,14 +14,15 @@ import (
 	"strings"
 
 	"github.com/tresorkms/tresor/kms"
+	"github.com/tresorkms/tresor/kms/awskms"
 	"github.com/tresorkms/tresor/kms/localkek"
 	"github.com/tresorkms/tresor/kms/pkcs11"
 )
 
-// Open opens the root key uri names: pkcs11: with kms/pkcs11, local-file://
-// with kms/localkek. aws-kms:// and unknown schemes fail with an error
-// wrapping kms.ErrInvalidURI. Errors name the scheme, never the whole URI,
-// which may hold a secret. A nil logger means slog.Default().
+// Open opens the root key uri names: pkcs11: with kms/pkcs11, aws-kms://
+// with kms/awskms, local-file:// with kms/localkek. Unknown schemes fail
+// with an error wrapping kms.ErrInvalidURI. Errors name the scheme, never
+// the whole URI, which may hold a secret. A nil logger means slog.Default().
 func Open(ctx context.Context, uri string, logger *slog.Logger) (kms.RootKey, error) {
 	if logger == nil {
 		logger = slog.Default()
@@ -42,12 +44,16 @@ func Open(ctx context.Context, uri string, logger *slog.Logger) (kms.RootKey, er
 			return nil, err
 		}
 		return k, nil
-	case "aws-kms":
-		return nil, fmt.Errorf("%w: AWS KMS (aws-kms://) is not available in this build yet; use pkcs11: or, for development, local-file://", kms.ErrInvalidURI)
+	case awskms.Scheme:
+		k, err := awskms.Open(ctx, uri, awskms.WithLogger(logger))
+		if err != nil {
+			return nil, err
+		}
+		return k, nil
 	case "":
-		return nil, fmt.Errorf("%w: the root key URI has no scheme; want pkcs11: or local-file://", kms.ErrInvalidURI)
+		return nil, fmt.Errorf("%w: the root key URI has no scheme; want pkcs11:, aws-kms:// or local-file://", kms.ErrInvalidURI)
 	default:
-		return nil, fmt.Errorf("%w: unknown root key provider %q; want pkcs11: or local-file://", kms.ErrInvalidURI, scheme)
+		return nil, fmt.Errorf("%w: unknown root key provider %q; want pkcs11:, aws-kms:// or local-file://", kms.ErrInvalidURI, scheme)
 	}
 }
 

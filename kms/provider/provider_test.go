@@ -46,8 +46,9 @@ func TestOpen(t *testing.T) {
 		{"local-file relative", "local-file:root.key", kms.ErrInvalidURI, "localkek"},
 		{"pkcs11 bad URI", "pkcs11:object=root-1", kms.ErrInvalidURI, "token="},
 		{"pkcs11 pin-value", "pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234", kms.ErrInvalidURI, "pin-value is refused"},
-		{"aws-kms", "aws-kms://arn:aws:kms:eu-west-1:111122223333:key/abcd", kms.ErrInvalidURI, "AWS KMS"},
-		{"unknown scheme", "vault://secret/root", kms.ErrInvalidURI, `"vault"`},
+		{"aws-kms bad key id", "aws-kms://arn:aws:kms:eu-west-1:111122223333:key/abcd", kms.ErrInvalidURI, "awskms: the ARN's key id"},
+		{"aws-kms upper-case scheme, plain http", "AWS-KMS://alias/root?endpoint=http://kms.example.com", kms.ErrInvalidURI, "plain http"},
+		{"unknown scheme", "vault://secret/root", kms.ErrInvalidURI, `"vault"; want pkcs11:, aws-kms:// or local-file://`},
 		{"no scheme", "/var/lib/tresor/root.key", kms.ErrInvalidURI, "no scheme"},
 		{"empty", "", kms.ErrInvalidURI, "no scheme"},
 	}
