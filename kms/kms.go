@@ -1,6 +1,6 @@
 // Package kms opens tresor's root keys. A root key (key-encryption key) wraps
 // and unwraps the keysets of named keys and never leaves its provider: a
-// PKCS#11 HSM (kms/pkcs11), AWS KMS (in a later release), or, for
+// PKCS#11 HSM (kms/pkcs11), AWS KMS (kms/awskms), or, for
 // development only, a key file (kms/localkek).
 //
 // This package holds the [RootKey] interface and the errors every provider
