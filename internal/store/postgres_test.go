@@ -1,0 +1,604 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/internal/store/pgtest"
+	"github.com/tresorkms/tresor/internal/store/storetest"
+)
+
+// The PostgreSQL tests need a running server; see package pgtest. They
+// reuse testKey and benchKey from sqlite_test.go.
+
+func openPostgres(t testing.TB, url string, opts ...store.Option) *store.PostgresStore {
+	t.Helper()
+	s, err := store.OpenPostgres(t.Context(), url, opts...)
+	if err != nil {
+		t.Fatalf("OpenPostgres(ctx, %q) err = %v, want nil", url, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// rawPostgres connects to the database directly, bypassing the store.
+func rawPostgres(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatalf("pgx.Connect(ctx, %q) err = %v", url, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// pgMigrations is the number of migrations this binary has.
+func pgMigrations(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("pgmigrations")
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("os.ReadDir(pgmigrations) = %d entries, %v; want migrations", len(entries), err)
+	}
+	return len(entries)
+}
+
+// checkSchema fails t unless schema_migrations lists every migration once.
+func checkSchema(t *testing.T, url string) {
+	t.Helper()
+	var n, maxVersion int
+	if err := rawPostgres(t, url).QueryRow(t.Context(),
+		`SELECT count(*), coalesce(max(version), 0) FROM schema_migrations`).Scan(&n, &maxVersion); err != nil {
+		t.Fatal(err)
+	}
+	if want := pgMigrations(t); n != want || maxVersion != want {
+		t.Errorf("schema_migrations: %d rows, max version %d; want %d, %d", n, maxVersion, want, want)
+	}
+}
+
+func TestPostgres(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openPostgres(t, pgtest.NewDatabase(t))
+	})
+}
+
+func TestOpenPostgresMigrationsIdempotent(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	for i := range 3 {
+		s := openPostgres(t, url)
+		if i == 0 {
+			if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+				t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+			}
+		}
+		if _, err := s.GetKey(t.Context(), "k"); err != nil {
+			t.Errorf("GetKey(ctx, %q) after open %d err = %v, want nil", "k", i+1, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close() err = %v, want nil", err)
+		}
+	}
+	checkSchema(t, url)
+}
+
+// TestOpenPostgresConcurrently opens a fresh database from several
+// goroutines at once, as replicas starting together would: every open
+// succeeds and the schema is migrated once.
+func TestOpenPostgresConcurrently(t *testing.T) {
+	const replicas = 5
+	url := pgtest.NewDatabase(t)
+	errs := make([]error, replicas)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range replicas {
+		wg.Go(func() {
+			<-start
+			s, err := store.OpenPostgres(t.Context(), url)
+			if err == nil {
+				_, err = s.CreateKey(t.Context(), testKey("k"+strconv.Itoa(i)))
+				s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("replica %d: OpenPostgres and CreateKey err = %v, want nil", i, err)
+		}
+	}
+	checkSchema(t, url)
+}
+
+func TestOpenPostgresRefusesNewerSchema(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	openPostgres(t, url).Close()
+	if _, err := rawPostgres(t, url).Exec(t.Context(), `INSERT INTO schema_migrations (version, name, applied_time)
+		SELECT max(version) + 1, 'from_the_future.sql', now() FROM schema_migrations`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.OpenPostgres(t.Context(), url)
+	if !errors.Is(err, store.ErrSchemaTooNew) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("OpenPostgres(ctx, %q) with a newer schema err = %v, want ErrSchemaTooNew", url, err)
+	}
+}
+
+func TestOpenPostgresRefusesForeignMigration(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	openPostgres(t, url).Close()
+	if _, err := rawPostgres(t, url).Exec(t.Context(), `UPDATE schema_migrations SET name = 'other.sql' WHERE version = 1`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.OpenPostgres(t.Context(), url)
+	if err == nil {
+		s.Close()
+		t.Fatalf("OpenPostgres(ctx, %q) with a renamed migration err = nil, want an error", url)
+	}
+	if !strings.Contains(err.Error(), "other.sql") {
+		t.Errorf("OpenPostgres(ctx, %q) with a renamed migration err = %v, want it to name other.sql", url, err)
+	}
+}
+
+func TestOpenPostgresBadURL(t *testing.T) {
+	tests := []struct {
+		name, url string
+		// unavailable is whether the error must say the database is
+		// unavailable (store.ErrUnavailable, once exported).
+		unavailable bool
+	}{
+		{"not a URL", "postgres://%zz", false},
+		{"bad pool_max_conns", "postgres://postgres@127.0.0.1:5432/postgres?pool_max_conns=0", false},
+		{"nothing listening", "postgres://tresor:s3cret@127.0.0.1:1/tresor?sslmode=disable&connect_timeout=5", true},
+		{"no such database", "postgres://postgres@127.0.0.1:5432/tresor_no_such_db?sslmode=disable", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := store.OpenPostgres(t.Context(), tt.url)
+			if err == nil {
+				s.Close()
+				t.Fatalf("OpenPostgres(ctx, %q) err = nil, want an error", tt.url)
+			}
+			t.Logf("OpenPostgres(ctx, %q) err = %v", tt.url, err)
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("OpenPostgres(ctx, %q) err = %v, shows the password", tt.url, err)
+			}
+			if got := strings.Contains(err.Error(), "database unavailable"); got != tt.unavailable {
+				t.Errorf("OpenPostgres(ctx, %q) err = %v; says unavailable: %t, want %t", tt.url, err, got, tt.unavailable)
+			}
+		})
+	}
+}
+
+// TestPostgresContextCanceledMidCall cancels calls that wait for a row lock
+// another connection holds: they return promptly with the context's error,
+// and the store works on afterwards.
+func TestPostgresContextCanceledMidCall(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	// Two connections: the canceled calls break theirs, and the store
+	// must replace them.
+	s := openPostgres(t, url+"&pool_max_conns=2")
+	created, err := s.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	w := storeBudgetWindow("c")
+	if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
+		t.Fatalf("ConsumeBudget(ctx, 1, [c]) = %d, %v; want -1, nil", got, err)
+	}
+	blocker := rawPostgres(t, url)
+	tx, err := blocker.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(t.Context(), `SELECT 1 FROM keys FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), `SELECT 1 FROM budget_counts FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"UpdateKey", func(ctx context.Context) error { _, err := s.UpdateKey(ctx, created); return err }},
+		{"ConsumeBudget", func(ctx context.Context) error {
+			_, err := s.ConsumeBudget(ctx, 1, []store.BudgetWindow{w})
+			return err
+		}},
+	}
+	for _, c := range calls {
+		for _, want := range []error{context.Canceled, context.DeadlineExceeded} {
+			t.Run(c.name+"/"+want.Error(), func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+				if want == context.Canceled {
+					ctx, cancel = context.WithCancel(t.Context())
+					time.AfterFunc(200*time.Millisecond, cancel)
+				}
+				defer cancel()
+				begin := time.Now()
+				err := c.call(ctx)
+				took := time.Since(begin)
+				if !errors.Is(err, want) {
+					t.Errorf("%s(ctx canceled while it waits for a lock) err = %v, want %v", c.name, err, want)
+				}
+				if took > 2*time.Second {
+					t.Errorf("%s(ctx canceled after 200ms) returned after %v, want promptly", c.name, took)
+				}
+			})
+		}
+	}
+
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing was written, and the store works on.
+	got, err := s.GetKey(t.Context(), "k")
+	if err != nil || got.Revision != 1 {
+		t.Fatalf("GetKey(ctx, %q) after canceled calls = rev %d, %v; want rev 1, nil", "k", got.Revision, err)
+	}
+	if _, err := s.UpdateKey(t.Context(), created); err != nil {
+		t.Errorf("UpdateKey(ctx, %q) after canceled calls err = %v, want nil", "k", err)
+	}
+	w.Limit = 2
+	if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
+		t.Errorf("ConsumeBudget(ctx, 1, [c]) after canceled calls = %d, %v; want -1, nil (count 1 before)", got, err)
+	}
+}
+
+// storeBudgetWindow is a window of counter with limit 1 that lasts two days
+// from the start of the current hour.
+func storeBudgetWindow(counter string) store.BudgetWindow {
+	start := time.Now().UTC().Truncate(time.Hour)
+	return store.BudgetWindow{Counter: counter, Start: start, End: start.Add(48 * time.Hour), Limit: 1}
+}
+
+// TestPostgresReconnects drops the store's connections on the server's
+// side: a call may fail as unavailable, and the store then reconnects.
+func TestPostgresReconnects(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url)
+	if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	if _, err := rawPostgres(t, url).Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GetKey(t.Context(), "k")
+	t.Logf("GetKey on a dropped connection: %v", err)
+	if err != nil && !strings.Contains(err.Error(), "database unavailable") {
+		t.Errorf("GetKey(ctx, %q) on a dropped connection err = %v, want nil or unavailable", "k", err)
+	}
+	if _, err := s.GetKey(t.Context(), "k"); err != nil {
+		t.Errorf("GetKey(ctx, %q) again err = %v, want nil", "k", err)
+	}
+}
+
+func TestPostgresClock(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2030, 1, 2, 3, 4, 5, 678901234, time.FixedZone("CET", 3600))
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	s := openPostgres(t, pgtest.NewDatabase(t), store.WithClock(clock))
+	wantCreate := time.Date(2030, 1, 2, 2, 4, 5, 678901000, time.UTC)
+	created, err := s.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	if created.CreateTime != wantCreate || created.UpdateTime != wantCreate {
+		t.Errorf("CreateKey(ctx, %q) times = %v, %v; want %v for both", "k", created.CreateTime, created.UpdateTime, wantCreate)
+	}
+	mu.Lock()
+	now = now.Add(time.Hour + time.Nanosecond)
+	mu.Unlock()
+	updated, err := s.UpdateKey(t.Context(), created)
+	if err != nil {
+		t.Fatalf("UpdateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	got, err := s.GetKey(t.Context(), "k")
+	if err != nil {
+		t.Fatalf("GetKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	wantUpdate := wantCreate.Add(time.Hour)
+	for _, k := range []store.Key{updated, got} {
+		if k.CreateTime != wantCreate || k.UpdateTime != wantUpdate {
+			t.Errorf("key %q times = %v, %v; want %v, %v", "k", k.CreateTime, k.UpdateTime, wantCreate, wantUpdate)
+		}
+	}
+}
+
+// TestPostgresTwoHandles opens one database twice, as two replicas would,
+// and checks that compare-and-swap and budgets hold across them.
+func TestPostgresTwoHandles(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	handles := []*store.PostgresStore{openPostgres(t, url), openPostgres(t, url)}
+	created, err := handles[0].CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
+	}
+	const (
+		n     = 8
+		calls = 50
+		limit = 300
+	)
+	start := time.Now().Truncate(time.Hour)
+	// Two windows, given in either order: the store must not deadlock.
+	a := store.BudgetWindow{Counter: "a", Start: start, End: start.Add(48 * time.Hour), Limit: limit}
+	b := store.BudgetWindow{Counter: "b", Start: start, End: start.Add(48 * time.Hour), Limit: limit + 1}
+	updateErrs := make([]error, 2*n)
+	counted := make([]int, 2*n)
+	begin := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 2 * n {
+		s := handles[g%2]
+		wg.Go(func() {
+			k := created
+			k.Labels = map[string]string{"writer": strconv.Itoa(g)}
+			<-begin
+			_, updateErrs[g] = s.UpdateKey(t.Context(), k)
+			windows := []store.BudgetWindow{a, b}
+			if g%4 >= 2 {
+				windows = []store.BudgetWindow{b, a}
+			}
+			for range calls {
+				got, err := s.ConsumeBudget(t.Context(), 1, windows)
+				if err != nil || (got != -1 && windows[got].Counter != "a") {
+					t.Errorf("ConsumeBudget(ctx, 1, [%s %s]) = %d, %v; want -1 or a's index, nil", windows[0].Counter, windows[1].Counter, got, err)
+					return
+				}
+				if got == -1 {
+					counted[g]++
+				}
+			}
+		})
+	}
+	close(begin)
+	wg.Wait()
+	wins := 0
+	for _, err := range updateErrs {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, store.ErrConflict):
+			t.Errorf("UpdateKey(ctx, %q rev 1) err = %v, want nil or ErrConflict", "k", err)
+		}
+	}
+	if wins != 1 {
+		t.Errorf("UpdateKey(ctx, %q rev 1) from two handles: %d succeeded, want 1", "k", wins)
+	}
+	total := 0
+	for _, c := range counted {
+		total += c
+	}
+	if total != limit {
+		t.Errorf("ConsumeBudget from two handles counted %d of %d calls, want %d", total, 2*n*calls, limit)
+	}
+}
+
+// budgetRowsPG returns the counters and window starts (Unix seconds) of the
+// budget_counts rows, read directly.
+func budgetRowsPG(t *testing.T, conn *pgx.Conn) []string {
+	t.Helper()
+	rows, err := conn.Query(t.Context(), `SELECT counter, window_start FROM budget_counts ORDER BY counter, window_start`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var counter string
+		var start time.Time
+		if err := rows.Scan(&counter, &start); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, counter+"@"+strconv.FormatInt(start.Unix(), 10))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestPostgresBudgetSweep checks that ConsumeBudget deletes the counts of
+// windows that ended by the store's clock, no more than once a minute, and
+// those of windows still open never.
+func TestPostgresBudgetSweep(t *testing.T) {
+	var mu sync.Mutex
+	t0 := time.Unix(1_900_000_000, 0).UTC()
+	now := t0
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	set := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = t0.Add(d)
+	}
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url, store.WithClock(clock))
+	raw := rawPostgres(t, url)
+	consume := func(counter string, start, length time.Duration) {
+		t.Helper()
+		w := store.BudgetWindow{Counter: counter, Start: t0.Add(start), End: t0.Add(start + length), Limit: 10}
+		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
+			t.Fatalf("ConsumeBudget(ctx, 1, [%s]) = %d, %v; want -1, nil", counter, got, err)
+		}
+	}
+	check := func(when string, want ...string) {
+		t.Helper()
+		if got := budgetRowsPG(t, raw); !slices.Equal(got, want) {
+			t.Errorf("budget_counts %s = %q, want %q", when, got, want)
+		}
+	}
+	at := func(counter string, start time.Duration) string {
+		return counter + "@" + strconv.FormatInt(t0.Add(start).Unix(), 10)
+	}
+
+	consume("second", 0, time.Second)
+	consume("day", 0, 24*time.Hour)
+	consume("ends-at-sweep", 0, 2*time.Minute)
+	set(2 * time.Second)
+	consume("second", 2*time.Second, time.Second)
+	check("before a minute passed", at("day", 0), at("ends-at-sweep", 0), at("second", 0), at("second", 2*time.Second))
+
+	set(2 * time.Minute)
+	consume("second", 2*time.Minute, time.Second)
+	check("after a minute", at("day", 0), at("second", 2*time.Minute))
+
+	consume("second", 0, time.Second)
+	check("after an ended window was given again", at("day", 0), at("second", 0), at("second", 2*time.Minute))
+}
+
+// TestPostgresBudgetSweepBatches checks that one call deletes at most a
+// batch of ended windows, and that calls go on deleting until none is left.
+func TestPostgresBudgetSweepBatches(t *testing.T) {
+	var mu sync.Mutex
+	t0 := time.Unix(1_900_000_000, 0).UTC()
+	now := t0
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url, store.WithClock(clock))
+	raw := rawPostgres(t, url)
+	const ended = 2500
+	windows := make([]store.BudgetWindow, ended)
+	for i := range windows {
+		windows[i] = store.BudgetWindow{Counter: "c" + strconv.Itoa(i), Start: t0, End: t0.Add(time.Second), Limit: 1}
+	}
+	if got, err := s.ConsumeBudget(t.Context(), 1, windows); err != nil || got != -1 {
+		t.Fatalf("ConsumeBudget(ctx, 1, %d windows) = %d, %v; want -1, nil", ended, got, err)
+	}
+	mu.Lock()
+	now = t0.Add(time.Hour)
+	mu.Unlock()
+	live := store.BudgetWindow{Counter: "live", Start: t0.Add(time.Hour), End: t0.Add(2 * time.Hour), Limit: 100}
+	for _, want := range []int{1501, 501, 1, 1, 1} {
+		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{live}); err != nil || got != -1 {
+			t.Fatalf("ConsumeBudget(ctx, 1, [live]) = %d, %v; want -1, nil", got, err)
+		}
+		if got := len(budgetRowsPG(t, raw)); got != want {
+			t.Fatalf("budget_counts has %d rows, want %d", got, want)
+		}
+	}
+}
+
+// TestPostgresBudgetDuplicateWindows checks that a window given twice is
+// counted twice and checked against each limit in turn, as SQLite does.
+func TestPostgresBudgetDuplicateWindows(t *testing.T) {
+	s := openPostgres(t, pgtest.NewDatabase(t))
+	w := storeBudgetWindow("dup")
+	w5, w10 := w, w
+	w5.Limit, w10.Limit = 5, 10
+	steps := []struct {
+		windows []store.BudgetWindow
+		want    int
+	}{
+		{[]store.BudgetWindow{w10, w10}, -1}, // 6
+		{[]store.BudgetWindow{w10, w5}, 1},   // 9 > 5
+		{[]store.BudgetWindow{w10, w10}, 1},  // 12 > 10
+		{[]store.BudgetWindow{w10}, -1},      // 9
+	}
+	for i, st := range steps {
+		if got, err := s.ConsumeBudget(t.Context(), 3, st.windows); err != nil || got != st.want {
+			t.Fatalf("step %d: ConsumeBudget(ctx, 3, %d windows) = %d, %v; want %d, nil", i, len(st.windows), got, err, st.want)
+		}
+	}
+}
+
+func TestPostgresBudgetTimeRange(t *testing.T) {
+	s := openPostgres(t, pgtest.NewDatabase(t))
+	w := storeBudgetWindow("c")
+	w.End = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); !errors.Is(err, store.ErrInvalidBudget) {
+		t.Errorf("ConsumeBudget(ctx, 1, [window ending in year 10000]) err = %v, want ErrInvalidBudget", err)
+	}
+}
+
+func TestPostgresClosed(t *testing.T) {
+	s := openPostgres(t, pgtest.NewDatabase(t))
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() err = %v, want nil", err)
+	}
+	if _, err := s.GetKey(context.Background(), "k"); err == nil {
+		t.Errorf("GetKey(ctx, %q) after Close err = nil, want an error", "k")
+	}
+	if _, err := s.CreateKey(context.Background(), testKey("k")); err == nil {
+		t.Errorf("CreateKey(ctx, %q) after Close err = nil, want an error", "k")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close() err = %v, want nil", err)
+	}
+}
+
+func BenchmarkPostgresGetKey(b *testing.B) {
+	s := openPostgres(b, pgtest.NewDatabase(b))
+	if _, err := s.CreateKey(b.Context(), benchKey("k")); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.GetKey(b.Context(), "k"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.GetKey(context.Background(), "k"); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+func BenchmarkPostgresUpdateKey(b *testing.B) {
+	s := openPostgres(b, pgtest.NewDatabase(b))
+	k, err := s.CreateKey(b.Context(), benchKey("k"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if k, err = s.UpdateKey(b.Context(), k); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPostgresConsumeBudget(b *testing.B) {
+	s := openPostgres(b, pgtest.NewDatabase(b))
+	start := time.Now().Truncate(time.Hour)
+	windows := []store.BudgetWindow{
+		{Counter: "decrypt/restricted/1s/=spiffe://bank.example/payments", Start: start, End: start.Add(time.Hour), Limit: 1 << 62},
+		{Counter: "decrypt/restricted/24h0m0s/=spiffe://bank.example/payments", Start: start, End: start.Add(24 * time.Hour), Limit: 1 << 62},
+	}
+	for b.Loop() {
+		if got, err := s.ConsumeBudget(b.Context(), 1, windows); err != nil || got != -1 {
+			b.Fatalf("ConsumeBudget(ctx, 1, ...) = %d, %v; want -1, nil", got, err)
+		}
+	}
+}
