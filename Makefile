@@ -62,8 +62,20 @@ test-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
 	fi
 	@softhsm2-util --version >/dev/null
+	@if ! command -v pg_ctlcluster >/dev/null 2>&1; then \
+		echo "installing postgresql (store tests use a real PostgreSQL)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if [ -z "$$TRESOR_TEST_POSTGRES_URL" ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		echo "starting PostgreSQL on 127.0.0.1:5432"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -1) main start; \
+		for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+	@[ -n "$$TRESOR_TEST_POSTGRES_URL" ] || pg_isready -h 127.0.0.1 -p 5432
 
-## test: the whole test suite, SoftHSM2 tests included (installs SoftHSM2 when missing).
+## test: the whole test suite against real SoftHSM2, PostgreSQL and local-kms (installs or starts them when missing).
 test: test-deps
 	$(GO) test -race -count=1 -timeout 12m ./...
 
