@@ -146,13 +146,18 @@ func reEncryptKeys(req any) []keyUse {
 
 // methodRules maps every RPC's full method name to its rule.
 var methodRules = map[string]methodRule{
-	tresorv1.KeyService_CreateKey_FullMethodName:  {action: "CreateKey", class: classAdmin, keys: createdKey},
-	tresorv1.KeyService_GetKey_FullMethodName:     {action: "GetKey", class: classRead, keys: namedKey},
-	tresorv1.KeyService_ListKeys_FullMethodName:   {action: "ListKeys", class: classRead},
-	tresorv1.KeyService_UpdateKey_FullMethodName:  {action: "UpdateKey", class: classAdmin, keys: namedKey},
-	tresorv1.KeyService_RotateKey_FullMethodName:  {action: "RotateKey", class: classAdmin, keys: namedKey},
-	tresorv1.KeyService_DisableKey_FullMethodName: {action: "DisableKey", class: classAdmin, keys: namedKey},
-	tresorv1.KeyService_EnableKey_FullMethodName:  {action: "EnableKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_CreateKey_FullMethodName:           {action: "CreateKey", class: classAdmin, keys: createdKey},
+	tresorv1.KeyService_GetKey_FullMethodName:              {action: "GetKey", class: classRead, keys: namedKey},
+	tresorv1.KeyService_ListKeys_FullMethodName:            {action: "ListKeys", class: classRead},
+	tresorv1.KeyService_UpdateKey_FullMethodName:           {action: "UpdateKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_RotateKey_FullMethodName:           {action: "RotateKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_DisableKey_FullMethodName:          {action: "DisableKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_EnableKey_FullMethodName:           {action: "EnableKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_ScheduleKeyDeletion_FullMethodName: {action: "ScheduleKeyDeletion", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_CancelKeyDeletion_FullMethodName:   {action: "CancelKeyDeletion", class: classAdmin, keys: namedKey},
+
+	tresorv1.AdminService_RotateRootKey_FullMethodName:      {action: "RotateRootKey", class: classAdmin},
+	tresorv1.AdminService_GetRootKeyRotation_FullMethodName: {action: "GetRootKeyRotation", class: classRead},
 
 	tresorv1.CryptoService_Encrypt_FullMethodName:                         {action: "Encrypt", class: classCrypto, keys: namedKey},
 	tresorv1.CryptoService_Decrypt_FullMethodName:                         {action: "Decrypt", class: classCrypto, keys: decryptKey, budget: budgetDecrypt},

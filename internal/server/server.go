@@ -139,6 +139,7 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	}
 	keys := &keyService{ring: ring, logger: opts.Logger}
 	crypto := &cryptoService{ring: ring, logger: opts.Logger}
+	admin := &adminService{logger: opts.Logger}
 
 	gopts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(ch.unary),
@@ -152,12 +153,14 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	gs := grpc.NewServer(gopts...)
 	tresorv1.RegisterKeyServiceServer(gs, keys)
 	tresorv1.RegisterCryptoServiceServer(gs, crypto)
+	tresorv1.RegisterAdminServiceServer(gs, admin)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 
 	conn := newInProcessConn(ch.unary)
 	conn.register(&tresorv1.KeyService_ServiceDesc, keys)
 	conn.register(&tresorv1.CryptoService_ServiceDesc, crypto)
+	conn.register(&tresorv1.AdminService_ServiceDesc, admin)
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{JSONPb: runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
@@ -187,6 +190,9 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("server: gateway: %w", err)
 	}
 	if err := tresorv1.RegisterCryptoServiceHandlerClient(ctx, mux, tresorv1.NewCryptoServiceClient(conn)); err != nil {
+		return nil, fmt.Errorf("server: gateway: %w", err)
+	}
+	if err := tresorv1.RegisterAdminServiceHandlerClient(ctx, mux, tresorv1.NewAdminServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("server: gateway: %w", err)
 	}
 	s := &Server{opts: opts, grpc: gs, health: hs, chain: ch, listening: make(chan struct{})}

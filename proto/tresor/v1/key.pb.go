@@ -94,6 +94,13 @@ const (
 	KeyState_KEY_STATE_ENABLED KeyState = 1
 	// The key cannot be used for any cryptographic operation.
 	KeyState_KEY_STATE_DISABLED KeyState = 2
+	// The key is scheduled for destruction at `deletion_time` and cannot be
+	// used for any cryptographic operation. CancelKeyDeletion restores it as
+	// disabled.
+	KeyState_KEY_STATE_DELETION_SCHEDULED KeyState = 3
+	// The key's material is destroyed. Nothing encrypted under it can be
+	// decrypted again. The key's metadata remains so that callers learn why.
+	KeyState_KEY_STATE_DESTROYED KeyState = 4
 )
 
 // Enum value maps for KeyState.
@@ -102,11 +109,15 @@ var (
 		0: "KEY_STATE_UNSPECIFIED",
 		1: "KEY_STATE_ENABLED",
 		2: "KEY_STATE_DISABLED",
+		3: "KEY_STATE_DELETION_SCHEDULED",
+		4: "KEY_STATE_DESTROYED",
 	}
 	KeyState_value = map[string]int32{
-		"KEY_STATE_UNSPECIFIED": 0,
-		"KEY_STATE_ENABLED":     1,
-		"KEY_STATE_DISABLED":    2,
+		"KEY_STATE_UNSPECIFIED":        0,
+		"KEY_STATE_ENABLED":            1,
+		"KEY_STATE_DISABLED":           2,
+		"KEY_STATE_DELETION_SCHEDULED": 3,
+		"KEY_STATE_DESTROYED":          4,
 	}
 )
 
@@ -157,7 +168,11 @@ type Key struct {
 	// How often the key is rotated automatically. Zero (or unset) means the
 	// key is only rotated on request (RotateKey).
 	RotationPeriod *durationpb.Duration `protobuf:"bytes,6,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
-	// User-defined labels for organizing keys. Not used by the service.
+	// Labels. Two have a meaning for the service: `owner`, the workload that
+	// owns the key (authorization policies compare it with the caller), and
+	// `sensitivity`, the tier of the data under the key (public, internal,
+	// confidential or restricted; a key without it is treated as
+	// restricted). The others are the caller's own.
 	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// All versions of the key, oldest first.
 	Versions []*KeyVersion `protobuf:"bytes,8,rep,name=versions,proto3" json:"versions,omitempty"`
@@ -165,9 +180,28 @@ type Key struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the key was last changed (created, updated, rotated, enabled or
 	// disabled).
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// How many messages one version may encrypt before the key is rotated
+	// (random 96-bit nonces make AES-GCM unsafe long before 2^32 messages).
+	// Zero means the service's default. When the primary version reaches
+	// it, the key rotates and encryption continues under the new version.
+	UsageLimit int64 `protobuf:"varint,11,opt,name=usage_limit,json=usageLimit,proto3" json:"usage_limit,omitempty"`
+	// Retire a version (advance `min_decryption_version` past it) once it has
+	// been superseded by a newer version for this long. Unset or zero: never.
+	RetireAfter *durationpb.Duration `protobuf:"bytes,12,opt,name=retire_after,json=retireAfter,proto3" json:"retire_after,omitempty"`
+	// Retire a version once this many newer versions exist. Zero: never.
+	RetireAfterVersions uint32 `protobuf:"varint,13,opt,name=retire_after_versions,json=retireAfterVersions,proto3" json:"retire_after_versions,omitempty"`
+	// When the key's material will be destroyed, while its state is
+	// KEY_STATE_DELETION_SCHEDULED.
+	DeletionTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=deletion_time,json=deletionTime,proto3" json:"deletion_time,omitempty"`
+	// When the key's material was destroyed, once its state is
+	// KEY_STATE_DESTROYED.
+	DestroyTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=destroy_time,json=destroyTime,proto3" json:"destroy_time,omitempty"`
+	// When the scheduler will next rotate the key, if it has a rotation
+	// period.
+	NextRotationTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=next_rotation_time,json=nextRotationTime,proto3" json:"next_rotation_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -270,6 +304,48 @@ func (x *Key) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Key) GetUsageLimit() int64 {
+	if x != nil {
+		return x.UsageLimit
+	}
+	return 0
+}
+
+func (x *Key) GetRetireAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetireAfter
+	}
+	return nil
+}
+
+func (x *Key) GetRetireAfterVersions() uint32 {
+	if x != nil {
+		return x.RetireAfterVersions
+	}
+	return 0
+}
+
+func (x *Key) GetDeletionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeletionTime
+	}
+	return nil
+}
+
+func (x *Key) GetDestroyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DestroyTime
+	}
+	return nil
+}
+
+func (x *Key) GetNextRotationTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotationTime
+	}
+	return nil
+}
+
 // KeyVersion describes one version of a key. The key material itself is
 // never exposed.
 type KeyVersion struct {
@@ -277,7 +353,10 @@ type KeyVersion struct {
 	// The version number, starting at 1.
 	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// When the version was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// How many encryptions the service has reserved for this version, across
+	// all replicas: at least the number of messages it has encrypted.
+	Uses          int64 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +405,13 @@ func (x *KeyVersion) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *KeyVersion) GetUses() int64 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
 // Request message for KeyService.CreateKey.
 type CreateKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -341,9 +427,17 @@ type CreateKeyRequest struct {
 	// User-defined labels: at most 64 entries. Keys are 1 to 63 characters, a
 	// lowercase letter followed by lowercase letters, digits, underscores or
 	// hyphens; values are at most 256 characters.
-	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Messages one version may encrypt before the key rotates. Zero: the
+	// service's default. At most 2^32.
+	UsageLimit int64 `protobuf:"varint,5,opt,name=usage_limit,json=usageLimit,proto3" json:"usage_limit,omitempty"`
+	// Retire versions superseded this long ago. Zero: never. At most 87600
+	// hours.
+	RetireAfter *durationpb.Duration `protobuf:"bytes,6,opt,name=retire_after,json=retireAfter,proto3" json:"retire_after,omitempty"`
+	// Retire versions once this many newer versions exist. Zero: never.
+	RetireAfterVersions uint32 `protobuf:"varint,7,opt,name=retire_after_versions,json=retireAfterVersions,proto3" json:"retire_after_versions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CreateKeyRequest) Reset() {
@@ -402,6 +496,27 @@ func (x *CreateKeyRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *CreateKeyRequest) GetUsageLimit() int64 {
+	if x != nil {
+		return x.UsageLimit
+	}
+	return 0
+}
+
+func (x *CreateKeyRequest) GetRetireAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetireAfter
+	}
+	return nil
+}
+
+func (x *CreateKeyRequest) GetRetireAfterVersions() uint32 {
+	if x != nil {
+		return x.RetireAfterVersions
+	}
+	return 0
 }
 
 // Request message for KeyService.GetKey.
@@ -584,10 +699,19 @@ type UpdateKeyRequest struct {
 	// existing labels. Same limits as CreateKeyRequest.labels.
 	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The fields to update. Required, with at least one path; the allowed
-	// paths are `rotation_period`, `min_decryption_version` and `labels`.
-	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,5,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// paths are `rotation_period`, `min_decryption_version`, `labels`,
+	// `usage_limit`, `retire_after` and `retire_after_versions`.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,5,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// The new usage limit, when `update_mask` contains `usage_limit`. Same
+	// limits as CreateKeyRequest.usage_limit.
+	UsageLimit int64 `protobuf:"varint,6,opt,name=usage_limit,json=usageLimit,proto3" json:"usage_limit,omitempty"`
+	// The new retirement age, when `update_mask` contains `retire_after`.
+	RetireAfter *durationpb.Duration `protobuf:"bytes,7,opt,name=retire_after,json=retireAfter,proto3" json:"retire_after,omitempty"`
+	// The new retirement count, when `update_mask` contains
+	// `retire_after_versions`.
+	RetireAfterVersions uint32 `protobuf:"varint,8,opt,name=retire_after_versions,json=retireAfterVersions,proto3" json:"retire_after_versions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *UpdateKeyRequest) Reset() {
@@ -653,6 +777,27 @@ func (x *UpdateKeyRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 		return x.UpdateMask
 	}
 	return nil
+}
+
+func (x *UpdateKeyRequest) GetUsageLimit() int64 {
+	if x != nil {
+		return x.UsageLimit
+	}
+	return 0
+}
+
+func (x *UpdateKeyRequest) GetRetireAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetireAfter
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetRetireAfterVersions() uint32 {
+	if x != nil {
+		return x.RetireAfterVersions
+	}
+	return 0
 }
 
 // Request message for KeyService.RotateKey.
@@ -793,11 +938,113 @@ func (x *EnableKeyRequest) GetKey() string {
 	return ""
 }
 
+// Request message for KeyService.ScheduleKeyDeletion.
+type ScheduleKeyDeletionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the key to delete (the `{key}` segment of `keys/{key}`).
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// How long to wait before the material is destroyed: 7 to 30 days. Unset
+	// means 30 days.
+	WaitingPeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=waiting_period,json=waitingPeriod,proto3" json:"waiting_period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleKeyDeletionRequest) Reset() {
+	*x = ScheduleKeyDeletionRequest{}
+	mi := &file_tresor_v1_key_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleKeyDeletionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleKeyDeletionRequest) ProtoMessage() {}
+
+func (x *ScheduleKeyDeletionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tresor_v1_key_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleKeyDeletionRequest.ProtoReflect.Descriptor instead.
+func (*ScheduleKeyDeletionRequest) Descriptor() ([]byte, []int) {
+	return file_tresor_v1_key_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ScheduleKeyDeletionRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ScheduleKeyDeletionRequest) GetWaitingPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.WaitingPeriod
+	}
+	return nil
+}
+
+// Request message for KeyService.CancelKeyDeletion.
+type CancelKeyDeletionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the key (the `{key}` segment of `keys/{key}`).
+	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelKeyDeletionRequest) Reset() {
+	*x = CancelKeyDeletionRequest{}
+	mi := &file_tresor_v1_key_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelKeyDeletionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelKeyDeletionRequest) ProtoMessage() {}
+
+func (x *CancelKeyDeletionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tresor_v1_key_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelKeyDeletionRequest.ProtoReflect.Descriptor instead.
+func (*CancelKeyDeletionRequest) Descriptor() ([]byte, []int) {
+	return file_tresor_v1_key_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CancelKeyDeletionRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 var File_tresor_v1_key_proto protoreflect.FileDescriptor
 
 const file_tresor_v1_key_proto_rawDesc = "" +
 	"\n" +
-	"\x13tresor/v1/key.proto\x12\ttresor.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x04\n" +
+	"\x13tresor/v1/key.proto\x12\ttresor.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\a\n" +
 	"\x03Key\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x03R\x04name\x12+\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.tresor.v1.KeyTypeB\x03\xe0A\x05R\x04type\x12.\n" +
@@ -811,21 +1058,35 @@ const file_tresor_v1_key_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"updateTime\x1a9\n" +
+	"updateTime\x12\x1f\n" +
+	"\vusage_limit\x18\v \x01(\x03R\n" +
+	"usageLimit\x12<\n" +
+	"\fretire_after\x18\f \x01(\v2\x19.google.protobuf.DurationR\vretireAfter\x122\n" +
+	"\x15retire_after_versions\x18\r \x01(\rR\x13retireAfterVersions\x12D\n" +
+	"\rdeletion_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\fdeletionTime\x12B\n" +
+	"\fdestroy_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vdestroyTime\x12M\n" +
+	"\x12next_rotation_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x10nextRotationTime\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
 	"\n" +
 	"KeyVersion\x12\x1d\n" +
 	"\aversion\x18\x01 \x01(\rB\x03\xe0A\x03R\aversion\x12@\n" +
 	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"createTime\"\x80\x03\n" +
+	"createTime\x12\x17\n" +
+	"\x04uses\x18\x03 \x01(\x03B\x03\xe0A\x03R\x04uses\"\xbe\x04\n" +
 	"\x10CreateKeyRequest\x127\n" +
 	"\x06key_id\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x05keyId\x123\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.tresor.v1.KeyTypeB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04type\x12T\n" +
 	"\x0frotation_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x06\b\x80\x86\xb0\x96\x012\x00R\x0erotationPeriod\x12m\n" +
-	"\x06labels\x18\x04 \x03(\v2'.tresor.v1.CreateKeyRequest.LabelsEntryB,\xbaH)\x9a\x01&\x10@\"\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2'.tresor.v1.CreateKeyRequest.LabelsEntryB,\xbaH)\x9a\x01&\x10@\"\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x12.\n" +
+	"\vusage_limit\x18\x05 \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x80\x80\x80\x10(\x00R\n" +
+	"usageLimit\x12N\n" +
+	"\fretire_after\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
+	"\"\x06\b\x80\x86\xb0\x96\x012\x00R\vretireAfter\x12<\n" +
+	"\x15retire_after_versions\x18\a \x01(\rB\b\xbaH\x05*\x03\x18\xe8\aR\x13retireAfterVersions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
@@ -838,16 +1099,22 @@ const file_tresor_v1_key_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"^\n" +
 	"\x10ListKeysResponse\x12\"\n" +
 	"\x04keys\x18\x01 \x03(\v2\x0e.tresor.v1.KeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa9\a\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9f\t\n" +
 	"\x10UpdateKeyRequest\x122\n" +
 	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key\x12T\n" +
 	"\x0frotation_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x06\b\x80\x86\xb0\x96\x012\x00R\x0erotationPeriod\x124\n" +
 	"\x16min_decryption_version\x18\x03 \x01(\rR\x14minDecryptionVersion\x12m\n" +
-	"\x06labels\x18\x04 \x03(\v2'.tresor.v1.UpdateKeyRequest.LabelsEntryB,\xbaH)\x9a\x01&\x10@\"\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x12\xe3\x02\n" +
-	"\vupdate_mask\x18\x05 \x01(\v2\x1a.google.protobuf.FieldMaskB\xa5\x02\xbaH\xa1\x02\xba\x01\xe6\x01\n" +
-	"\x11update_mask.paths\x12gupdate_mask must list at least one of rotation_period, min_decryption_version, labels, and nothing else\x1ahthis.paths.size() > 0 && this.paths.all(p, p in ['rotation_period', 'min_decryption_version', 'labels'])\xc8\x01\x01\xe2\x011\x12\x0frotation_period\x12\x16min_decryption_version\x12\x06labelsR\n" +
-	"updateMask\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2'.tresor.v1.UpdateKeyRequest.LabelsEntryB,\xbaH)\x9a\x01&\x10@\"\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x12\x9b\x03\n" +
+	"\vupdate_mask\x18\x05 \x01(\v2\x1a.google.protobuf.FieldMaskB\xdd\x02\xbaH\xd9\x02\xba\x01\xd2\x02\n" +
+	"\x11update_mask.paths\x12\x99\x01update_mask must list at least one of rotation_period, min_decryption_version, labels, usage_limit, retire_after, retire_after_versions, and nothing else\x1a\xa0\x01this.paths.size() > 0 && this.paths.all(p, p in ['rotation_period', 'min_decryption_version', 'labels', 'usage_limit', 'retire_after', 'retire_after_versions'])\xc8\x01\x01R\n" +
+	"updateMask\x12.\n" +
+	"\vusage_limit\x18\x06 \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x80\x80\x80\x10(\x00R\n" +
+	"usageLimit\x12N\n" +
+	"\fretire_after\x18\a \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
+	"\"\x06\b\x80\x86\xb0\x96\x012\x00R\vretireAfter\x12<\n" +
+	"\x15retire_after_versions\x18\b \x01(\rB\b\xbaH\x05*\x03\x18\xe8\aR\x13retireAfterVersions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xc4\x01\xbaH\xc0\x01\x1a\xbd\x01\n" +
@@ -857,15 +1124,22 @@ const file_tresor_v1_key_proto_rawDesc = "" +
 	"\x11DisableKeyRequest\x122\n" +
 	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key\"F\n" +
 	"\x10EnableKeyRequest\x122\n" +
+	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key\"\xa7\x01\n" +
+	"\x1aScheduleKeyDeletionRequest\x122\n" +
+	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key\x12U\n" +
+	"\x0ewaiting_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x13\xbaH\x10\xaa\x01\r\"\x05\b\x80\x9a\x9e\x012\x04\b\x80\xf5$R\rwaitingPeriod\"N\n" +
+	"\x18CancelKeyDeletionRequest\x122\n" +
 	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key*U\n" +
 	"\aKeyType\x12\x18\n" +
 	"\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13KEY_TYPE_AES256_GCM\x10\x01\x12\x17\n" +
-	"\x13KEY_TYPE_AES256_SIV\x10\x02*T\n" +
+	"\x13KEY_TYPE_AES256_SIV\x10\x02*\x8f\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATE_ENABLED\x10\x01\x12\x16\n" +
-	"\x12KEY_STATE_DISABLED\x10\x022\xea\x04\n" +
+	"\x12KEY_STATE_DISABLED\x10\x02\x12 \n" +
+	"\x1cKEY_STATE_DELETION_SCHEDULED\x10\x03\x12\x17\n" +
+	"\x13KEY_STATE_DESTROYED\x10\x042\xd8\x06\n" +
 	"\n" +
 	"KeyService\x12M\n" +
 	"\tCreateKey\x12\x1b.tresor.v1.CreateKeyRequest\x1a\x0e.tresor.v1.Key\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/keys\x12J\n" +
@@ -876,7 +1150,9 @@ const file_tresor_v1_key_proto_rawDesc = "" +
 	"\tRotateKey\x12\x1b.tresor.v1.RotateKeyRequest\x1a\x0e.tresor.v1.Key\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/keys/{key}:rotate\x12]\n" +
 	"\n" +
 	"DisableKey\x12\x1c.tresor.v1.DisableKeyRequest\x1a\x0e.tresor.v1.Key\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/keys/{key}:disable\x12Z\n" +
-	"\tEnableKey\x12\x1b.tresor.v1.EnableKeyRequest\x1a\x0e.tresor.v1.Key\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/keys/{key}:enableB6Z4github.com/tresorkms/tresor/proto/tresor/v1;tresorv1b\x06proto3"
+	"\tEnableKey\x12\x1b.tresor.v1.EnableKeyRequest\x1a\x0e.tresor.v1.Key\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/keys/{key}:enable\x12x\n" +
+	"\x13ScheduleKeyDeletion\x12%.tresor.v1.ScheduleKeyDeletionRequest\x1a\x0e.tresor.v1.Key\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/keys/{key}:scheduleDeletion\x12r\n" +
+	"\x11CancelKeyDeletion\x12#.tresor.v1.CancelKeyDeletionRequest\x1a\x0e.tresor.v1.Key\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/keys/{key}:cancelDeletionB6Z4github.com/tresorkms/tresor/proto/tresor/v1;tresorv1b\x06proto3"
 
 var (
 	file_tresor_v1_key_proto_rawDescOnce sync.Once
@@ -891,62 +1167,75 @@ func file_tresor_v1_key_proto_rawDescGZIP() []byte {
 }
 
 var file_tresor_v1_key_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tresor_v1_key_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tresor_v1_key_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tresor_v1_key_proto_goTypes = []any{
-	(KeyType)(0),                  // 0: tresor.v1.KeyType
-	(KeyState)(0),                 // 1: tresor.v1.KeyState
-	(*Key)(nil),                   // 2: tresor.v1.Key
-	(*KeyVersion)(nil),            // 3: tresor.v1.KeyVersion
-	(*CreateKeyRequest)(nil),      // 4: tresor.v1.CreateKeyRequest
-	(*GetKeyRequest)(nil),         // 5: tresor.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),       // 6: tresor.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 7: tresor.v1.ListKeysResponse
-	(*UpdateKeyRequest)(nil),      // 8: tresor.v1.UpdateKeyRequest
-	(*RotateKeyRequest)(nil),      // 9: tresor.v1.RotateKeyRequest
-	(*DisableKeyRequest)(nil),     // 10: tresor.v1.DisableKeyRequest
-	(*EnableKeyRequest)(nil),      // 11: tresor.v1.EnableKeyRequest
-	nil,                           // 12: tresor.v1.Key.LabelsEntry
-	nil,                           // 13: tresor.v1.CreateKeyRequest.LabelsEntry
-	nil,                           // 14: tresor.v1.UpdateKeyRequest.LabelsEntry
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 17: google.protobuf.FieldMask
+	(KeyType)(0),                       // 0: tresor.v1.KeyType
+	(KeyState)(0),                      // 1: tresor.v1.KeyState
+	(*Key)(nil),                        // 2: tresor.v1.Key
+	(*KeyVersion)(nil),                 // 3: tresor.v1.KeyVersion
+	(*CreateKeyRequest)(nil),           // 4: tresor.v1.CreateKeyRequest
+	(*GetKeyRequest)(nil),              // 5: tresor.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),            // 6: tresor.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 7: tresor.v1.ListKeysResponse
+	(*UpdateKeyRequest)(nil),           // 8: tresor.v1.UpdateKeyRequest
+	(*RotateKeyRequest)(nil),           // 9: tresor.v1.RotateKeyRequest
+	(*DisableKeyRequest)(nil),          // 10: tresor.v1.DisableKeyRequest
+	(*EnableKeyRequest)(nil),           // 11: tresor.v1.EnableKeyRequest
+	(*ScheduleKeyDeletionRequest)(nil), // 12: tresor.v1.ScheduleKeyDeletionRequest
+	(*CancelKeyDeletionRequest)(nil),   // 13: tresor.v1.CancelKeyDeletionRequest
+	nil,                                // 14: tresor.v1.Key.LabelsEntry
+	nil,                                // 15: tresor.v1.CreateKeyRequest.LabelsEntry
+	nil,                                // 16: tresor.v1.UpdateKeyRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 19: google.protobuf.FieldMask
 }
 var file_tresor_v1_key_proto_depIdxs = []int32{
 	0,  // 0: tresor.v1.Key.type:type_name -> tresor.v1.KeyType
 	1,  // 1: tresor.v1.Key.state:type_name -> tresor.v1.KeyState
-	15, // 2: tresor.v1.Key.rotation_period:type_name -> google.protobuf.Duration
-	12, // 3: tresor.v1.Key.labels:type_name -> tresor.v1.Key.LabelsEntry
+	17, // 2: tresor.v1.Key.rotation_period:type_name -> google.protobuf.Duration
+	14, // 3: tresor.v1.Key.labels:type_name -> tresor.v1.Key.LabelsEntry
 	3,  // 4: tresor.v1.Key.versions:type_name -> tresor.v1.KeyVersion
-	16, // 5: tresor.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	16, // 6: tresor.v1.Key.update_time:type_name -> google.protobuf.Timestamp
-	16, // 7: tresor.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 8: tresor.v1.CreateKeyRequest.type:type_name -> tresor.v1.KeyType
-	15, // 9: tresor.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	13, // 10: tresor.v1.CreateKeyRequest.labels:type_name -> tresor.v1.CreateKeyRequest.LabelsEntry
-	2,  // 11: tresor.v1.ListKeysResponse.keys:type_name -> tresor.v1.Key
-	15, // 12: tresor.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	14, // 13: tresor.v1.UpdateKeyRequest.labels:type_name -> tresor.v1.UpdateKeyRequest.LabelsEntry
-	17, // 14: tresor.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 15: tresor.v1.KeyService.CreateKey:input_type -> tresor.v1.CreateKeyRequest
-	5,  // 16: tresor.v1.KeyService.GetKey:input_type -> tresor.v1.GetKeyRequest
-	6,  // 17: tresor.v1.KeyService.ListKeys:input_type -> tresor.v1.ListKeysRequest
-	8,  // 18: tresor.v1.KeyService.UpdateKey:input_type -> tresor.v1.UpdateKeyRequest
-	9,  // 19: tresor.v1.KeyService.RotateKey:input_type -> tresor.v1.RotateKeyRequest
-	10, // 20: tresor.v1.KeyService.DisableKey:input_type -> tresor.v1.DisableKeyRequest
-	11, // 21: tresor.v1.KeyService.EnableKey:input_type -> tresor.v1.EnableKeyRequest
-	2,  // 22: tresor.v1.KeyService.CreateKey:output_type -> tresor.v1.Key
-	2,  // 23: tresor.v1.KeyService.GetKey:output_type -> tresor.v1.Key
-	7,  // 24: tresor.v1.KeyService.ListKeys:output_type -> tresor.v1.ListKeysResponse
-	2,  // 25: tresor.v1.KeyService.UpdateKey:output_type -> tresor.v1.Key
-	2,  // 26: tresor.v1.KeyService.RotateKey:output_type -> tresor.v1.Key
-	2,  // 27: tresor.v1.KeyService.DisableKey:output_type -> tresor.v1.Key
-	2,  // 28: tresor.v1.KeyService.EnableKey:output_type -> tresor.v1.Key
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	18, // 5: tresor.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	18, // 6: tresor.v1.Key.update_time:type_name -> google.protobuf.Timestamp
+	17, // 7: tresor.v1.Key.retire_after:type_name -> google.protobuf.Duration
+	18, // 8: tresor.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	18, // 9: tresor.v1.Key.destroy_time:type_name -> google.protobuf.Timestamp
+	18, // 10: tresor.v1.Key.next_rotation_time:type_name -> google.protobuf.Timestamp
+	18, // 11: tresor.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 12: tresor.v1.CreateKeyRequest.type:type_name -> tresor.v1.KeyType
+	17, // 13: tresor.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	15, // 14: tresor.v1.CreateKeyRequest.labels:type_name -> tresor.v1.CreateKeyRequest.LabelsEntry
+	17, // 15: tresor.v1.CreateKeyRequest.retire_after:type_name -> google.protobuf.Duration
+	2,  // 16: tresor.v1.ListKeysResponse.keys:type_name -> tresor.v1.Key
+	17, // 17: tresor.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	16, // 18: tresor.v1.UpdateKeyRequest.labels:type_name -> tresor.v1.UpdateKeyRequest.LabelsEntry
+	19, // 19: tresor.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	17, // 20: tresor.v1.UpdateKeyRequest.retire_after:type_name -> google.protobuf.Duration
+	17, // 21: tresor.v1.ScheduleKeyDeletionRequest.waiting_period:type_name -> google.protobuf.Duration
+	4,  // 22: tresor.v1.KeyService.CreateKey:input_type -> tresor.v1.CreateKeyRequest
+	5,  // 23: tresor.v1.KeyService.GetKey:input_type -> tresor.v1.GetKeyRequest
+	6,  // 24: tresor.v1.KeyService.ListKeys:input_type -> tresor.v1.ListKeysRequest
+	8,  // 25: tresor.v1.KeyService.UpdateKey:input_type -> tresor.v1.UpdateKeyRequest
+	9,  // 26: tresor.v1.KeyService.RotateKey:input_type -> tresor.v1.RotateKeyRequest
+	10, // 27: tresor.v1.KeyService.DisableKey:input_type -> tresor.v1.DisableKeyRequest
+	11, // 28: tresor.v1.KeyService.EnableKey:input_type -> tresor.v1.EnableKeyRequest
+	12, // 29: tresor.v1.KeyService.ScheduleKeyDeletion:input_type -> tresor.v1.ScheduleKeyDeletionRequest
+	13, // 30: tresor.v1.KeyService.CancelKeyDeletion:input_type -> tresor.v1.CancelKeyDeletionRequest
+	2,  // 31: tresor.v1.KeyService.CreateKey:output_type -> tresor.v1.Key
+	2,  // 32: tresor.v1.KeyService.GetKey:output_type -> tresor.v1.Key
+	7,  // 33: tresor.v1.KeyService.ListKeys:output_type -> tresor.v1.ListKeysResponse
+	2,  // 34: tresor.v1.KeyService.UpdateKey:output_type -> tresor.v1.Key
+	2,  // 35: tresor.v1.KeyService.RotateKey:output_type -> tresor.v1.Key
+	2,  // 36: tresor.v1.KeyService.DisableKey:output_type -> tresor.v1.Key
+	2,  // 37: tresor.v1.KeyService.EnableKey:output_type -> tresor.v1.Key
+	2,  // 38: tresor.v1.KeyService.ScheduleKeyDeletion:output_type -> tresor.v1.Key
+	2,  // 39: tresor.v1.KeyService.CancelKeyDeletion:output_type -> tresor.v1.Key
+	31, // [31:40] is the sub-list for method output_type
+	22, // [22:31] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_tresor_v1_key_proto_init() }
@@ -960,7 +1249,7 @@ func file_tresor_v1_key_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tresor_v1_key_proto_rawDesc), len(file_tresor_v1_key_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,13 +21,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_CreateKey_FullMethodName  = "/tresor.v1.KeyService/CreateKey"
-	KeyService_GetKey_FullMethodName     = "/tresor.v1.KeyService/GetKey"
-	KeyService_ListKeys_FullMethodName   = "/tresor.v1.KeyService/ListKeys"
-	KeyService_UpdateKey_FullMethodName  = "/tresor.v1.KeyService/UpdateKey"
-	KeyService_RotateKey_FullMethodName  = "/tresor.v1.KeyService/RotateKey"
-	KeyService_DisableKey_FullMethodName = "/tresor.v1.KeyService/DisableKey"
-	KeyService_EnableKey_FullMethodName  = "/tresor.v1.KeyService/EnableKey"
+	KeyService_CreateKey_FullMethodName           = "/tresor.v1.KeyService/CreateKey"
+	KeyService_GetKey_FullMethodName              = "/tresor.v1.KeyService/GetKey"
+	KeyService_ListKeys_FullMethodName            = "/tresor.v1.KeyService/ListKeys"
+	KeyService_UpdateKey_FullMethodName           = "/tresor.v1.KeyService/UpdateKey"
+	KeyService_RotateKey_FullMethodName           = "/tresor.v1.KeyService/RotateKey"
+	KeyService_DisableKey_FullMethodName          = "/tresor.v1.KeyService/DisableKey"
+	KeyService_EnableKey_FullMethodName           = "/tresor.v1.KeyService/EnableKey"
+	KeyService_ScheduleKeyDeletion_FullMethodName = "/tresor.v1.KeyService/ScheduleKeyDeletion"
+	KeyService_CancelKeyDeletion_FullMethodName   = "/tresor.v1.KeyService/CancelKeyDeletion"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -79,8 +81,26 @@ type KeyServiceClient interface {
 	DisableKey(ctx context.Context, in *DisableKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	// Enables a disabled key. Enabling an enabled key is a no-op.
 	//
-	// Fails with NOT_FOUND if the key does not exist.
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if the key is scheduled for deletion or destroyed.
 	EnableKey(ctx context.Context, in *EnableKeyRequest, opts ...grpc.CallOption) (*Key, error)
+	// Schedules a key for destruction after a waiting period of 7 to 30 days
+	// (30 by default). Until then the key cannot be used for any
+	// cryptographic operation and CancelKeyDeletion can restore it (as
+	// disabled). When the period ends, the key's material is destroyed: every
+	// ciphertext and wrapped data key under it becomes undecryptable, and
+	// calls that name it fail with FAILED_PRECONDITION saying so.
+	//
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if it is already scheduled or destroyed.
+	ScheduleKeyDeletion(ctx context.Context, in *ScheduleKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error)
+	// Cancels a scheduled deletion. The key comes back disabled; enable it to
+	// use it again.
+	//
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if no deletion is scheduled (or the key is already
+	// destroyed).
+	CancelKeyDeletion(ctx context.Context, in *CancelKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error)
 }
 
 type keyServiceClient struct {
@@ -161,6 +181,26 @@ func (c *keyServiceClient) EnableKey(ctx context.Context, in *EnableKeyRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) ScheduleKeyDeletion(ctx context.Context, in *ScheduleKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_ScheduleKeyDeletion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) CancelKeyDeletion(ctx context.Context, in *CancelKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_CancelKeyDeletion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -210,8 +250,26 @@ type KeyServiceServer interface {
 	DisableKey(context.Context, *DisableKeyRequest) (*Key, error)
 	// Enables a disabled key. Enabling an enabled key is a no-op.
 	//
-	// Fails with NOT_FOUND if the key does not exist.
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if the key is scheduled for deletion or destroyed.
 	EnableKey(context.Context, *EnableKeyRequest) (*Key, error)
+	// Schedules a key for destruction after a waiting period of 7 to 30 days
+	// (30 by default). Until then the key cannot be used for any
+	// cryptographic operation and CancelKeyDeletion can restore it (as
+	// disabled). When the period ends, the key's material is destroyed: every
+	// ciphertext and wrapped data key under it becomes undecryptable, and
+	// calls that name it fail with FAILED_PRECONDITION saying so.
+	//
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if it is already scheduled or destroyed.
+	ScheduleKeyDeletion(context.Context, *ScheduleKeyDeletionRequest) (*Key, error)
+	// Cancels a scheduled deletion. The key comes back disabled; enable it to
+	// use it again.
+	//
+	// Fails with NOT_FOUND if the key does not exist, and with
+	// FAILED_PRECONDITION if no deletion is scheduled (or the key is already
+	// destroyed).
+	CancelKeyDeletion(context.Context, *CancelKeyDeletionRequest) (*Key, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -242,6 +300,12 @@ func (UnimplementedKeyServiceServer) DisableKey(context.Context, *DisableKeyRequ
 }
 func (UnimplementedKeyServiceServer) EnableKey(context.Context, *EnableKeyRequest) (*Key, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnableKey not implemented")
+}
+func (UnimplementedKeyServiceServer) ScheduleKeyDeletion(context.Context, *ScheduleKeyDeletionRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method ScheduleKeyDeletion not implemented")
+}
+func (UnimplementedKeyServiceServer) CancelKeyDeletion(context.Context, *CancelKeyDeletionRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelKeyDeletion not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -390,6 +454,42 @@ func _KeyService_EnableKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ScheduleKeyDeletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScheduleKeyDeletionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ScheduleKeyDeletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ScheduleKeyDeletion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ScheduleKeyDeletion(ctx, req.(*ScheduleKeyDeletionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_CancelKeyDeletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelKeyDeletionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).CancelKeyDeletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_CancelKeyDeletion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).CancelKeyDeletion(ctx, req.(*CancelKeyDeletionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -424,6 +524,14 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EnableKey",
 			Handler:    _KeyService_EnableKey_Handler,
+		},
+		{
+			MethodName: "ScheduleKeyDeletion",
+			Handler:    _KeyService_ScheduleKeyDeletion_Handler,
+		},
+		{
+			MethodName: "CancelKeyDeletion",
+			Handler:    _KeyService_CancelKeyDeletion_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
