@@ -101,6 +101,6 @@ func restErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Mars
 type bearerChallenge struct{ http.ResponseWriter }
 
 func (b bearerChallenge) WriteHeader(code int) {
-	b.Header().Set("WWW-Authenticate", `Bearer realm="tresor", error="invalid_token"`)
+	b.Header().Set("WWW-Authenticate", `Bearer realm="tresor"`)
 	b.ResponseWriter.WriteHeader(code)
 }
