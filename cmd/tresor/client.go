@@ -29,7 +29,8 @@ import (
 // defaults from TRESOR_ADDR, TRESOR_CA, TRESOR_CERT and TRESOR_KEY.
 type clientFlags struct {
 	addr, ca, cert, key string
-	token, devDir       string
+	token, tokenFile    string
+	devDir              string
 	timeout             time.Duration
 }
 
@@ -38,7 +39,8 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.ca, "ca", os.Getenv("TRESOR_CA"), "CA bundle that signed the server certificate (TRESOR_CA)")
 	fs.StringVar(&f.cert, "cert", os.Getenv("TRESOR_CERT"), "client certificate for mutual TLS (TRESOR_CERT)")
 	fs.StringVar(&f.key, "key-file", os.Getenv("TRESOR_KEY"), "client certificate's private key (TRESOR_KEY)")
-	fs.StringVar(&f.token, "token", os.Getenv("TRESOR_TOKEN"), "bearer access token (TRESOR_TOKEN); when empty and TRESOR_DEV_DIR is set, a development token is minted")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer access token (default: TRESOR_TOKEN; when neither is set and TRESOR_DEV_DIR is, a development token is minted)")
+	fs.StringVar(&f.token, "token", "", "bearer access token (visible to other users in the process list: prefer --token-file or TRESOR_TOKEN)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of each call")
 	f.devDir = os.Getenv("TRESOR_DEV_DIR")
 }
@@ -47,8 +49,21 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 // token bound to the client certificate when TRESOR_DEV_DIR names tresor
 // dev's folder, else none.
 func (f *clientFlags) bearer() (string, error) {
-	if f.token != "" || f.devDir == "" {
+	if f.token != "" {
 		return f.token, nil
+	}
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if t := os.Getenv("TRESOR_TOKEN"); t != "" {
+		return t, nil
+	}
+	if f.devDir == "" {
+		return "", nil
 	}
 	return mintDevToken(f.devDir, devissuer.TokenRequest{Subject: "dev-user", Audience: devAudience, Lifetime: 5 * time.Minute}, f.cert)
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,7 +100,7 @@ func mustRun(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
 	out, err := run(t, stdin, args...)
 	if err != nil {
-		t.Fatalf("tresor %s: err = %v, want nil", strings.Join(args, " "), err)
+		t.Fatalf("tresor %s: err = %v, want nil", strings.Join(redactToken(args), " "), err)
 	}
 	return out
 }
@@ -343,4 +344,16 @@ func TestPoliciesRefusedAtStart(t *testing.T) {
 	if _, err := run(t, "", "check", "--config", path); err == nil || !strings.Contains(err.Error(), "bad") {
 		t.Errorf("check with an invalid policy err = %v, want a refusal naming the policy", err)
 	}
+}
+
+// redactToken hides the value of --token in a command line shown in a
+// failure message.
+func redactToken(args []string) []string {
+	out := slices.Clone(args)
+	for i := range out {
+		if out[i] == "--token" && i+1 < len(out) {
+			out[i+1] = "[REDACTED]"
+		}
+	}
+	return out
 }

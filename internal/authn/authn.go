@@ -18,6 +18,8 @@ import (
 const (
 	DefaultClockSkew   = 30 * time.Second
 	DefaultMaxLifetime = 15 * time.Minute
+	// MaxMaxLifetime is the most TokenConfig.MaxLifetime may be.
+	MaxMaxLifetime     = time.Hour
 	DefaultCacheSize   = 10000
 	DefaultRolesClaim  = "roles"
 	DefaultScopesClaim = "scope"
@@ -260,6 +262,8 @@ func newTokenVerifier(tc TokenConfig, logger *slog.Logger) (*tokenVerifier, erro
 		return nil, bad("negative max token lifetime")
 	case tc.MaxLifetime == 0:
 		tc.MaxLifetime = DefaultMaxLifetime
+	case tc.MaxLifetime > MaxMaxLifetime:
+		return nil, bad("maximum token lifetime %v over %v: tresor accepts short-lived tokens only", tc.MaxLifetime, MaxMaxLifetime)
 	}
 	if tc.RolesClaim == "" {
 		tc.RolesClaim = DefaultRolesClaim

@@ -3,6 +3,30 @@
 // variables named after the keys (TRESOR_ROOT_KEY_URI for root_key.uri).
 //
 // Reach for [Load]; [Default] shows every key with its default.
+//
+// Keys of named-key rotation and replication (see [Keys], [Scheduler] and
+// [Cache]):
+//
+//   - keys.default_usage_limit (default 1073741824 = 2^30): how many
+//     messages one version of an AES-256-GCM key may encrypt before the key
+//     rotates, for keys that set no limit of their own. GCM draws a random
+//     96-bit nonce per message; NIST SP 800-38D (section 8.3) caps such a
+//     key at 2^32 invocations so that the chance of a repeated nonce stays
+//     below 2^-32. 2^30 keeps a factor-of-four margin under that cap, which
+//     absorbs the uses replicas reserve and never spend. AES-256-SIV keys
+//     are deterministic, draw no nonce and are not counted. At most 2^32.
+//   - keys.usage_block (default 1024): how many uses a replica reserves from
+//     the key store at a time. Larger blocks mean fewer store writes; a
+//     crash wastes at most one block per key, counted as used.
+//   - scheduler.interval (default 1m): how often the scheduler scans the
+//     keys to rotate, retire and destroy; at least 1s.
+//   - scheduler.lease_ttl (default 30s): how long a replica holds the
+//     scheduler lease without renewing it; another replica takes over when
+//     it lapses. At least 1s.
+//   - cache.sync_interval (default 2s): how often a replica checks the
+//     revisions of its cached keys in the store and drops stale ones; the
+//     bound on how long a rotation made on one replica takes to be used by
+//     the others. At least 100ms and at most cache.max_age.
 package config
 
 import (
@@ -30,9 +54,13 @@ type Config struct {
 	RootKey RootKey `yaml:"root_key"`
 	Limits  Limits  `yaml:"limits"`
 	Cache   Cache   `yaml:"cache"`
-	Log     Log     `yaml:"log"`
-	Auth    Auth    `yaml:"auth"`
-	Policy  Policy  `yaml:"policy"`
+	Keys    Keys    `yaml:"keys"`
+	// Scheduler runs the key-lifecycle jobs (rotation, retirement,
+	// destruction) on one replica at a time.
+	Scheduler Scheduler `yaml:"scheduler"`
+	Log       Log       `yaml:"log"`
+	Auth      Auth      `yaml:"auth"`
+	Policy    Policy    `yaml:"policy"`
 	// RateLimits are per-principal token buckets by action class and one
 	// global bucket.
 	RateLimits RateLimits `yaml:"rate_limits"`
@@ -158,7 +186,39 @@ type Limits struct {
 type Cache struct {
 	MaxKeys int           `yaml:"max_keys"`
 	MaxAge  time.Duration `yaml:"max_age"`
+	// SyncInterval is how often cached keys are compared with the store's
+	// revisions; stale ones are dropped. It bounds how long a change made
+	// by another replica (a rotation, say) takes to be used here.
+	SyncInterval time.Duration `yaml:"sync_interval"`
 }
+
+// Keys holds the defaults of named keys.
+type Keys struct {
+	// DefaultUsageLimit is how many messages one version of an AES-256-GCM
+	// key may encrypt before the key rotates, for keys without a limit of
+	// their own. See the package documentation for the choice of 2^30.
+	DefaultUsageLimit int64 `yaml:"default_usage_limit"`
+	// UsageBlock is how many uses a replica reserves from the store at once.
+	UsageBlock int64 `yaml:"usage_block"`
+}
+
+// Scheduler configures the key-lifecycle scheduler.
+type Scheduler struct {
+	// Interval is the time between two scans of the keys.
+	Interval time.Duration `yaml:"interval"`
+	// LeaseTTL is how long the scheduler lease lasts unrenewed.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+}
+
+// Bounds of the rotation keys.
+const (
+	// DefaultUsageLimit is keys.default_usage_limit's default, 2^30.
+	DefaultUsageLimit = 1 << 30
+	// MaxUsageLimit is the NIST SP 800-38D cap for random 96-bit nonces, 2^32.
+	MaxUsageLimit = 1 << 32
+	// MaxUsageBlock bounds keys.usage_block.
+	MaxUsageBlock = 1 << 20
+)
 
 // Log configures logging.
 type Log struct {
@@ -171,10 +231,12 @@ type Log struct {
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
-		Listen: Listen{GRPC: "127.0.0.1:8443", HTTP: "127.0.0.1:8444"},
-		Limits: Limits{MaxPlaintextBytes: 64 << 10, MaxRequestBytes: 8 << 20},
-		Cache:  Cache{MaxKeys: 10_000, MaxAge: 5 * time.Minute},
-		Log:    Log{Level: "info", Format: "json"},
+		Listen:    Listen{GRPC: "127.0.0.1:8443", HTTP: "127.0.0.1:8444"},
+		Limits:    Limits{MaxPlaintextBytes: 64 << 10, MaxRequestBytes: 8 << 20},
+		Cache:     Cache{MaxKeys: 10_000, MaxAge: 5 * time.Minute, SyncInterval: 2 * time.Second},
+		Keys:      Keys{DefaultUsageLimit: DefaultUsageLimit, UsageBlock: 1024},
+		Scheduler: Scheduler{Interval: time.Minute, LeaseTTL: 30 * time.Second},
+		Log:       Log{Level: "info", Format: "json"},
 		Auth: Auth{RequireToken: true, Token: Token{
 			Algorithms:  []string{"RS256", "PS256", "ES256", "EdDSA"},
 			ClockSkew:   30 * time.Second,
@@ -372,6 +434,7 @@ func (c Config) Validate() error {
 	if c.Cache.MaxAge <= 0 {
 		errs = append(errs, errors.New("cache.max_age must be positive"))
 	}
+	errs = append(errs, c.validateRotation()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -387,6 +450,27 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
 	return nil
+}
+
+// validateRotation checks keys, scheduler and cache.sync_interval.
+func (c Config) validateRotation() []error {
+	var errs []error
+	if c.Cache.SyncInterval < 100*time.Millisecond || (c.Cache.MaxAge > 0 && c.Cache.SyncInterval > c.Cache.MaxAge) {
+		errs = append(errs, errors.New("cache.sync_interval must be at least 100ms and at most cache.max_age"))
+	}
+	if c.Keys.DefaultUsageLimit <= 0 || c.Keys.DefaultUsageLimit > MaxUsageLimit {
+		errs = append(errs, fmt.Errorf("keys.default_usage_limit must be between 1 and %d (2^32, the NIST SP 800-38D bound for AES-GCM with random nonces)", int64(MaxUsageLimit)))
+	}
+	if c.Keys.UsageBlock <= 0 || c.Keys.UsageBlock > MaxUsageBlock {
+		errs = append(errs, fmt.Errorf("keys.usage_block must be between 1 and %d", MaxUsageBlock))
+	}
+	if c.Scheduler.Interval < time.Second {
+		errs = append(errs, errors.New("scheduler.interval must be at least 1s"))
+	}
+	if c.Scheduler.LeaseTTL < time.Second {
+		errs = append(errs, errors.New("scheduler.lease_ttl must be at least 1s"))
+	}
+	return errs
 }
 
 // validatePerimeter checks auth, policy, rate limits and budgets.
@@ -406,8 +490,8 @@ func (c Config) validatePerimeter() []error {
 				errs = append(errs, fmt.Errorf("auth.token.algorithms: %q is refused: only asymmetric signatures are accepted", a))
 			}
 		}
-		if t.MaxLifetime <= 0 || t.MaxLifetime > 24*time.Hour {
-			errs = append(errs, errors.New("auth.token.max_lifetime must be between 1ns and 24h"))
+		if t.MaxLifetime <= 0 || t.MaxLifetime > time.Hour {
+			errs = append(errs, errors.New("auth.token.max_lifetime must be between 1s and 1h: tresor accepts short-lived tokens only"))
 		}
 		if t.ClockSkew < 0 || t.ClockSkew > 5*time.Minute {
 			errs = append(errs, errors.New("auth.token.clock_skew must be between 0 and 5m"))

@@ -89,7 +89,7 @@ func benchRequests() []benchCase {
 		{"svc-040, Encrypt, labelled key", req(svc40, "Encrypt", svc40Key, office()), true},
 		{"svc-040, GetKey, team key", req(svc40, "GetKey", svc40Key, office()), true},
 		{"svc-043, RevealDocument, kyc", req(kyc, "RevealDocument", svc40Key, kycCtx), true},
-		{"key-admin, RotateKey, admin net", req(keyAdmin, "RotateKey", ledgerKey, withIP(office(), adminNetAddress)), true},
+		{"key-admin, RotateKey, admin net", req(keyAdmin, "RotateKey", ledgerKey, bound(withIP(office(), adminNetAddress))), true},
 		{"key-admin, RotateKey, office net", req(keyAdmin, "RotateKey", ledgerKey, office()), false},
 		{"approver, Encrypt, 20000", req(approver, "Encrypt", paymentsRef, withValue(office(), "20000.00")), true},
 		{"ledger, Encrypt, payments key", req(ledger, "Encrypt", paymentsRef, office()), false},
@@ -158,3 +158,5 @@ func BenchmarkDecideWorstCase(b *testing.B) {
 	b.ReportMetric(p50, "p50-µs")
 	b.ReportMetric(p99, "p99-µs")
 }
+
+func bound(c Context) Context { c.AuthStrength = AuthBoundToken; return c }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,7 +133,7 @@ func principalEntity(p Principal) (types.Entity, error) {
 		scopes[i] = types.String(s)
 	}
 	return types.Entity{
-		UID:     types.EntityUID{Type: typePrincipal, ID: types.String(p.Workload + "#" + p.Subject)},
+		UID:     types.EntityUID{Type: typePrincipal, ID: types.String(principalID(p.Workload, p.Subject))},
 		Parents: types.NewEntityUIDSet(parents...),
 		Attributes: types.NewRecord(types.RecordMap{
 			"workload":           types.String(p.Workload),
@@ -288,4 +289,11 @@ func checkModel(v *validate.Validator, rs *resolved.Schema, e *Engine) error {
 		}
 	}
 	return nil
+}
+
+// principalID names a principal entity: the workload, length-prefixed, then
+// the subject, so that no two (workload, subject) pairs share an id (a DN
+// workload may itself contain '#').
+func principalID(workload, subject string) string {
+	return strconv.Itoa(len(workload)) + ":" + workload + "#" + subject
 }

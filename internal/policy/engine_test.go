@@ -112,6 +112,9 @@ const (
 	healthPermit    = "any-principal-check-health"
 	ownerMetadata   = "owner-read-metadata"
 	adminNetAddress = "10.20.1.1"
+	adminNoUse      = "key-admin-never-uses-keys"
+	relabelDown     = "relabel-never-down-a-tier"
+	reencryptDown   = "reencrypt-never-down-a-tier"
 )
 
 func one(id string) []string { return []string{id} }
@@ -122,7 +125,7 @@ func TestExampleOwnerCrypto(t *testing.T) {
 		{"payments, Encrypt, own restricted key", req(payments, "Encrypt", paymentsPAN, office()), true, one(ownerCrypto)},
 		{"payments, Decrypt, own restricted key", req(payments, "Decrypt", paymentsPAN, office()), true, one(ownerCrypto)},
 		{"payments, GenerateDataKey, own key", req(paymentsM, "GenerateDataKey", paymentsRef, office()), true, one(ownerCrypto)},
-		{"payments, ReEncrypt, own key", req(payments, "ReEncrypt", paymentsRef, office()), true, one(ownerCrypto)},
+		{"payments, ReEncrypt, own key", req(payments, "ReEncryptTo", paymentsRef, office()), true, one(ownerCrypto)},
 		{"payments, RevealDocument, own key", req(payments, "RevealDocument", paymentsRef, office()), true, one(ownerCrypto)},
 		{"payments, Decrypt, ledger's key", req(payments, "Decrypt", ledgerKey, office()), false, nil},
 		{"payments, Encrypt, ledger's key", req(payments, "Encrypt", ledgerKey, office()), false, nil},
@@ -190,8 +193,13 @@ func TestExampleTransactionApproval(t *testing.T) {
 
 // Rule 5: administration only by key-admin from 10.20.0.0/16.
 func TestExampleKeyAdmin(t *testing.T) {
-	admin := func(ip string) Context { return withIP(office(), ip) }
+	admin := func(ip string) Context { c := withIP(office(), ip); c.AuthStrength = AuthBoundToken; return c }
 	runDecide(t, loadExamples(t), []decideCase{
+		{"key-admin, RotateKey, from 10.20.1.1 with an unbound token", req(keyAdmin, "RotateKey", ledgerKey, withIP(office(), adminNetAddress)), false, one(adminForbid)},
+		{"key-admin, Encrypt, own key", req(Principal{Workload: paymentsWL, Subject: "bob", Roles: []string{"key-admin"}}, "Encrypt", paymentsRef, admin(adminNetAddress)), false, one(adminNoUse)},
+		{"key-admin, UpdateKey lowering sensitivity", req(keyAdmin, "UpdateKey", ledgerKey, withSensitivity(admin(adminNetAddress), TierRestricted)), false, one(relabelDown)},
+		{"payments, ReEncryptTo a lower tier", req(payments, "ReEncryptTo", paymentsRef, withSensitivity(office(), TierRestricted)), false, one(reencryptDown)},
+		{"payments, ReEncryptTo the same tier", req(payments, "ReEncryptTo", paymentsPAN, withSensitivity(office(), TierRestricted)), true, one(ownerCrypto)},
 		{"key-admin, RotateKey, from 10.20.1.1", req(keyAdmin, "RotateKey", ledgerKey, admin(adminNetAddress)), true, one(adminPermit)},
 		{"key-admin, CreateKey, from 10.20.255.254", req(keyAdmin, "CreateKey", paymentsPAN, admin("10.20.255.254")), true, one(adminPermit)},
 		{"key-admin, RotateRootKey, from 10.20.1.1", req(keyAdmin, "RotateRootKey", service, admin(adminNetAddress)), true, one(adminPermit)},
@@ -201,7 +209,7 @@ func TestExampleKeyAdmin(t *testing.T) {
 		{"key-admin, RotateKey, from 2001:db8::1", req(keyAdmin, "RotateKey", ledgerKey, admin("2001:db8::1")), false, one(adminForbid)},
 		{"analyst, RotateKey, from 10.20.1.1", req(analyst, "RotateKey", ledgerKey, admin(adminNetAddress)), false, one(adminForbid)},
 		{"owner, ScheduleKeyDeletion, own key, from 10.20.1.1", req(payments, "ScheduleKeyDeletion", paymentsRef, admin(adminNetAddress)), false, one(adminForbid)},
-		{"key-admin, Decrypt, from 10.20.1.1", req(keyAdmin, "Decrypt", ledgerKey, admin(adminNetAddress)), false, nil},
+		{"key-admin, Decrypt, from 10.20.1.1", req(keyAdmin, "Decrypt", ledgerKey, admin(adminNetAddress)), false, one(adminNoUse)},
 		{"key-admin, GetKey, any key", req(keyAdmin, "GetKey", ledgerKey, office()), true, one(adminMetadata)},
 		{"key-admin, ListKeys", req(keyAdmin, "ListKeys", service, office()), true, one(adminMetadata)},
 	})
@@ -346,7 +354,7 @@ func TestActions(t *testing.T) {
 	e := loadExamples(t)
 	want := []string{"CancelKeyDeletion", "CheckHealth", "CreateKey", "Decrypt", "DisableKey", "EnableKey", "Encrypt",
 		"GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GetKey", "GetRootKeyRotation", "ListKeys",
-		"ProtectDocument", "ReEncrypt", "RevealDocument", "RotateKey", "RotateRootKey", "ScheduleKeyDeletion",
+		"ProtectDocument", "ReEncryptFrom", "ReEncryptTo", "RevealDocument", "RotateKey", "RotateRootKey", "ScheduleKeyDeletion",
 		"UpdateKey", "VerifyAudit"}
 	if got := e.Actions(); !slices.Equal(got, want) {
 		t.Errorf("Actions() = %q, want %q", got, want)
@@ -359,8 +367,8 @@ func TestActions(t *testing.T) {
 			t.Errorf("HasAction(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if got := len(e.PolicyIDs()); got != 10 {
-		t.Errorf("len(PolicyIDs()) = %d, want 10 example policies", got)
+	if got := len(e.PolicyIDs()); got != 13 {
+		t.Errorf("len(PolicyIDs()) = %d, want 13 example policies", got)
 	}
 }
 

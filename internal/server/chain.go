@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/netip"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -234,12 +236,14 @@ func (c *chain) end(ctx context.Context, cl *call, err error) {
 		cl.rec.Message = st.Message()
 	}
 	c.metrics.observe(cl.method, st.Code(), cl.rec.Duration)
-	attrs := []slog.Attr{
+	// Room for every attribute below: one allocation, no regrowth.
+	attrs := make([]slog.Attr, 0, 7)
+	attrs = append(attrs,
 		slog.String("method", cl.method),
 		slog.String("request_id", cl.rec.RequestID),
 		slog.String("code", cl.rec.Code),
 		slog.Duration("duration", cl.rec.Duration),
-	}
+	)
 	if cl.principal != nil {
 		attrs = append(attrs, slog.String("workload", cl.principal.Workload))
 		if cl.principal.Subject != "" {
@@ -275,6 +279,13 @@ func (c *chain) authenticate(ctx context.Context, cl *call) (context.Context, er
 			c.metrics.authFailed(authFailureReason(err))
 			return ctx, status.Error(codes.Unauthenticated, authFailureMessage(err))
 		}
+	}
+	if cert != nil && time.Now().After(cert.NotAfter) {
+		// The handshake checked the certificate when the connection was
+		// made; a long-lived connection must not outlive it. (Wall clock,
+		// as the handshake's; c.now is the policy's clock.)
+		c.metrics.authFailed("certificate_expired")
+		return ctx, status.Error(codes.Unauthenticated, "unauthenticated: client certificate expired; reconnect with a valid one")
 	}
 	cl.principal = p
 	cl.rec.Principal = p
@@ -325,13 +336,19 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 	cl.rec.Action = rule.action
 	var uses []keyUse
 	if rule.keys != nil && req != nil {
-		uses = rule.keys(req)
+		var err error
+		if uses, err = rule.keys(req); err != nil {
+			if errors.Is(err, errUnreadableCiphertext) {
+				return status.Error(codes.InvalidArgument, errDecryptMessage)
+			}
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
 	}
 	tiers, err := c.decide(ctx, cl, rule, uses)
 	if err != nil {
 		return err
 	}
-	principalKey := cl.principal.Workload + "#" + cl.principal.Subject
+	principalKey := principalKey(cl.principal)
 	if c.limiter != nil {
 		if ok, retry := c.limiter.Allow(principalKey, rule.class); !ok {
 			c.metrics.limited(rule.class)
@@ -339,19 +356,40 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 		}
 	}
 	if rule.budget != "" && c.budgets != nil {
+		// Counted per tier on attempt, before any item is decrypted: a
+		// failed decryption still spends (it is an attempt to read), and a
+		// batch that a later tier refuses keeps what earlier tiers counted.
+		spend := map[string]int64{}
+		var order []string
 		for i, u := range uses {
-			ok, retry, err := c.budgets.Consume(ctx, principalKey, rule.budget, tiers[i], u.n)
+			if !u.spends {
+				continue
+			}
+			if _, seen := spend[tiers[i]]; !seen {
+				order = append(order, tiers[i])
+			}
+			spend[tiers[i]] += u.n
+		}
+		for _, tier := range order {
+			ok, retry, err := c.budgets.Consume(ctx, principalKey, rule.budget, tier, spend[tier])
 			if err != nil {
 				c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
 				return status.Error(codes.Unavailable, "budget store unavailable; retry later")
 			}
 			if !ok {
-				c.metrics.budgetExhausted(rule.budget, tiers[i])
-				return exhausted(fmt.Sprintf("%s budget for %s data exceeded", rule.budget, tiers[i]), retry)
+				c.metrics.budgetExhausted(rule.budget, tier)
+				return exhausted(fmt.Sprintf("%s budget for %s data exceeded", rule.budget, tier), retry)
 			}
 		}
 	}
 	return nil
+}
+
+// principalKey names a principal for rate limits and budgets: the workload,
+// length-prefixed, then the token subject, so that no two principals share
+// a key (a certificate DN may itself contain '#').
+func principalKey(p *authn.Principal) string {
+	return strconv.Itoa(len(p.Workload)) + ":" + p.Workload + "#" + p.Subject
 }
 
 // decide asks the policy about every key the call touches (or the service,
@@ -362,27 +400,40 @@ func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []ke
 	tiers := make([]string, len(uses))
 	var attrs []envelope.KeyAttributes
 	if len(uses) > 0 {
-		attrs = make([]envelope.KeyAttributes, len(uses))
+		attrs = make([]envelope.KeyAttributes, 0, len(uses)+1)
 	}
+	// decided lists, for each attrs entry, the use it belongs to.
+	var decided []int
 	sensitivity := policy.TierInternal
+	note := func(i int, a envelope.KeyAttributes) {
+		attrs = append(attrs, a)
+		decided = append(decided, i)
+		if t, err := policy.ParseTier(a.Sensitivity); err == nil && t > sensitivity {
+			sensitivity = t
+		}
+	}
 	for i, u := range uses {
-		if u.attrs != nil {
-			attrs[i] = *u.attrs
-		} else {
+		if u.attrs == nil || u.existing {
 			a, err := c.keys.KeyAttributes(ctx, u.name)
 			switch {
 			case err == nil:
-				attrs[i] = a
+				if u.attrs == nil || u.existing {
+					note(i, a)
+				}
 			case errors.Is(err, envelope.ErrKeyNotFound), errors.Is(err, envelope.ErrInvalidKeyName):
-				attrs[i] = envelope.AttributesOf(u.name, nil)
+				if u.attrs == nil {
+					note(i, envelope.AttributesOf(u.name, nil))
+				}
 			default:
 				return nil, toStatus(ctx, c.logger, err)
 			}
 		}
-		tiers[i] = attrs[i].Sensitivity
-		cl.rec.Keys = append(cl.rec.Keys, u.name)
-		if t, err := policy.ParseTier(tiers[i]); err == nil && t > sensitivity {
-			sensitivity = t
+		if u.attrs != nil {
+			note(i, *u.attrs)
+		}
+		tiers[i] = attrs[len(attrs)-1].Sensitivity
+		if !slices.Contains(cl.rec.Keys, u.name) {
+			cl.rec.Keys = append(cl.rec.Keys, u.name)
 		}
 	}
 	if len(uses) > 0 {
@@ -406,9 +457,13 @@ func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []ke
 		preq.Resource = policy.Resource{Kind: policy.ResourceService, Name: serviceResource, Tier: policy.TierInternal}
 		return tiers, c.decideOne(cl, preq)
 	}
-	for i := range uses {
-		tier, _ := policy.ParseTier(attrs[i].Sensitivity)
-		preq.Resource = policy.Resource{Kind: policy.ResourceKey, Name: attrs[i].Name, Tier: tier, Owner: attrs[i].Owner, Labels: attrs[i].Labels}
+	for j, a := range attrs {
+		preq.Action = rule.action
+		if act := uses[decided[j]].action; act != "" {
+			preq.Action = act
+		}
+		tier, _ := policy.ParseTier(a.Sensitivity)
+		preq.Resource = policy.Resource{Kind: policy.ResourceKey, Name: a.Name, Tier: tier, Owner: a.Owner, Labels: a.Labels}
 		if err := c.decideOne(cl, preq); err != nil {
 			return nil, err
 		}
@@ -440,8 +495,9 @@ func (c *chain) policyContext(ctx context.Context, cl *call, sensitivity policy.
 		AuthStrength: cl.principal.Strength.String(),
 		Sensitivity:  sensitivity,
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(TransactionValueHeader); len(v) > 0 {
+	// ValueFromIncomingContext copies one key's values; FromIncomingContext
+	// would copy every header of the call, on every call.
+	if v := metadata.ValueFromIncomingContext(ctx, TransactionValueHeader); len(v) > 0 {
 		if len(v) > 1 {
 			return pc, status.Errorf(codes.InvalidArgument, "%s given more than once", TransactionValueHeader)
 		}
@@ -451,7 +507,7 @@ func (c *chain) policyContext(ctx context.Context, cl *call, sensitivity policy.
 		}
 		pc.TransactionValue = tv
 	}
-	if v := md.Get(PurposeHeader); len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(ctx, PurposeHeader); len(v) > 0 {
 		if len(v) > 1 || !validPurpose(v[0]) {
 			return pc, status.Errorf(codes.InvalidArgument, "%s: want one value of 1 to 64 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter", PurposeHeader)
 		}
@@ -507,9 +563,10 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// firstMetadata returns the first value of key (lowercase) in the incoming
+// metadata, or "".
 func firstMetadata(ctx context.Context, key string) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(key); len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
@@ -517,10 +574,8 @@ func firstMetadata(ctx context.Context, key string) string {
 
 func withRequestID(ctx context.Context) context.Context {
 	var id string
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(requestIDHeader); len(v) > 0 && validRequestID(v[0]) {
-			id = v[0]
-		}
+	if v := metadata.ValueFromIncomingContext(ctx, requestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+		id = v[0]
 	}
 	if id == "" {
 		var b [12]byte

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -32,45 +35,87 @@ type methodRule struct {
 	class  string
 	// keys lists the keys the request touches, each with how many items of
 	// the request touch it. Nil for calls that touch no key: they are
-	// authorized against the service itself.
-	keys func(req any) []keyUse
-	// budget is the budget action the keys' uses count against, or "".
+	// authorized against the service itself. An error refuses the call
+	// before any decision (a ciphertext that names no key).
+	keys func(req any) ([]keyUse, error)
+	// budget is the budget action that uses marked spends count against,
+	// or "".
 	budget string
+	// useActions are the actions decided instead of action, when every key
+	// use names its own (ReEncrypt); the schema must declare them.
+	useActions []string
 }
 
-// keyUse is a key a request touches and on how many items. attrs is set
-// when the request itself describes the key (CreateKey); else the chain
-// reads the key's attributes.
+// keyUse is a key a request touches and on how many items.
 type keyUse struct {
-	name  string
-	n     int64
+	name string
+	n    int64
+	// attrs is set when the request itself describes the key (CreateKey,
+	// the new labels of UpdateKey); else the chain reads the key's
+	// attributes.
 	attrs *envelope.KeyAttributes
+	// action, when set, is the policy action decided for this key instead
+	// of the rule's (ReEncrypt: ReEncryptFrom and ReEncryptTo).
+	action string
+	// spends is set when this use counts against the rule's budget.
+	spends bool
+	// existing asks the chain to decide the stored key too, when there is
+	// one (CreateKey: a caller may not learn that a name it may not touch
+	// is taken).
+	existing bool
 }
+
+// maxKeysPerCall bounds the distinct keys one call may touch, so that a
+// batch cannot make the chain read hundreds of keys before it refuses.
+const maxKeysPerCall = 16
+
+// errUnreadableCiphertext refuses a call whose ciphertexts name no key,
+// with the opaque decryption error, before any decision.
+var errUnreadableCiphertext = errors.New("unreadable ciphertext")
+
+// errTooManyKeys refuses a batch that touches more than maxKeysPerCall keys.
+var errTooManyKeys = fmt.Errorf("a call may touch at most %d distinct keys", maxKeysPerCall)
 
 type keyNamed interface{ GetKey() string }
 
-func namedKey(req any) []keyUse {
+func namedKey(req any) ([]keyUse, error) {
 	if r, ok := req.(keyNamed); ok {
-		return []keyUse{{name: r.GetKey(), n: 1}}
+		return []keyUse{{name: r.GetKey(), n: 1}}, nil
 	}
-	return nil
+	return nil, nil
 }
 
-func batchEncryptKey(req any) []keyUse {
+func batchEncryptKey(req any) ([]keyUse, error) {
 	r, ok := req.(*tresorv1.BatchEncryptRequest)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	return []keyUse{{name: r.GetKey(), n: int64(len(r.GetItems()))}}
+	return []keyUse{{name: r.GetKey(), n: int64(len(r.GetItems()))}}, nil
 }
 
-func createdKey(req any) []keyUse {
+func createdKey(req any) ([]keyUse, error) {
 	r, ok := req.(*tresorv1.CreateKeyRequest)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	a := envelope.AttributesOf(r.GetKeyId(), r.GetLabels())
-	return []keyUse{{name: r.GetKeyId(), n: 1, attrs: &a}}
+	return []keyUse{{name: r.GetKeyId(), n: 1, attrs: &a, existing: true}}, nil
+}
+
+// updatedKey is the key as it is and, when the update replaces its labels,
+// the key as it will be: a caller must be allowed both, so a policy can
+// refuse a new owner or a lower sensitivity.
+func updatedKey(req any) ([]keyUse, error) {
+	r, ok := req.(*tresorv1.UpdateKeyRequest)
+	if !ok {
+		return nil, nil
+	}
+	uses := []keyUse{{name: r.GetKey(), n: 1}}
+	if slices.Contains(r.GetUpdateMask().GetPaths(), "labels") {
+		a := envelope.AttributesOf(r.GetKey(), r.GetLabels())
+		uses = append(uses, keyUse{name: r.GetKey(), n: 1, attrs: &a})
+	}
+	return uses, nil
 }
 
 // ciphertextKey names the key in a ciphertext's header. The header is not
@@ -89,23 +134,26 @@ func ciphertextKey(s string) (string, bool) {
 	return c.KeyName, true
 }
 
-func decryptKey(req any) []keyUse {
+func decryptKey(req any) ([]keyUse, error) {
 	r, ok := req.(*tresorv1.DecryptRequest)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	if name, ok := ciphertextKey(r.GetCiphertext()); ok {
-		return []keyUse{{name: name, n: 1}}
+		return []keyUse{{name: name, n: 1, spends: true}}, nil
 	}
-	return []keyUse{}
+	return nil, errUnreadableCiphertext
 }
 
-func batchDecryptKeys(req any) []keyUse {
+// batchDecryptKeys is every key the batch's ciphertexts name. Unreadable
+// items fail one by one in the handler; a batch with no readable item is
+// refused whole.
+func batchDecryptKeys(req any) ([]keyUse, error) {
 	r, ok := req.(*tresorv1.BatchDecryptRequest)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	uses := []keyUse{}
+	var uses []keyUse
 	for _, item := range r.GetItems() {
 		name, ok := ciphertextKey(item.GetCiphertext())
 		if !ok {
@@ -120,36 +168,53 @@ func batchDecryptKeys(req any) []keyUse {
 			}
 		}
 		if !found {
-			uses = append(uses, keyUse{name: name, n: 1})
+			if len(uses) == maxKeysPerCall {
+				return nil, errTooManyKeys
+			}
+			uses = append(uses, keyUse{name: name, n: 1, spends: true})
 		}
 	}
-	return uses
+	if len(uses) == 0 {
+		return nil, errUnreadableCiphertext
+	}
+	return uses, nil
 }
 
-// reEncryptKeys is the source key (its plaintext is used, though never
-// returned) and the destination key.
-func reEncryptKeys(req any) []keyUse {
+// reEncryptKeys is the source key, decided as ReEncryptFrom (a reveal: its
+// plaintext moves, though it is never returned) and counted against the
+// decrypt budget, and the destination key (the source key itself when none
+// is named), decided as ReEncryptTo.
+func reEncryptKeys(req any) ([]keyUse, error) {
 	r, ok := req.(*tresorv1.ReEncryptRequest)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	uses := []keyUse{}
 	src, ok := ciphertextKey(r.GetCiphertext())
-	if ok {
-		uses = append(uses, keyUse{name: src, n: 1})
+	if !ok {
+		return nil, errUnreadableCiphertext
 	}
-	if dst := r.GetDestinationKey(); dst != "" && dst != src {
-		uses = append(uses, keyUse{name: dst, n: 1})
+	dst := r.GetDestinationKey()
+	if dst == "" {
+		dst = src
 	}
-	return uses
+	return []keyUse{
+		{name: src, n: 1, action: actionReEncryptFrom, spends: true},
+		{name: dst, n: 1, action: actionReEncryptTo},
+	}, nil
 }
+
+// The actions ReEncrypt is decided as.
+const (
+	actionReEncryptFrom = "ReEncryptFrom"
+	actionReEncryptTo   = "ReEncryptTo"
+)
 
 // methodRules maps every RPC's full method name to its rule.
 var methodRules = map[string]methodRule{
 	tresorv1.KeyService_CreateKey_FullMethodName:           {action: "CreateKey", class: classAdmin, keys: createdKey},
 	tresorv1.KeyService_GetKey_FullMethodName:              {action: "GetKey", class: classRead, keys: namedKey},
 	tresorv1.KeyService_ListKeys_FullMethodName:            {action: "ListKeys", class: classRead},
-	tresorv1.KeyService_UpdateKey_FullMethodName:           {action: "UpdateKey", class: classAdmin, keys: namedKey},
+	tresorv1.KeyService_UpdateKey_FullMethodName:           {action: "UpdateKey", class: classAdmin, keys: updatedKey},
 	tresorv1.KeyService_RotateKey_FullMethodName:           {action: "RotateKey", class: classAdmin, keys: namedKey},
 	tresorv1.KeyService_DisableKey_FullMethodName:          {action: "DisableKey", class: classAdmin, keys: namedKey},
 	tresorv1.KeyService_EnableKey_FullMethodName:           {action: "EnableKey", class: classAdmin, keys: namedKey},
@@ -161,7 +226,7 @@ var methodRules = map[string]methodRule{
 
 	tresorv1.CryptoService_Encrypt_FullMethodName:                         {action: "Encrypt", class: classCrypto, keys: namedKey},
 	tresorv1.CryptoService_Decrypt_FullMethodName:                         {action: "Decrypt", class: classCrypto, keys: decryptKey, budget: budgetDecrypt},
-	tresorv1.CryptoService_ReEncrypt_FullMethodName:                       {action: "ReEncrypt", class: classCrypto, keys: reEncryptKeys},
+	tresorv1.CryptoService_ReEncrypt_FullMethodName:                       {action: "ReEncrypt", class: classCrypto, keys: reEncryptKeys, budget: budgetDecrypt, useActions: []string{actionReEncryptFrom, actionReEncryptTo}},
 	tresorv1.CryptoService_GenerateDataKey_FullMethodName:                 {action: "GenerateDataKey", class: classCrypto, keys: namedKey},
 	tresorv1.CryptoService_GenerateDataKeyWithoutPlaintext_FullMethodName: {action: "GenerateDataKeyWithoutPlaintext", class: classCrypto, keys: namedKey},
 	tresorv1.CryptoService_BatchEncrypt_FullMethodName:                    {action: "Encrypt", class: classCrypto, keys: batchEncryptKey},

@@ -29,7 +29,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
@@ -91,8 +93,14 @@ func TestEveryMethodHasARule(t *testing.T) {
 				t.Errorf("method %s has no rule: it would be denied to everyone", full)
 				continue
 			}
-			if !eng.HasAction(rule.action) {
-				t.Errorf("method %s maps to action %q, which the Cedar schema does not declare", full, rule.action)
+			decided := []string{rule.action}
+			if rule.useActions != nil {
+				decided = rule.useActions
+			}
+			for _, a := range decided {
+				if !eng.HasAction(a) {
+					t.Errorf("method %s is decided as action %q, which the Cedar schema does not declare", full, a)
+				}
 			}
 			if rule.class == "" {
 				t.Errorf("method %s has no rate-limit class", full)
@@ -681,7 +689,7 @@ func TestDecryptBudgets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, err := third.Consume(ctx, paymentsID+"#payments-batch", "decrypt", "restricted", 1); ok || err != nil {
+	if ok, _, err := third.Consume(ctx, principalKey(&authn.Principal{Workload: paymentsID, Subject: "payments-batch"}), "decrypt", "restricted", 1); ok || err != nil {
 		t.Errorf("Consume() on a third replica = %v, %v; want refused: the budget is spent in the store", ok, err)
 	}
 }
@@ -738,4 +746,109 @@ func issueClient(t *testing.T, ca *devpki.CA, spiffeID string, notBefore, notAft
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestNoWayAroundThePolicy: re-encryption and relabelling cannot move data
+// to where the policy would let the caller read it, unreadable ciphertexts
+// and oversized batches are refused before any decision, and CreateKey
+// does not tell a refused caller that a name is taken.
+func TestNoWayAroundThePolicy(t *testing.T) {
+	ctx := context.Background()
+	const adminID = "spiffe://bank.example/key-admin-console"
+	// Saturday 20:00 UTC: outside business hours.
+	ts := examples(t, true, at("2026-11-28T20:00:00Z"))
+	admin := ts.as(t, adminID, true, "key-admin")
+	for _, k := range []struct{ id, owner, tier string }{
+		{"pan", paymentsID, "restricted"},
+		{"scratch", paymentsID, "public"},
+		{"pan-2", paymentsID, "restricted"},
+	} {
+		if _, err := admin.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: k.id, Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM, Labels: map[string]string{"owner": k.owner, "sensitivity": k.tier}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payments := ts.as(t, paymentsID, true)
+	unbound := ts.as(t, paymentsID, false)
+	sealed, err := payments.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "pan", Plaintext: []byte("4111111111111111")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pan := sealed.GetCiphertext()
+	before := keyRevisions(t, ts.store)
+	tests := []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"re-encrypt restricted data into a public key", func() error {
+			_, err := payments.crypto.ReEncrypt(ctx, &tresorv1.ReEncryptRequest{Ciphertext: pan, DestinationKey: "scratch"})
+			return err
+		}, codes.PermissionDenied},
+		{"re-encrypt restricted data after hours with an unbound token (ReEncryptFrom is a reveal)", func() error {
+			_, err := unbound.crypto.ReEncrypt(ctx, &tresorv1.ReEncryptRequest{Ciphertext: pan, DestinationKey: "pan-2"})
+			return err
+		}, codes.PermissionDenied},
+		{"re-encrypt into a key of the same tier", func() error {
+			_, err := payments.crypto.ReEncrypt(ctx, &tresorv1.ReEncryptRequest{Ciphertext: pan, DestinationKey: "pan-2"})
+			return err
+		}, codes.OK},
+		{"key admin lowers a key's sensitivity", func() error {
+			_, err := admin.keys.UpdateKey(ctx, &tresorv1.UpdateKeyRequest{Key: "pan", Labels: map[string]string{"owner": paymentsID, "sensitivity": "public"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"labels"}}})
+			return err
+		}, codes.PermissionDenied},
+		{"key admin makes a key its own, then decrypts", func() error {
+			if _, err := admin.keys.UpdateKey(ctx, &tresorv1.UpdateKeyRequest{Key: "pan-2", Labels: map[string]string{"owner": adminID, "sensitivity": "restricted"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"labels"}}}); err != nil {
+				return fmt.Errorf("relabel: %w", err)
+			}
+			_, err := admin.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: pan})
+			return err
+		}, codes.PermissionDenied},
+		{"decrypt an unreadable ciphertext", func() error {
+			_, err := payments.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: "tresor:v1:AAAA"})
+			return err
+		}, codes.InvalidArgument},
+		{"batch of unreadable ciphertexts", func() error {
+			_, err := payments.crypto.BatchDecrypt(ctx, &tresorv1.BatchDecryptRequest{Items: []*tresorv1.BatchDecryptItem{{Ciphertext: "tresor:v1:AAAA"}, {Ciphertext: "tresor:v1:AQ"}}})
+			return err
+		}, codes.InvalidArgument},
+		{"batch naming more keys than a call may touch", func() error {
+			var items []*tresorv1.BatchDecryptItem
+			for i := range maxKeysPerCall + 1 {
+				items = append(items, &tresorv1.BatchDecryptItem{Ciphertext: forgedCiphertext(fmt.Sprintf("k%d", i))})
+			}
+			_, err := payments.crypto.BatchDecrypt(ctx, &tresorv1.BatchDecryptRequest{Items: items})
+			return err
+		}, codes.InvalidArgument},
+		{"a key admin, who may administer every key, learns a name is taken", func() error {
+			_, err := admin.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "pan", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM})
+			return err
+		}, codes.AlreadyExists},
+		{"a workload creates a key whose name is taken", func() error {
+			_, err := payments.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "pan", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM, Labels: map[string]string{"owner": paymentsID}})
+			return err
+		}, codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.call(); status.Code(err) != tt.want {
+				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	// Only the allowed relabel of pan-2 changed anything.
+	after := keyRevisions(t, ts.store)
+	if strings.Replace(before, "pan-2@1", "pan-2@2", 1) != after {
+		t.Errorf("key revisions went from %q to %q, want only pan-2 relabelled", before, after)
+	}
+}
+
+// forgedCiphertext is a well-formed ciphertext header naming key, with a
+// body that authenticates under nothing.
+func forgedCiphertext(key string) string {
+	b := []byte{1, byte(len(key))}
+	b = append(b, key...)
+	b = append(b, 0, 0, 0, 1)
+	b = append(b, make([]byte, 40)...)
+	b[len(b)-40] = 1
+	return envelope.FormatCiphertext(b)
 }
