@@ -48,14 +48,44 @@ func validateKey(k Key) error {
 	if k.RotationPeriod < 0 {
 		return invalid("negative rotation period %v", k.RotationPeriod)
 	}
+	if k.UsageLimit < 0 {
+		return invalid("negative usage limit %d", k.UsageLimit)
+	}
+	if k.RetireAfter < 0 {
+		return invalid("negative retire-after %v", k.RetireAfter)
+	}
 	if len(k.Versions) == 0 {
 		return invalid("no versions")
 	}
-	if len(k.WrappedKeyset) == 0 {
-		return invalid("no wrapped keyset")
+	if k.State == KeyStateDestroyed {
+		if len(k.WrappedKeyset) != 0 {
+			return invalid("a destroyed key holds a wrapped keyset")
+		}
+	} else {
+		if len(k.WrappedKeyset) == 0 {
+			return invalid("no wrapped keyset")
+		}
+		if k.RootKeyID == "" {
+			return invalid("no root key id")
+		}
 	}
-	if k.RootKeyID == "" {
-		return invalid("no root key id")
+	for _, t := range []struct {
+		name string
+		t    time.Time
+		want KeyState
+	}{
+		{"deletion time", k.DeletionTime, KeyStateDeletionScheduled},
+		{"destroy time", k.DestroyTime, KeyStateDestroyed},
+	} {
+		st := storeTime(t.t)
+		switch {
+		case st.IsZero() && k.State == t.want:
+			return invalid("state %v without a %s", k.State, t.name)
+		case !st.IsZero() && k.State != t.want:
+			return invalid("%s %v set on a key in state %v (only %v keys have one)", t.name, t.t, k.State, t.want)
+		case st.Before(minTime) || st.After(maxTime):
+			return invalid("%s %v is outside years 1 to 9999", t.name, t.t)
+		}
 	}
 	seen := make(map[uint32]bool, len(k.Versions))
 	for _, v := range k.Versions {
@@ -123,6 +153,8 @@ func normalizeKey(k Key) Key {
 			return cmp.Compare(a.Number, b.Number)
 		})
 	}
+	out.DeletionTime = storeTime(k.DeletionTime)
+	out.DestroyTime = storeTime(k.DestroyTime)
 	out.CreateTime = storeTime(k.CreateTime)
 	out.UpdateTime = storeTime(k.UpdateTime)
 	return out

@@ -7,32 +7,37 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"maps"
 	"net"
-	"runtime"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // PostgresStore is the [Store] for several replicas sharing one PostgreSQL
 // database. Every write is a single statement or a single transaction, so
 // replicas need no coordination beyond PostgreSQL's own: UpdateKey is a
-// compare-and-swap on the revision, and each read is one statement and so
-// sees one snapshot.
+// compare-and-swap on the revision, ReserveUses and AcquireLease are single
+// upserts, RewrapKeys is one statement per batch, and each read is one
+// statement and so sees one snapshot.
 //
 // Errors that mean the database could not be reached (refused or broken
 // connections, a server shutting down, a read-only standby) wrap
-// errUnavailable; the operation may be retried.
+// [ErrUnavailable]; the operation may be retried. On such an error the store
+// closes its pooled connections, since a server that dropped one has most
+// likely dropped them all, and the next call connects afresh.
+//
+// Destroying a key sets its wrapped_keyset to NULL. PostgreSQL keeps the
+// previous row version, with the old wrapped keyset, until VACUUM removes it
+// and its space is reused, and in its write-ahead log and backups; the
+// keyset there is still wrapped by the root key.
 type PostgresStore struct {
-	pool *pgConnPool
+	pool *pgxpool.Pool
 	now  func() time.Time
 
 	// nextSweep is when (Unix microseconds, store clock) ConsumeBudget
@@ -41,12 +46,6 @@ type PostgresStore struct {
 }
 
 var _ Store = (*PostgresStore)(nil)
-
-// errUnavailable means the database could not be reached or cannot serve
-// the request now; retrying later may succeed.
-//
-// TODO: becomes the exported ErrUnavailable in store.go.
-var errUnavailable = errors.New("store: database unavailable")
 
 // pgConnectTimeout bounds each attempt to connect when the URL does not set
 // connect_timeout.
@@ -58,43 +57,43 @@ const pgMigrationLock = 0x74726573_6f720001
 
 // OpenPostgres connects to the PostgreSQL database at url
 // (postgres://user@host:port/dbname?sslmode=verify-full ...; any parameter
-// pgx accepts, plus pool_max_conns), migrates its schema and returns the
-// store. It refuses a database whose schema is newer than this binary knows
-// ([ErrSchemaTooNew]) and a database whose encoding is not UTF8.
+// pgx accepts, and pgxpool's pool_max_conns, pool_max_conn_lifetime and the
+// like), migrates its schema and returns the store. It refuses a database
+// whose schema is newer than this binary knows ([ErrSchemaTooNew]) and a
+// database whose encoding is not UTF8.
 //
 // Migrations run in one transaction under a transaction-scoped advisory
 // lock, so several replicas starting at once migrate the database once.
 func OpenPostgres(ctx context.Context, url string, opts ...Option) (*PostgresStore, error) {
 	o := newOptions(opts)
-	config, err := pgx.ParseConfig(url)
+	config, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx redacts the password in its message.
 		return nil, fmt.Errorf("open postgres store: %w", err)
 	}
-	maxConns := max(4, runtime.GOMAXPROCS(0))
-	if v, ok := config.RuntimeParams["pool_max_conns"]; ok {
-		delete(config.RuntimeParams, "pool_max_conns")
-		if maxConns, err = strconv.Atoi(v); err != nil || maxConns < 1 {
-			return nil, fmt.Errorf("open postgres store: pool_max_conns=%q, want a positive integer", v)
-		}
+	cc := config.ConnConfig
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = pgConnectTimeout
 	}
-	if config.ConnectTimeout == 0 {
-		config.ConnectTimeout = pgConnectTimeout
+	if _, ok := cc.RuntimeParams["application_name"]; !ok {
+		cc.RuntimeParams["application_name"] = "tresor"
 	}
-	if _, ok := config.RuntimeParams["application_name"]; !ok {
-		config.RuntimeParams["application_name"] = "tresor"
+	pool, err := pgxpool.NewWithConfig(ctx, config)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres store: %w", err)
 	}
-	s := &PostgresStore{pool: newPgConnPool(config, maxConns), now: o.now}
+	s := &PostgresStore{pool: pool, now: o.now}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("open postgres store %s@%s/%s: %w", config.User, config.Host, config.Database, err)
+		return nil, fmt.Errorf("open postgres store %s@%s/%s: %w", cc.User, cc.Host, cc.Database, err)
 	}
 	return s, nil
 }
 
-// Close closes the store's connections. Calls made after Close fail.
+// Close closes the store's connections, waiting for calls in flight to
+// return theirs. Calls made after Close fail.
 func (s *PostgresStore) Close() error {
-	s.pool.close()
+	s.pool.Close()
 	return nil
 }
 
@@ -102,13 +101,14 @@ func (s *PostgresStore) Close() error {
 // one transaction.
 const pgCreateKeySQL = `WITH k AS (
 	INSERT INTO keys (name, type, state, primary_version, min_decryption_version,
-		rotation_period_ns, labels, wrapped_keyset, root_key_id,
+		rotation_period_ns, labels, wrapped_keyset, root_key_id, deletion_time,
+		destroy_time, usage_limit, retire_after_ns, retire_after_versions,
 		create_time, update_time, revision)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, 1)
 	RETURNING name)
 INSERT INTO key_versions (key_name, number, tink_key_id, create_time)
 SELECT k.name, v.number, v.tink_key_id, v.create_time
-FROM k, unnest($11::bigint[], $12::bigint[], $13::timestamptz[]) AS v (number, tink_key_id, create_time)`
+FROM k, unnest($16::bigint[], $17::bigint[], $18::timestamptz[]) AS v (number, tink_key_id, create_time)`
 
 // CreateKey implements [Store.CreateKey].
 func (s *PostgresStore) CreateKey(ctx context.Context, k Key) (Key, error) {
@@ -126,42 +126,43 @@ func (s *PostgresStore) CreateKey(ctx context.Context, k Key) (Key, error) {
 		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
 	}
 	numbers, tinkIDs, times := pgVersionArrays(k.Versions)
-	err = s.pool.withConn(ctx, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, pgCreateKeySQL,
-			k.Name, k.Type.String(), k.State.String(), int64(k.PrimaryVersion),
-			int64(k.MinDecryptionVersion), int64(k.RotationPeriod), labels, k.WrappedKeyset,
-			k.RootKeyID, k.CreateTime, numbers, tinkIDs, times)
-		return err
-	})
+	_, err = s.pool.Exec(ctx, pgCreateKeySQL,
+		k.Name, k.Type.String(), k.State.String(), int64(k.PrimaryVersion),
+		int64(k.MinDecryptionVersion), int64(k.RotationPeriod), labels, k.WrappedKeyset,
+		k.RootKeyID, nullTime(k.DeletionTime), nullTime(k.DestroyTime), k.UsageLimit,
+		int64(k.RetireAfter), int64(k.RetireAfterVersions), k.CreateTime, numbers, tinkIDs, times)
 	if err != nil {
-		return Key{}, fmt.Errorf("create key %q: %w", k.Name, pgErr(err))
+		return Key{}, fmt.Errorf("create key %q: %w", k.Name, s.fail(err))
 	}
 	return k, nil
 }
 
 // pgUpdateKeySQL is the compare-and-swap, in one statement and so in one
-// transaction: it changes the key only when the revision is the caller's,
-// and then replaces its versions. Its one row holds the new create time and
-// revision (NULL when nothing changed) and the revision stored before
-// (NULL when there is no such key).
+// transaction: it changes the key only when the revision is the caller's
+// (and never moves a DESTROYED key to another state), and then replaces its
+// versions. Its one row holds the new create time and revision (NULL when
+// nothing changed) and the revision and state stored before (NULL when
+// there is no such key).
 const pgUpdateKeySQL = `WITH u AS (
 	UPDATE keys SET type = $3, state = $4, primary_version = $5,
 		min_decryption_version = $6, rotation_period_ns = $7, labels = $8,
-		wrapped_keyset = $9, root_key_id = $10, update_time = $11,
-		revision = revision + 1
-	WHERE name = $1 AND revision = $2
+		wrapped_keyset = $9, root_key_id = $10, deletion_time = $11,
+		destroy_time = $12, usage_limit = $13, retire_after_ns = $14,
+		retire_after_versions = $15, update_time = $16, revision = revision + 1
+	WHERE name = $1 AND revision = $2 AND (state <> 'DESTROYED' OR $4 = 'DESTROYED')
 	RETURNING name, create_time, revision),
 d AS (
 	DELETE FROM key_versions
-	WHERE key_name = (SELECT name FROM u) AND number <> ALL ($12::bigint[])),
+	WHERE key_name = (SELECT name FROM u) AND number <> ALL ($17::bigint[])),
 i AS (
 	INSERT INTO key_versions (key_name, number, tink_key_id, create_time)
 	SELECT u.name, v.number, v.tink_key_id, v.create_time
-	FROM u, unnest($12::bigint[], $13::bigint[], $14::timestamptz[]) AS v (number, tink_key_id, create_time)
+	FROM u, unnest($17::bigint[], $18::bigint[], $19::timestamptz[]) AS v (number, tink_key_id, create_time)
 	ON CONFLICT (key_name, number) DO UPDATE
 	SET tink_key_id = excluded.tink_key_id, create_time = excluded.create_time)
 SELECT (SELECT create_time FROM u), (SELECT revision FROM u),
-	(SELECT revision FROM keys WHERE name = $1)`
+	old.revision, old.state
+FROM (SELECT 1) AS one LEFT JOIN keys AS old ON old.name = $1`
 
 // UpdateKey implements [Store.UpdateKey].
 func (s *PostgresStore) UpdateKey(ctx context.Context, k Key) (Key, error) {
@@ -181,16 +182,17 @@ func (s *PostgresStore) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	var (
 		created       *time.Time
 		revision, old *int64
+		oldState      *string
 	)
-	err = s.pool.withConn(ctx, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, pgUpdateKeySQL,
-			k.Name, k.Revision, k.Type.String(), k.State.String(), int64(k.PrimaryVersion),
-			int64(k.MinDecryptionVersion), int64(k.RotationPeriod), labels, k.WrappedKeyset,
-			k.RootKeyID, k.UpdateTime, numbers, tinkIDs, times).Scan(&created, &revision, &old)
-	})
+	err = s.pool.QueryRow(ctx, pgUpdateKeySQL,
+		k.Name, k.Revision, k.Type.String(), k.State.String(), int64(k.PrimaryVersion),
+		int64(k.MinDecryptionVersion), int64(k.RotationPeriod), labels, k.WrappedKeyset,
+		k.RootKeyID, nullTime(k.DeletionTime), nullTime(k.DestroyTime), k.UsageLimit,
+		int64(k.RetireAfter), int64(k.RetireAfterVersions), k.UpdateTime,
+		numbers, tinkIDs, times).Scan(&created, &revision, &old, &oldState)
 	switch {
 	case err != nil:
-		return Key{}, fmt.Errorf("update key %q: %w", k.Name, pgErr(err))
+		return Key{}, fmt.Errorf("update key %q: %w", k.Name, s.fail(err))
 	case revision != nil && created != nil:
 		k.CreateTime, k.Revision = created.UTC(), *revision
 		return k, nil
@@ -198,6 +200,8 @@ func (s *PostgresStore) UpdateKey(ctx context.Context, k Key) (Key, error) {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, ErrNotFound)
 	case *old != k.Revision:
 		return Key{}, fmt.Errorf("update key %q: %w: stored revision is %d, not %d", k.Name, ErrConflict, *old, k.Revision)
+	case oldState != nil && *oldState == KeyStateDestroyed.String():
+		return Key{}, fmt.Errorf("update key %q: %w: the key is destroyed and stays so, not %v", k.Name, ErrInvalidKey, k.State)
 	default: // another replica's update committed while this one ran
 		return Key{}, fmt.Errorf("update key %q: %w: revision %d was replaced concurrently", k.Name, ErrConflict, k.Revision)
 	}
@@ -214,13 +218,23 @@ func pgVersionArrays(vs []Version) (numbers, tinkIDs []int64, times []time.Time)
 	return numbers, tinkIDs, times
 }
 
+// nullTime returns t, or nil (NULL) for the zero time: how an optional time
+// is stored.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
 // pgSelectKeysSQL reads keys, each with its versions gathered into arrays
 // ordered by number, in a single statement and so from a single snapshot.
 // %s is the source of the keys rows.
 const pgSelectKeysSQL = `SELECT k.name, k.type, k.state, k.primary_version,
 	k.min_decryption_version, k.rotation_period_ns, k.labels, k.wrapped_keyset,
-	k.root_key_id, k.create_time, k.update_time, k.revision,
-	v.numbers, v.tink_key_ids, v.create_times
+	k.root_key_id, k.deletion_time, k.destroy_time, k.usage_limit,
+	k.retire_after_ns, k.retire_after_versions, k.create_time, k.update_time,
+	k.revision, v.numbers, v.tink_key_ids, v.create_times
 FROM %s AS k CROSS JOIN LATERAL (
 	SELECT array_agg(number ORDER BY number) AS numbers,
 		array_agg(tink_key_id ORDER BY number) AS tink_key_ids,
@@ -229,8 +243,10 @@ FROM %s AS k CROSS JOIN LATERAL (
 ORDER BY k.name`
 
 var (
-	pgGetKeySQL   = fmt.Sprintf(pgSelectKeysSQL, `(SELECT * FROM keys WHERE name = $1)`)
-	pgListKeysSQL = fmt.Sprintf(pgSelectKeysSQL, `(SELECT * FROM keys WHERE name > $1 ORDER BY name LIMIT $2)`)
+	pgGetKeySQL     = fmt.Sprintf(pgSelectKeysSQL, `(SELECT * FROM keys WHERE name = $1)`)
+	pgListKeysSQL   = fmt.Sprintf(pgSelectKeysSQL, `(SELECT * FROM keys WHERE name > $1 ORDER BY name LIMIT $2)`)
+	pgListByRootSQL = fmt.Sprintf(pgSelectKeysSQL, `(SELECT * FROM keys
+		WHERE root_key_id = $1 AND state <> 'DESTROYED' AND name > $2 ORDER BY name LIMIT $3)`)
 )
 
 // GetKey implements [Store.GetKey].
@@ -277,74 +293,72 @@ func (s *PostgresStore) ListKeys(ctx context.Context, size int, token string) ([
 // queryKeys runs one of the select statements above and gathers its rows
 // into keys.
 func (s *PostgresStore) queryKeys(ctx context.Context, query string, args ...any) ([]Key, error) {
+	rows, err := s.pool.Query(ctx, query, args...)
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	defer rows.Close()
 	var keys []Key
-	err := s.pool.withConn(ctx, func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx, query, args...)
-		if err != nil {
-			return err
+	for rows.Next() {
+		var (
+			k                           Key
+			typ, state, labels          string
+			rotation, retire, retireVer int64
+			deletion, destroy           *time.Time
+			numbers, tinkIDs            []int64
+			times                       []time.Time
+		)
+		if err := rows.Scan(&k.Name, &typ, &state, &k.PrimaryVersion,
+			&k.MinDecryptionVersion, &rotation, &labels, &k.WrappedKeyset,
+			&k.RootKeyID, &deletion, &destroy, &k.UsageLimit, &retire, &retireVer,
+			&k.CreateTime, &k.UpdateTime, &k.Revision,
+			&numbers, &tinkIDs, &times); err != nil {
+			return nil, s.fail(err)
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				k                  Key
-				typ, state, labels string
-				rotation           int64
-				numbers, tinkIDs   []int64
-				times              []time.Time
-			)
-			if err := rows.Scan(&k.Name, &typ, &state, &k.PrimaryVersion,
-				&k.MinDecryptionVersion, &rotation, &labels, &k.WrappedKeyset,
-				&k.RootKeyID, &k.CreateTime, &k.UpdateTime, &k.Revision,
-				&numbers, &tinkIDs, &times); err != nil {
-				return err
-			}
-			if k.Type, err = ParseKeyType(typ); err != nil {
-				return fmt.Errorf("key %q: %w", k.Name, err)
-			}
-			if k.State, err = ParseKeyState(state); err != nil {
-				return fmt.Errorf("key %q: %w", k.Name, err)
-			}
-			if k.Labels, err = decodeLabels(labels); err != nil {
-				return fmt.Errorf("key %q: %w", k.Name, err)
-			}
-			if len(k.WrappedKeyset) == 0 {
-				k.WrappedKeyset = nil
-			}
-			k.RotationPeriod = time.Duration(rotation)
-			k.CreateTime, k.UpdateTime = k.CreateTime.UTC(), k.UpdateTime.UTC()
-			if len(tinkIDs) != len(numbers) || len(times) != len(numbers) {
-				return fmt.Errorf("key %q: version columns of unequal lengths", k.Name)
-			}
-			if len(numbers) > 0 {
-				k.Versions = make([]Version, len(numbers))
-				for i := range numbers {
-					k.Versions[i] = Version{
-						Number:     uint32(numbers[i]),
-						TinkKeyID:  uint32(tinkIDs[i]),
-						CreateTime: times[i].UTC(),
-					}
+		if k.Type, err = ParseKeyType(typ); err != nil {
+			return nil, fmt.Errorf("key %q: %w", k.Name, err)
+		}
+		if k.State, err = ParseKeyState(state); err != nil {
+			return nil, fmt.Errorf("key %q: %w", k.Name, err)
+		}
+		if k.Labels, err = decodeLabels(labels); err != nil {
+			return nil, fmt.Errorf("key %q: %w", k.Name, err)
+		}
+		if len(k.WrappedKeyset) == 0 {
+			k.WrappedKeyset = nil
+		}
+		k.RotationPeriod = time.Duration(rotation)
+		k.RetireAfter = time.Duration(retire)
+		k.RetireAfterVersions = uint32(retireVer)
+		if deletion != nil {
+			k.DeletionTime = deletion.UTC()
+		}
+		if destroy != nil {
+			k.DestroyTime = destroy.UTC()
+		}
+		k.CreateTime, k.UpdateTime = k.CreateTime.UTC(), k.UpdateTime.UTC()
+		if len(tinkIDs) != len(numbers) || len(times) != len(numbers) {
+			return nil, fmt.Errorf("key %q: version columns of unequal lengths", k.Name)
+		}
+		if len(numbers) > 0 {
+			k.Versions = make([]Version, len(numbers))
+			for i := range numbers {
+				k.Versions[i] = Version{
+					Number:     uint32(numbers[i]),
+					TinkKeyID:  uint32(tinkIDs[i]),
+					CreateTime: times[i].UTC(),
 				}
 			}
-			keys = append(keys, k)
 		}
-		return rows.Err()
-	})
-	if err != nil {
-		return nil, pgErr(err)
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(err)
 	}
 	return keys, nil
 }
 
 // Budgets.
-
-// pgBudgetSweepInterval is how often, at most, ConsumeBudget deletes the
-// counts of windows that have ended, by the store's clock (and again on the
-// next call while a sweep found a full batch); pgBudgetSweepBatch caps how
-// many one sweep deletes. As in SQLite.
-const (
-	pgBudgetSweepInterval = time.Minute
-	pgBudgetSweepBatch    = 1000
-)
 
 // pgLockBudgetsSQL creates the count rows the windows lack (with used 0),
 // locks all of them in the order given, and returns their counts. Every
@@ -391,6 +405,8 @@ var errPgBudgetExceeded = errors.New("budget exceeded")
 // transaction, in an order every caller shares, so concurrent calls, from
 // any replica, never count past a limit and never deadlock. On an error it
 // returns 0 (not -1), so that a caller that ignores the error still refuses.
+// A successful call sweeps the counts of ended windows now and then, in a
+// statement of its own.
 //
 // Besides what validateBudget refuses, Start and End outside years 1 to 9999
 // are refused with [ErrInvalidBudget].
@@ -424,7 +440,7 @@ func (s *PostgresStore) ConsumeBudget(ctx context.Context, n int64, windows []Bu
 
 	now := storeTime(s.now())
 	exceeded := -1
-	err := s.pool.withTx(ctx, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		counts := make(map[pgBudgetKey]int64, len(keys))
 		rows, err := tx.Query(ctx, pgLockBudgetsSQL, counters, starts, endTimes)
 		if err != nil {
@@ -468,35 +484,425 @@ func (s *PostgresStore) ConsumeBudget(ctx context.Context, n int64, windows []Bu
 	case errors.Is(err, errPgBudgetExceeded):
 		return exceeded, nil
 	case err != nil:
-		return 0, fmt.Errorf("consume budget: %w", pgErr(err))
+		return 0, fmt.Errorf("consume budget: %w", s.fail(err))
 	}
 	s.sweepBudgets(ctx, now)
 	return -1, nil
 }
 
-// sweepBudgets deletes up to pgBudgetSweepBatch counts of windows that
-// ended by now, when a sweep is due. It is best effort: on an error the
-// next call tries again.
+// sweepBudgets deletes up to budgetSweepBatch counts of windows that ended
+// by now, when a sweep is due. It is best effort: on an error the next call
+// tries again.
 func (s *PostgresStore) sweepBudgets(ctx context.Context, now time.Time) {
 	if now.UnixMicro() < s.nextSweep.Load() {
 		return
 	}
-	var swept int64
-	err := s.pool.withConn(ctx, func(c *pgx.Conn) error {
-		tag, err := c.Exec(ctx, pgSweepBudgetsSQL, now, pgBudgetSweepBatch)
-		swept = tag.RowsAffected()
+	tag, err := s.pool.Exec(ctx, pgSweepBudgetsSQL, now, budgetSweepBatch)
+	if err == nil && tag.RowsAffected() < budgetSweepBatch {
+		s.nextSweep.Store(now.Add(budgetSweepInterval).UnixMicro())
+	}
+}
+
+// Use reservations.
+
+// pgReserveUsesSQL adds least($3, $4 - used) to the count of version $2 of
+// key $1, creating it, when the key has that version and the count is below
+// the limit $4, in one upsert. Every SET expression reads the row as it was,
+// so last_granted is the grant. Its one row holds the grant (NULL when
+// nothing was added) and whether the key and the version exist, which tell
+// a spent version from a missing one. The caller checks $3, $4 >= 1; no sum
+// can overflow, since used < $4 before.
+const pgReserveUsesSQL = `WITH r AS (
+	INSERT INTO key_uses AS u (key_name, version, used, last_granted)
+	SELECT key_name, number, least($3::bigint, $4::bigint), least($3::bigint, $4::bigint)
+	FROM key_versions WHERE key_name = $1 AND number = $2
+	ON CONFLICT (key_name, version) DO UPDATE
+	SET used = u.used + least($3::bigint, $4::bigint - u.used),
+		last_granted = least($3::bigint, $4::bigint - u.used)
+	WHERE u.used < $4::bigint
+	RETURNING u.last_granted)
+SELECT (SELECT last_granted FROM r),
+	EXISTS (SELECT 1 FROM keys WHERE name = $1),
+	EXISTS (SELECT 1 FROM key_versions WHERE key_name = $1 AND number = $2)`
+
+// ReserveUses implements [Store.ReserveUses] in one statement.
+func (s *PostgresStore) ReserveUses(ctx context.Context, name string, version uint32, n, limit int64) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, err)
+	}
+	if err := validateReserve(version, n, limit); err != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, err)
+	}
+	if checkText(name) != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, ErrNotFound)
+	}
+	var (
+		granted               *int64
+		keyExists, hasVersion bool
+	)
+	err := s.pool.QueryRow(ctx, pgReserveUsesSQL, name, int64(version), n, limit).Scan(&granted, &keyExists, &hasVersion)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, s.fail(err))
+	case granted != nil:
+		return *granted, nil
+	case !keyExists:
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, ErrNotFound)
+	case !hasVersion:
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w: the key has no version %d", name, version, ErrInvalidKey, version)
+	default:
+		return 0, nil // spent
+	}
+}
+
+// Uses implements [Store.Uses].
+func (s *PostgresStore) Uses(ctx context.Context, name string) (map[uint32]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, err)
+	}
+	if checkText(name) != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, ErrNotFound)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT u.version, u.used FROM keys AS k
+		LEFT JOIN key_uses AS u ON u.key_name = k.name WHERE k.name = $1`, name)
+	if err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, s.fail(err))
+	}
+	defer rows.Close()
+	var uses map[uint32]int64
+	for rows.Next() {
+		var version, used *int64
+		if err := rows.Scan(&version, &used); err != nil {
+			return nil, fmt.Errorf("uses of key %q: %w", name, s.fail(err))
+		}
+		if uses == nil {
+			uses = map[uint32]int64{}
+		}
+		if version != nil && used != nil {
+			uses[uint32(*version)] = *used
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, s.fail(err))
+	}
+	if uses == nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, ErrNotFound)
+	}
+	return uses, nil
+}
+
+// Leases.
+
+// pgAcquireLeaseSQL makes $2 the holder of lease $1 until $3, when the lease
+// is free, held by $2 or expired by $4; it returns a row exactly then. The
+// upsert locks the row, so of two replicas acquiring at once one wins.
+const pgAcquireLeaseSQL = `INSERT INTO leases AS l (name, holder, expire_time) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expire_time = excluded.expire_time
+WHERE l.holder = excluded.holder OR l.expire_time <= $4
+RETURNING true`
+
+// AcquireLease implements [Store.AcquireLease] in one statement.
+func (s *PostgresStore) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, err)
+	}
+	if err := validateLease(name, holder, ttl, true); err != nil {
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, err)
+	}
+	now := storeTime(s.now())
+	var acquired bool
+	err := s.pool.QueryRow(ctx, pgAcquireLeaseSQL, name, holder, leaseExpiry(now, ttl), now).Scan(&acquired)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, s.fail(err))
+	}
+	return acquired, nil
+}
+
+// ReleaseLease implements [Store.ReleaseLease].
+func (s *PostgresStore) ReleaseLease(ctx context.Context, name, holder string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, err)
+	}
+	if err := validateLease(name, holder, 0, false); err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, err)
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM leases WHERE name = $1 AND holder = $2`, name, holder); err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, s.fail(err))
+	}
+	return nil
+}
+
+// KeyRevisions implements [Store.KeyRevisions]: one query per up to 1000
+// names, given as an array.
+func (s *PostgresStore) KeyRevisions(ctx context.Context, names []string) (map[string]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("key revisions: %w", err)
+	}
+	revisions := make(map[string]int64, len(names))
+	for _, chunk := range revisionNames(names) {
+		rows, err := s.pool.Query(ctx, `SELECT name, revision FROM keys WHERE name = ANY ($1::text[])`, chunk)
+		if err != nil {
+			return nil, fmt.Errorf("key revisions: %w", s.fail(err))
+		}
+		var (
+			name     string
+			revision int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&name, &revision}, func() error {
+			revisions[name] = revision
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("key revisions: %w", s.fail(err))
+		}
+	}
+	return revisions, nil
+}
+
+// Root-key rotations.
+
+const pgSelectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
+	total, rewrapped, start_time, update_time, end_time FROM root_key_rotations`
+
+// pgScanRotation reads a row of pgSelectRotationSQL.
+func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
+	var (
+		r     RootKeyRotation
+		state string
+		ended *time.Time
+	)
+	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
+		&r.Total, &r.Rewrapped, &r.StartTime, &r.UpdateTime, &ended); err != nil {
+		return RootKeyRotation{}, err
+	}
+	var err error
+	if r.State, err = ParseRotationState(state); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("job %q: %w", r.ID, err)
+	}
+	r.StartTime, r.UpdateTime = r.StartTime.UTC(), r.UpdateTime.UTC()
+	if ended != nil {
+		r.EndTime = ended.UTC()
+	}
+	return r, nil
+}
+
+// pgStartRotationSQL records a running job unless one is running, so that
+// a running job is reported before a reused ID. Of two jobs started at
+// once, the unique index root_key_rotations_one_running refuses one.
+const pgStartRotationSQL = `INSERT INTO root_key_rotations (id, from_uri, to_uri,
+	from_id, to_id, state, total, rewrapped, start_time, update_time)
+SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8
+WHERE NOT EXISTS (SELECT 1 FROM root_key_rotations WHERE state = 'RUNNING')`
+
+// StartRootKeyRotation implements [Store.StartRootKeyRotation] in one
+// statement.
+func (s *PostgresStore) StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
+	}
+	if err := validateRotation(r); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
+	}
+	now := storeTime(s.now())
+	r.State, r.Rewrapped = RotationRunning, 0
+	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
+	tag, err := s.pool.Exec(ctx, pgStartRotationSQL,
+		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now)
+	var pe *pgconn.PgError
+	switch {
+	case err == nil && tag.RowsAffected() == 0,
+		errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_one_running":
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: another job is running", r.ID, ErrConflict)
+	case errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_id_unique":
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: a job with this ID was started before", r.ID, ErrAlreadyExists)
+	case err != nil:
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, s.fail(err))
+	}
+	return r, nil
+}
+
+// LatestRootKeyRotation implements [Store.LatestRootKeyRotation].
+func (s *PostgresStore) LatestRootKeyRotation(ctx context.Context) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", err)
+	}
+	r, err := pgScanRotation(s.pool.QueryRow(ctx, pgSelectRotationSQL+` ORDER BY seq DESC LIMIT 1`))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: none started: %w", ErrNotFound)
+	case err != nil:
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", s.fail(err))
+	}
+	return r, nil
+}
+
+// ListKeysByRootKey implements [Store.ListKeysByRootKey].
+func (s *PostgresStore) ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]Key, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w", rootKeyID, err)
+	}
+	if checkText(rootKeyID) != nil {
+		return nil, nil // no key has such a root key id
+	}
+	if err := checkText(afterName); err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w: name %q to start after: %v", rootKeyID, ErrInvalidKey, afterName, err)
+	}
+	keys, err := s.queryKeys(ctx, pgListByRootSQL, rootKeyID, afterName, pageSize(limit))
+	if err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w", rootKeyID, err)
+	}
+	return keys, nil
+}
+
+// CountKeysByRootKey implements [Store.CountKeysByRootKey].
+func (s *PostgresStore) CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("count keys by root key %q: %w", rootKeyID, err)
+	}
+	if checkText(rootKeyID) != nil {
+		return 0, nil
+	}
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM keys WHERE root_key_id = $1 AND state <> 'DESTROYED'`, rootKeyID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count keys by root key %q: %w", rootKeyID, s.fail(err))
+	}
+	return n, nil
+}
+
+// pgRewrapKeysSQL re-wraps a batch of keys and counts them in the job, in
+// one statement and so in one transaction and one round trip. It locks the
+// job $1 while it runs, and changes nothing unless the job is running and
+// re-wraps to $5. Of the keys (names $2, revisions $3, keysets $4) it
+// re-wraps those whose revision is still the one given, and never a
+// destroyed one. Its one row holds the job's to_id (NULL when it is not
+// running) and the names of the keys it re-wrapped.
+const pgRewrapKeysSQL = `WITH job AS (
+	SELECT id, to_id FROM root_key_rotations
+	WHERE id = $1 AND state = 'RUNNING' FOR UPDATE),
+ok AS (
+	SELECT id FROM job WHERE to_id = $5),
+u AS (
+	UPDATE keys AS k SET wrapped_keyset = v.wrapped_keyset, root_key_id = $5,
+		update_time = $6, revision = k.revision + 1
+	FROM ok, unnest($2::text[], $3::bigint[], $4::bytea[]) AS v (name, revision, wrapped_keyset)
+	WHERE k.name = v.name AND k.revision = v.revision AND k.state <> 'DESTROYED'
+	RETURNING k.name),
+c AS (
+	UPDATE root_key_rotations AS r
+	SET rewrapped = r.rewrapped + (SELECT count(*) FROM u), update_time = $6
+	FROM ok WHERE r.id = ok.id)
+SELECT (SELECT to_id FROM job), array(SELECT name FROM u)`
+
+// RewrapKeys implements [Store.RewrapKeys] in one statement: the batch goes
+// to the server as arrays, in one round trip.
+func (s *PostgresStore) RewrapKeys(ctx context.Context, jobID string, keys []Key) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err)
+	}
+	if err := validateRewrap(keys); err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err)
+	}
+	if checkText(jobID) != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w: no such root key rotation is running", jobID, ErrNotFound)
+	}
+	root := ""
+	if len(keys) > 0 {
+		root = keys[0].RootKeyID
+		// All keys go to one root key; checkRewrapRoot below tells
+		// which differs once the job's is known.
+	}
+	names := make([]string, len(keys))
+	revisions := make([]int64, len(keys))
+	keysets := make([][]byte, len(keys))
+	for i, k := range keys {
+		names[i], revisions[i], keysets[i] = k.Name, k.Revision, k.WrappedKeyset
+	}
+	var (
+		toID    *string
+		updated []string
+	)
+	err := s.pool.QueryRow(ctx, pgRewrapKeysSQL, jobID, names, revisions, keysets, root, storeTime(s.now())).Scan(&toID, &updated)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, s.fail(err))
+	case toID == nil:
+		return nil, fmt.Errorf("rewrap keys for job %q: %w: no such root key rotation is running", jobID, ErrNotFound)
+	}
+	if err := checkRewrapRoot(keys, *toID); err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err) // nothing was written
+	}
+	done := make(map[string]bool, len(updated))
+	for _, name := range updated {
+		done[name] = true
+	}
+	var conflicts []string
+	for _, k := range keys {
+		if !done[k.Name] {
+			conflicts = append(conflicts, k.Name)
+		}
+	}
+	return conflicts, nil
+}
+
+// FinishRootKeyRotation implements [Store.FinishRootKeyRotation] in one
+// transaction, which locks the job.
+func (s *PostgresStore) FinishRootKeyRotation(ctx context.Context, jobID string) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, err)
+	}
+	if checkText(jobID) != nil {
+		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w: no such root key rotation is running", jobID, ErrNotFound)
+	}
+	now := storeTime(s.now())
+	var job RootKeyRotation
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		job, err = pgScanRotation(tx.QueryRow(ctx, pgSelectRotationSQL+` WHERE id = $1 AND state = 'RUNNING' FOR UPDATE`, jobID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: no such root key rotation is running", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		var left int64
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM keys WHERE root_key_id = $1 AND state <> 'DESTROYED'`, job.FromID).Scan(&left); err != nil {
+			return err
+		}
+		if left > 0 {
+			return fmt.Errorf("%w: %d keys are still wrapped by %q", ErrConflict, left, job.FromID)
+		}
+		_, err = tx.Exec(ctx, `UPDATE root_key_rotations SET state = 'DONE', end_time = $2, update_time = $2 WHERE id = $1`, jobID, now)
 		return err
 	})
-	if err == nil && swept < pgBudgetSweepBatch {
-		s.nextSweep.Store(now.Add(pgBudgetSweepInterval).UnixMicro())
+	if err != nil {
+		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, s.fail(err))
 	}
+	job.State, job.UpdateTime, job.EndTime = RotationDone, now, now
+	return job, nil
 }
 
 // Errors.
 
+// fail maps an error of a call to the store's errors, as pgErr does, and
+// closes the pooled connections when the database was unreachable: a
+// server that dropped one connection (a restart, a failover, an
+// administrator) has most likely dropped them all, and the next call should
+// not find them one by one.
+func (s *PostgresStore) fail(err error) error {
+	err = pgErr(err)
+	if errors.Is(err, ErrUnavailable) {
+		s.pool.Reset()
+	}
+	return err
+}
+
 // pgErr maps an error from pgx to the store's errors: a unique violation is
-// ErrAlreadyExists, a failure to reach the database errUnavailable. Context
-// errors pass through; nil is nil.
+// ErrAlreadyExists, a failure to reach the database ErrUnavailable. The
+// store's own sentinels, context errors and nil pass through.
 func pgErr(err error) error {
 	if err == nil {
 		return nil
@@ -504,8 +910,10 @@ func pgErr(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if errors.Is(err, errPgPoolClosed) {
-		return err
+	for _, sentinel := range []error{ErrNotFound, ErrConflict, ErrInvalidKey, ErrAlreadyExists, ErrSchemaTooNew, ErrUnavailable} {
+		if errors.Is(err, sentinel) {
+			return err
+		}
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
@@ -518,7 +926,7 @@ func pgErr(err error) error {
 			pe.Code == "57P03", // cannot_connect_now
 			pe.Code == "53300", // too_many_connections
 			pe.Code == "25006": // read_only_sql_transaction: a standby
-			return fmt.Errorf("%w: %w", errUnavailable, err)
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		default:
 			return fmt.Errorf("postgres: %w", err)
 		}
@@ -529,7 +937,7 @@ func pgErr(err error) error {
 	)
 	if errors.As(err, &ce) || errors.As(err, &netErr) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("%w: %w", errUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres: %w", err)
 }
@@ -539,43 +947,17 @@ func pgErr(err error) error {
 //go:embed pgmigrations/*.sql
 var pgMigrationFiles embed.FS
 
-// pgLoadMigrations returns the embedded migrations in order. Their file
-// names are NNNN_what.sql, numbered from 0001 without gaps.
-//
-// TODO: the same as loadMigrations in sqlite.go but for the directory.
-func pgLoadMigrations() ([]migration, error) {
-	const dir = "pgmigrations"
-	entries, err := fs.ReadDir(pgMigrationFiles, dir)
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for i, e := range entries { // ReadDir sorts by name
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v != i+1 {
-			return nil, fmt.Errorf("migration %s: want a name starting %04d_", e.Name(), i+1)
-		}
-		b, err := fs.ReadFile(pgMigrationFiles, dir+"/"+e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: e.Name(), sql: string(b)})
-	}
-	return ms, nil
-}
-
 // migrate brings the schema up to date in one transaction, under an
 // advisory lock that serializes it with other replicas' migrations. It is a
 // no-op on an up-to-date database and fails with ErrSchemaTooNew on a
 // database migrated by a newer binary.
 func (s *PostgresStore) migrate(ctx context.Context) error {
-	ms, err := pgLoadMigrations()
+	ms, err := loadMigrations(pgMigrationFiles, "pgmigrations")
 	if err != nil {
 		return fmt.Errorf("load migrations: %w", err)
 	}
-	err = s.pool.withConn(ctx, func(c *pgx.Conn) error {
-		if enc := c.PgConn().ParameterStatus("server_encoding"); enc != "UTF8" {
+	err = s.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		if enc := c.Conn().PgConn().ParameterStatus("server_encoding"); enc != "UTF8" {
 			return fmt.Errorf("database encoding is %q, want UTF8", enc)
 		}
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
@@ -605,7 +987,7 @@ func (s *PostgresStore) migrate(ctx context.Context) error {
 		})
 	})
 	if err != nil {
-		return fmt.Errorf("migrate: %w", pgErr(err))
+		return fmt.Errorf("migrate: %w", s.fail(err))
 	}
 	return nil
 }
@@ -617,158 +999,15 @@ func pgSchemaVersion(ctx context.Context, tx pgx.Tx, ms []migration) (int, error
 	if err != nil {
 		return 0, err
 	}
-	defer rows.Close()
-	applied := 0
-	for rows.Next() {
-		var v int
-		var name string
-		if err := rows.Scan(&v, &name); err != nil {
-			return 0, err
-		}
-		switch {
-		case v > len(ms):
-			return 0, fmt.Errorf("%w: database has schema version %d, this binary knows up to %d", ErrSchemaTooNew, v, len(ms))
-		case v != applied+1:
-			return 0, fmt.Errorf("schema_migrations lists version %d after %d", v, applied)
-		case name != ms[v-1].name:
-			return 0, fmt.Errorf("schema version %d was applied as %q, this binary has %q", v, name, ms[v-1].name)
-		}
-		applied = v
+	var (
+		applied []appliedMigration
+		m       appliedMigration
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&m.version, &m.name}, func() error {
+		applied = append(applied, m)
+		return nil
+	}); err != nil {
+		return 0, err
 	}
-	return applied, rows.Err()
-}
-
-// Connection pool.
-//
-// TODO: replace with pgxpool once github.com/jackc/puddle/v2 (which pgxpool
-// imports) is in go.mod and go.sum: withConn becomes pool.AcquireFunc.
-
-// Limits of pooled connections.
-const (
-	pgMaxConnLifetime = time.Hour
-	pgMaxConnIdleTime = 30 * time.Minute
-	// A connection idle longer than this is pinged before it is used.
-	pgPingAfterIdle = time.Second
-)
-
-var errPgPoolClosed = errors.New("store: closed")
-
-// pgConnPool is a small pool of pgx connections: at most cap(slots) open
-// at once; idle ones are reused most recent first; broken ones, and ones
-// left inside a transaction, are closed rather than reused.
-type pgConnPool struct {
-	config *pgx.ConnConfig
-	slots  chan struct{} // a token per connection in use
-
-	mu     sync.Mutex
-	idle   []*pgPooledConn
-	closed bool
-}
-
-type pgPooledConn struct {
-	conn              *pgx.Conn
-	created, lastUsed time.Time
-}
-
-func newPgConnPool(config *pgx.ConnConfig, maxConns int) *pgConnPool {
-	return &pgConnPool{config: config, slots: make(chan struct{}, maxConns)}
-}
-
-// withConn runs fn on a connection of the pool, and returns the connection
-// to the pool when fn has returned (fn must close any rows it opened).
-func (p *pgConnPool) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
-	c, err := p.acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer p.release(c)
-	return fn(c.conn)
-}
-
-// withTx runs fn in a transaction and commits it when fn succeeds.
-func (p *pgConnPool) withTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return p.withConn(ctx, func(c *pgx.Conn) error {
-		return pgx.BeginFunc(ctx, c, fn)
-	})
-}
-
-func (p *pgConnPool) acquire(ctx context.Context) (*pgPooledConn, error) {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	for {
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			<-p.slots
-			return nil, errPgPoolClosed
-		}
-		var c *pgPooledConn
-		if n := len(p.idle); n > 0 {
-			c, p.idle[n-1] = p.idle[n-1], nil
-			p.idle = p.idle[:n-1]
-		}
-		p.mu.Unlock()
-		if c == nil {
-			break
-		}
-		now := time.Now()
-		switch {
-		case c.conn.IsClosed() || now.Sub(c.created) > pgMaxConnLifetime || now.Sub(c.lastUsed) > pgMaxConnIdleTime:
-			pgCloseConn(c.conn)
-			continue
-		case now.Sub(c.lastUsed) > pgPingAfterIdle:
-			if err := c.conn.Ping(ctx); err != nil {
-				pgCloseConn(c.conn)
-				if ctx.Err() != nil {
-					<-p.slots
-					return nil, ctx.Err()
-				}
-				continue
-			}
-		}
-		return c, nil
-	}
-	conn, err := pgx.ConnectConfig(ctx, p.config)
-	if err != nil {
-		<-p.slots
-		return nil, err
-	}
-	now := time.Now()
-	return &pgPooledConn{conn: conn, created: now, lastUsed: now}, nil
-}
-
-func (p *pgConnPool) release(c *pgPooledConn) {
-	defer func() { <-p.slots }()
-	reusable := !c.conn.IsClosed() && !c.conn.PgConn().IsBusy() && c.conn.PgConn().TxStatus() == 'I'
-	c.lastUsed = time.Now()
-	p.mu.Lock()
-	if reusable && !p.closed {
-		p.idle = append(p.idle, c)
-		p.mu.Unlock()
-		return
-	}
-	p.mu.Unlock()
-	pgCloseConn(c.conn)
-}
-
-// close closes the idle connections, and makes the pool close the others
-// as they are released and refuse to hand out more.
-func (p *pgConnPool) close() {
-	p.mu.Lock()
-	idle := p.idle
-	p.idle, p.closed = nil, true
-	p.mu.Unlock()
-	for _, c := range idle {
-		pgCloseConn(c.conn)
-	}
-}
-
-// pgCloseConn closes conn, giving the server a moment to hear of it.
-func pgCloseConn(conn *pgx.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	conn.Close(ctx) //nolint:errcheck // the connection is dropped either way
+	return checkApplied(applied, ms)
 }

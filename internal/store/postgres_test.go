@@ -66,8 +66,8 @@ func checkSchema(t *testing.T, url string) {
 }
 
 func TestPostgres(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		return openPostgres(t, pgtest.NewDatabase(t))
+	storetest.Run(t, func(t *testing.T, opts ...store.Option) store.Store {
+		return openPostgres(t, pgtest.NewDatabase(t), opts...)
 	})
 }
 
@@ -155,8 +155,7 @@ func TestOpenPostgresRefusesForeignMigration(t *testing.T) {
 func TestOpenPostgresBadURL(t *testing.T) {
 	tests := []struct {
 		name, url string
-		// unavailable is whether the error must say the database is
-		// unavailable (store.ErrUnavailable, once exported).
+		// unavailable is whether the error must be store.ErrUnavailable.
 		unavailable bool
 	}{
 		{"not a URL", "postgres://%zz", false},
@@ -175,8 +174,8 @@ func TestOpenPostgresBadURL(t *testing.T) {
 			if strings.Contains(err.Error(), "s3cret") {
 				t.Errorf("OpenPostgres(ctx, %q) err = %v, shows the password", tt.url, err)
 			}
-			if got := strings.Contains(err.Error(), "database unavailable"); got != tt.unavailable {
-				t.Errorf("OpenPostgres(ctx, %q) err = %v; says unavailable: %t, want %t", tt.url, err, got, tt.unavailable)
+			if got := errors.Is(err, store.ErrUnavailable); got != tt.unavailable {
+				t.Errorf("OpenPostgres(ctx, %q) err = %v; ErrUnavailable: %t, want %t", tt.url, err, got, tt.unavailable)
 			}
 		})
 	}
@@ -267,26 +266,287 @@ func storeBudgetWindow(counter string) store.BudgetWindow {
 	return store.BudgetWindow{Counter: counter, Start: start, End: start.Add(48 * time.Hour), Limit: 1}
 }
 
-// TestPostgresReconnects drops the store's connections on the server's
-// side: a call may fail as unavailable, and the store then reconnects.
-func TestPostgresReconnects(t *testing.T) {
-	url := pgtest.NewDatabase(t)
-	s := openPostgres(t, url)
-	if _, err := s.CreateKey(t.Context(), testKey("k")); err != nil {
-		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	if _, err := rawPostgres(t, url).Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+// terminateBackends drops every connection to the database but conn's own,
+// on the server's side, as a restart or an administrator would.
+func terminateBackends(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	if _, err := conn.Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 		WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.GetKey(t.Context(), "k")
-	t.Logf("GetKey on a dropped connection: %v", err)
-	if err != nil && !strings.Contains(err.Error(), "database unavailable") {
-		t.Errorf("GetKey(ctx, %q) on a dropped connection err = %v, want nil or unavailable", "k", err)
+}
+
+// TestPostgresReconnects drops the store's connections on the server's
+// side: each kind of call may fail with ErrUnavailable once, and the store
+// then reconnects.
+func TestPostgresReconnects(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url)
+	k, err := s.CreateKey(t.Context(), testKey("k"))
+	if err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
 	}
-	if _, err := s.GetKey(t.Context(), "k"); err != nil {
-		t.Errorf("GetKey(ctx, %q) again err = %v, want nil", "k", err)
+	if _, err := s.StartRootKeyRotation(t.Context(), store.RootKeyRotation{
+		ID: "j", FromURI: "local-file:///old", ToURI: "local-file:///new", FromID: "root-1", ToID: "root-2",
+	}); err != nil {
+		t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", "j", err)
 	}
+	raw := rawPostgres(t, url)
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"GetKey", func() error { _, err := s.GetKey(t.Context(), "k"); return err }},
+		{"UpdateKey", func() error {
+			got, err := s.GetKey(t.Context(), "k")
+			if err == nil {
+				_, err = s.UpdateKey(t.Context(), got)
+			}
+			return err
+		}},
+		{"ReserveUses", func() error { _, err := s.ReserveUses(t.Context(), "k", 1, 1, 1000); return err }},
+		{"AcquireLease", func() error { _, err := s.AcquireLease(t.Context(), "job", "a", time.Minute); return err }},
+		{"KeyRevisions", func() error { _, err := s.KeyRevisions(t.Context(), []string{"k"}); return err }},
+		{"ListKeysByRootKey", func() error { _, err := s.ListKeysByRootKey(t.Context(), "root-1", "", 10); return err }},
+		{"LatestRootKeyRotation", func() error { _, err := s.LatestRootKeyRotation(t.Context()); return err }},
+		{"RewrapKeys", func() error { _, err := s.RewrapKeys(t.Context(), "j", nil); return err }},
+		{"ConsumeBudget", func() error {
+			_, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{storeBudgetWindow("c")})
+			return err
+		}},
+	}
+	for _, c := range calls {
+		t.Run(c.name, func(t *testing.T) {
+			if err := c.call(); err != nil { // the pool has a connection
+				t.Fatalf("%s before the connections were dropped err = %v, want nil", c.name, err)
+			}
+			terminateBackends(t, raw)
+			err := c.call()
+			t.Logf("%s on dropped connections: %v", c.name, err)
+			if err != nil && !errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("%s on dropped connections err = %v, want nil or ErrUnavailable", c.name, err)
+			}
+			if err := c.call(); err != nil {
+				t.Errorf("%s again err = %v, want nil (the store reconnects)", c.name, err)
+			}
+		})
+	}
+	if got, err := s.GetKey(t.Context(), "k"); err != nil || got.Revision < k.Revision+1 {
+		t.Errorf("GetKey(ctx, %q) = rev %d, %v; want at least rev %d, nil", "k", got.Revision, err, k.Revision+1)
+	}
+}
+
+// TestPostgresTerminatedUnderLoad drops the store's connections over and
+// over while goroutines re-wrap keys, reserve uses and update a key. Every
+// call succeeds or fails with ErrUnavailable, and no write is ever half
+// done: the job's count is the number of keys re-wrapped, each key's label
+// agrees with its revision, and the uses counted are those granted, give
+// or take the calls whose outcome was lost with the connection.
+func TestPostgresTerminatedUnderLoad(t *testing.T) {
+	const (
+		keys  = 20000
+		kills = 15
+	)
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url+"&pool_max_conns=4")
+	insertKeysPG(t, rawPostgres(t, url), keys, "root-1")
+	counter := testKey("counter")
+	counter.RootKeyID = "root-other"
+	counter.Labels = map[string]string{"n": "0"}
+	if _, err := s.CreateKey(t.Context(), counter); err != nil {
+		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "counter", err)
+	}
+	if _, err := s.StartRootKeyRotation(t.Context(), store.RootKeyRotation{
+		ID: "j", FromURI: "local-file:///old", ToURI: "local-file:///new", FromID: "root-1", ToID: "root-2",
+	}); err != nil {
+		t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", "j", err)
+	}
+
+	var (
+		mu          sync.Mutex
+		unavailable = map[string]int{}
+	)
+	// check fails t unless err is nil or ErrUnavailable, and reports
+	// whether it was nil.
+	check := func(what string, err error) bool {
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("%s while connections drop err = %v, want nil or ErrUnavailable", what, err)
+		}
+		mu.Lock()
+		unavailable[what]++
+		mu.Unlock()
+		return false
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var granted, reserveFailed int64
+	wg.Go(func() { // the rotation job
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			batch, err := s.ListKeysByRootKey(t.Context(), "root-1", "", 5)
+			if !check("ListKeysByRootKey", err) {
+				continue
+			}
+			if len(batch) == 0 {
+				return
+			}
+			for i := range batch {
+				batch[i].RootKeyID, batch[i].WrappedKeyset = "root-2", []byte("rewrapped "+batch[i].Name)
+			}
+			_, err = s.RewrapKeys(t.Context(), "j", batch)
+			check("RewrapKeys", err)
+		}
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n, err := s.ReserveUses(t.Context(), "counter", 1, 1, 1<<40)
+			if check("ReserveUses", err) {
+				granted += n
+			} else {
+				reserveFailed++
+			}
+		}
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			k, err := s.GetKey(t.Context(), "counter")
+			if !check("GetKey", err) {
+				continue
+			}
+			n, _ := strconv.Atoi(k.Labels["n"])
+			k.Labels["n"] = strconv.Itoa(n + 1)
+			if _, err := s.UpdateKey(t.Context(), k); !errors.Is(err, store.ErrConflict) {
+				check("UpdateKey", err)
+			}
+		}
+	})
+	raw := rawPostgres(t, url)
+	for range kills {
+		time.Sleep(40 * time.Millisecond)
+		terminateBackends(t, raw)
+	}
+	close(done)
+	wg.Wait()
+	t.Logf("calls that failed with ErrUnavailable: %v; uses granted %d", unavailable, granted)
+	if len(unavailable) == 0 {
+		t.Errorf("no call failed while connections dropped %d times; the test tests nothing", kills)
+	}
+	// The first call after the last drop may find a dropped connection;
+	// the next one reconnects.
+	if _, err := s.GetKey(t.Context(), "counter"); err != nil && !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("GetKey(ctx, %q) after the last drop err = %v, want nil or ErrUnavailable", "counter", err)
+	}
+
+	job, err := s.LatestRootKeyRotation(t.Context())
+	if err != nil {
+		t.Fatalf("LatestRootKeyRotation(ctx) err = %v, want nil", err)
+	}
+	moved, err := s.CountKeysByRootKey(t.Context(), "root-2")
+	if err != nil {
+		t.Fatalf("CountKeysByRootKey(ctx, %q) err = %v, want nil", "root-2", err)
+	}
+	if job.Rewrapped != moved {
+		t.Errorf("job counts %d keys re-wrapped, but %d keys are under root-2: a half-done RewrapKeys", job.Rewrapped, moved)
+	}
+	for after := ""; ; {
+		listed, err := s.ListKeysByRootKey(t.Context(), "root-2", after, store.MaxPageSize)
+		if err != nil {
+			t.Fatalf("ListKeysByRootKey(ctx, %q) err = %v, want nil", "root-2", err)
+		}
+		if len(listed) == 0 {
+			break
+		}
+		for _, k := range listed {
+			if string(k.WrappedKeyset) != "rewrapped "+k.Name || k.Revision != 2 {
+				t.Errorf("key %q under root-2 = keyset %q, rev %d; want %q, rev 2", k.Name, k.WrappedKeyset, k.Revision, "rewrapped "+k.Name)
+			}
+		}
+		after = listed[len(listed)-1].Name
+	}
+	got, err := s.GetKey(t.Context(), "counter")
+	if err != nil {
+		t.Fatalf("GetKey(ctx, %q) err = %v, want nil", "counter", err)
+	}
+	if n, _ := strconv.ParseInt(got.Labels["n"], 10, 64); n != got.Revision-1 {
+		t.Errorf("key %q has label n=%d at revision %d: a half-done UpdateKey", "counter", n, got.Revision)
+	}
+	uses, err := s.Uses(t.Context(), "counter")
+	if err != nil {
+		t.Fatalf("Uses(ctx, %q) err = %v, want nil", "counter", err)
+	}
+	if uses[1] < granted || uses[1] > granted+reserveFailed {
+		t.Errorf("Uses(ctx, %q)[1] = %d; want between %d granted and %d (granted plus calls that failed)", "counter", uses[1], granted, granted+reserveFailed)
+	}
+}
+
+// insertKeysPG inserts n keys named key-0000000 ... directly, in one
+// statement: each with one version, a 200-byte keyset and revision 1,
+// wrapped by root.
+func insertKeysPG(t testing.TB, conn *pgx.Conn, n int, root string) {
+	t.Helper()
+	if _, err := conn.Exec(t.Context(), `WITH k AS (
+		INSERT INTO keys (name, type, state, primary_version, min_decryption_version,
+			rotation_period_ns, labels, wrapped_keyset, root_key_id, create_time, update_time, revision)
+		SELECT format('key-%s', lpad(i::text, 7, '0')), 'AES256_GCM', 'ENABLED', 1, 0, 0,
+			'{"team": "payments"}', convert_to(repeat('k', 200), 'UTF8'), $2, now(), now(), 1
+		FROM generate_series(1, $1) AS i
+		RETURNING name)
+		INSERT INTO key_versions (key_name, number, tink_key_id, create_time)
+		SELECT name, 1, 7, now() FROM k`, n, root); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPostgresMigratesForward opens a database that an older tresor
+// created and wrote: its keys read back with the new fields zero, and every
+// new capability works on it.
+func TestPostgresMigratesForward(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	raw := rawPostgres(t, url)
+	if _, err := raw.Exec(t.Context(), `CREATE TABLE schema_migrations (
+		version integer NOT NULL PRIMARY KEY, name text NOT NULL, applied_time timestamptz NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"0001_create_keys.sql", "0002_create_budget_counts.sql"} {
+		b, err := os.ReadFile("pgmigrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Exec(t.Context(), string(b)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := raw.Exec(t.Context(), `INSERT INTO schema_migrations VALUES ($1, $2, now())`, i+1, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := raw.Exec(t.Context(), `INSERT INTO keys (name, type, state, primary_version,
+		min_decryption_version, rotation_period_ns, labels, wrapped_keyset, root_key_id,
+		create_time, update_time, revision)
+		VALUES ('old', 'AES256_GCM', 'ENABLED', 1, 0, 0, '{"team": "cards"}', '\x0102', 'root-1',
+		'2024-01-02T03:04:05.123456Z', '2024-01-02T03:04:05.123456Z', 3);
+		INSERT INTO key_versions VALUES ('old', 1, 7, '2024-01-02T03:04:05.123456Z')`); err != nil {
+		t.Fatal(err)
+	}
+	s := openPostgres(t, url)
+	checkSchema(t, url)
+	checkMigratedForward(t, s)
 }
 
 func TestPostgresClock(t *testing.T) {
@@ -586,6 +846,27 @@ func BenchmarkPostgresUpdateKey(b *testing.B) {
 		if k, err = s.UpdateKey(b.Context(), k); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkPostgresRewrapKeys re-wraps 100,000 keys in batches of 500 on
+// PostgreSQL; see benchmarkRewrapKeys.
+func BenchmarkPostgresRewrapKeys(b *testing.B) {
+	for _, withList := range []bool{false, true} {
+		name := "RewrapKeys"
+		if withList {
+			name = "ListAndRewrapKeys"
+		}
+		b.Run(name, func(b *testing.B) {
+			url := pgtest.NewDatabase(b)
+			s := openPostgres(b, url)
+			raw := rawPostgres(b, url)
+			insertKeysPG(b, raw, rewrapBenchKeys, "root-a")
+			if _, err := raw.Exec(b.Context(), `VACUUM ANALYZE`); err != nil {
+				b.Fatal(err)
+			}
+			benchmarkRewrapKeys(b, s, withList)
+		})
 	}
 }
 

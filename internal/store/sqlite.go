@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -28,8 +27,16 @@ import (
 // consistent snapshot.
 //
 // Several processes may open the same file (each waits for the others' write
-// transactions up to a busy timeout), but one tresor per database is the
-// intended deployment.
+// transactions up to a busy timeout of 10 seconds, and then fails with
+// [ErrUnavailable]), but one tresor per database is the intended deployment.
+//
+// The writer runs with secure_delete=ON, so the space that a write frees in
+// the database is overwritten with zeros. After UpdateKey destroys a key it
+// also checkpoints and truncates the write-ahead log, which holds the
+// previous copies of changed pages; that waits up to the busy timeout for
+// readers to finish, and is best effort: when another process keeps reading
+// longer, the old copies stay in the log until it is next reset. Copies made
+// outside the database (backups, the file system's own) are out of its reach.
 //
 // The store's clock ([WithClock]) decides which budget windows have ended:
 // ConsumeBudget deletes their counts now and then (see [SQLite.ConsumeBudget]).
@@ -40,10 +47,15 @@ type SQLite struct {
 
 	// Prepared statements. The database/sql pool prepares each on a
 	// connection the first time it runs there.
-	getKey, listKeys               *sql.Stmt // on r
-	insertKey, updateKey, revision *sql.Stmt // on w
-	deleteVersions, insertVersion  *sql.Stmt // on w
-	consumeBudget, sweepBudgets    *sql.Stmt // on w
+	getKey, listKeys, listByRoot, countByRoot *sql.Stmt // on r
+	keyRevisions, uses, latestRotation        *sql.Stmt // on r
+	insertKey, updateKey, keyState            *sql.Stmt // on w
+	deleteVersions, insertVersion             *sql.Stmt // on w
+	consumeBudget, sweepBudgets               *sql.Stmt // on w
+	reserveUses, hasVersion                   *sql.Stmt // on w
+	acquireLease, releaseLease                *sql.Stmt // on w
+	rewrapKey, runningRotation                *sql.Stmt // on w
+	countRewrapped, addRewrapped              *sql.Stmt // on w
 
 	// nextSweep is when (Unix microseconds, store clock) ConsumeBudget
 	// next deletes the counts of ended windows.
@@ -51,10 +63,6 @@ type SQLite struct {
 }
 
 var _ Store = (*SQLite)(nil)
-
-// sqliteBusyTimeout is how long a connection waits for a lock another
-// process holds before it fails with SQLITE_BUSY.
-const sqliteBusyTimeout = 10 * time.Second
 
 // OpenSQLite opens the SQLite database file at path, creating it (mode 0600)
 // when it does not exist, and brings its schema up to date. It refuses a
@@ -84,9 +92,9 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 
 	// A file: URI, so that no character of the path is read as DSN syntax.
 	name := (&url.URL{Scheme: "file", Path: abs}).String()
-	busy := strconv.FormatInt(sqliteBusyTimeout.Milliseconds(), 10)
+	busy := strconv.FormatInt(o.sqliteBusyTimeout.Milliseconds(), 10)
 	w, err := sql.Open("sqlite", name+"?_busy_timeout="+busy+
-		"&_foreign_keys=on&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate")
+		"&_foreign_keys=on&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate&_pragma=secure_delete(1)")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite store %s: %w", path, err)
 	}
@@ -96,7 +104,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	w.SetConnMaxIdleTime(0)
 	if err := checkWriter(ctx, w); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("open sqlite store %s: %w", path, err)
+		return nil, fmt.Errorf("open sqlite store %s: %w", path, sqliteErr(err))
 	}
 	if err := migrate(ctx, w, o.now); err != nil {
 		w.Close()
@@ -114,7 +122,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	if err := r.PingContext(ctx); err != nil {
 		r.Close()
 		w.Close()
-		return nil, fmt.Errorf("open sqlite store %s: %w", path, err)
+		return nil, fmt.Errorf("open sqlite store %s: %w", path, sqliteErr(err))
 	}
 	s := &SQLite{w: w, r: r, now: o.now}
 	for _, p := range []struct {
@@ -124,13 +132,27 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	}{
 		{&s.getKey, r, getKeySQL},
 		{&s.listKeys, r, listKeysSQL},
+		{&s.listByRoot, r, listByRootSQL},
+		{&s.countByRoot, r, `SELECT count(*) FROM keys WHERE root_key_id = ? AND state <> 'DESTROYED'`},
+		{&s.keyRevisions, r, `SELECT name, revision FROM keys WHERE name IN (SELECT value FROM json_each(?))`},
+		{&s.uses, r, `SELECT u.version, u.used FROM keys AS k LEFT JOIN key_uses AS u ON u.key_name = k.name WHERE k.name = ?`},
+		{&s.latestRotation, r, selectRotationSQL + ` ORDER BY seq DESC LIMIT 1`},
 		{&s.insertKey, w, insertKeySQL},
 		{&s.updateKey, w, updateKeySQL},
-		{&s.revision, w, `SELECT revision FROM keys WHERE name = ?`},
+		{&s.keyState, w, `SELECT revision, state FROM keys WHERE name = ?`},
 		{&s.deleteVersions, w, `DELETE FROM key_versions WHERE key_name = ?`},
 		{&s.insertVersion, w, insertVersionSQL},
 		{&s.consumeBudget, w, consumeBudgetSQL},
 		{&s.sweepBudgets, w, sweepBudgetsSQL},
+		{&s.reserveUses, w, reserveUsesSQL},
+		{&s.hasVersion, w, `SELECT (SELECT count(*) FROM keys WHERE name = ?1),
+			(SELECT count(*) FROM key_versions WHERE key_name = ?1 AND number = ?2)`},
+		{&s.acquireLease, w, acquireLeaseSQL},
+		{&s.releaseLease, w, `DELETE FROM leases WHERE name = ? AND holder = ?`},
+		{&s.rewrapKey, w, rewrapKeySQL},
+		{&s.runningRotation, w, selectRotationSQL + ` WHERE state = 'RUNNING'`},
+		{&s.countRewrapped, w, `SELECT count(*) FROM keys WHERE root_key_id = ? AND state <> 'DESTROYED'`},
+		{&s.addRewrapped, w, `UPDATE root_key_rotations SET rewrapped = rewrapped + ?2, update_time = ?3 WHERE id = ?1`},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
 			s.Close()
@@ -141,22 +163,25 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 }
 
 // checkWriter makes sure the writer connection runs with the settings the
-// store's durability depends on; a DSN the driver silently ignored would
-// otherwise go unnoticed.
+// store's durability and erasure depend on; a DSN the driver silently
+// ignored would otherwise go unnoticed.
 func checkWriter(ctx context.Context, w *sql.DB) error {
 	var mode string
 	if err := w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
 		return err
 	}
-	var sync, fk int
+	var sync, fk, secure int
 	if err := w.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync); err != nil {
 		return err
 	}
 	if err := w.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk); err != nil {
 		return err
 	}
-	if mode != "wal" || sync != 2 || fk != 1 {
-		return fmt.Errorf("sqlite: journal_mode=%s synchronous=%d foreign_keys=%d, want wal, 2 (FULL), 1", mode, sync, fk)
+	if err := w.QueryRowContext(ctx, "PRAGMA secure_delete").Scan(&secure); err != nil {
+		return err
+	}
+	if mode != "wal" || sync != 2 || fk != 1 || secure != 1 {
+		return fmt.Errorf("sqlite: journal_mode=%s synchronous=%d foreign_keys=%d secure_delete=%d, want wal, 2 (FULL), 1, 1", mode, sync, fk, secure)
 	}
 	return nil
 }
@@ -164,8 +189,11 @@ func checkWriter(ctx context.Context, w *sql.DB) error {
 // Close closes the database. Calls made after Close fail.
 func (s *SQLite) Close() error {
 	var errs []error
-	for _, stmt := range []*sql.Stmt{s.getKey, s.listKeys, s.insertKey, s.updateKey, s.revision,
-		s.deleteVersions, s.insertVersion, s.consumeBudget, s.sweepBudgets} {
+	for _, stmt := range []*sql.Stmt{s.getKey, s.listKeys, s.listByRoot, s.countByRoot,
+		s.keyRevisions, s.uses, s.latestRotation, s.insertKey, s.updateKey, s.keyState,
+		s.deleteVersions, s.insertVersion, s.consumeBudget, s.sweepBudgets,
+		s.reserveUses, s.hasVersion, s.acquireLease, s.releaseLease,
+		s.rewrapKey, s.runningRotation, s.countRewrapped, s.addRewrapped} {
 		if stmt != nil {
 			errs = append(errs, stmt.Close())
 		}
@@ -175,16 +203,19 @@ func (s *SQLite) Close() error {
 
 const insertKeySQL = `INSERT INTO keys (name, type, state, primary_version,
 	min_decryption_version, rotation_period_ns, labels, wrapped_keyset,
-	root_key_id, create_time, update_time, revision)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	root_key_id, deletion_time, destroy_time, usage_limit, retire_after_ns,
+	retire_after_versions, create_time, update_time, revision)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // updateKeySQL is the compare-and-swap: it changes the row only when the
-// revision is the caller's.
-const updateKeySQL = `UPDATE keys SET type = ?, state = ?,
-	primary_version = ?, min_decryption_version = ?, rotation_period_ns = ?,
-	labels = ?, wrapped_keyset = ?, root_key_id = ?, update_time = ?,
-	revision = revision + 1
-	WHERE name = ? AND revision = ?
+// revision is the caller's, and never moves a DESTROYED key to another
+// state.
+const updateKeySQL = `UPDATE keys SET type = ?3, state = ?4,
+	primary_version = ?5, min_decryption_version = ?6, rotation_period_ns = ?7,
+	labels = ?8, wrapped_keyset = ?9, root_key_id = ?10, deletion_time = ?11,
+	destroy_time = ?12, usage_limit = ?13, retire_after_ns = ?14,
+	retire_after_versions = ?15, update_time = ?16, revision = revision + 1
+	WHERE name = ?1 AND revision = ?2 AND (state <> 'DESTROYED' OR ?4 = 'DESTROYED')
 	RETURNING create_time, revision`
 
 const insertVersionSQL = `INSERT INTO key_versions (key_name, number, tink_key_id, create_time)
@@ -209,8 +240,10 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (Key, error) {
 		_, err := tx.StmtContext(ctx, s.insertKey).ExecContext(ctx,
 			k.Name, k.Type.String(), k.State.String(), k.PrimaryVersion,
 			k.MinDecryptionVersion, int64(k.RotationPeriod), labels, blob(k.WrappedKeyset),
-			k.RootKeyID, k.CreateTime.UnixMicro(), k.UpdateTime.UnixMicro(), k.Revision)
-		if isPrimaryKeyViolation(err) {
+			k.RootKeyID, nullMicros(k.DeletionTime), nullMicros(k.DestroyTime), k.UsageLimit,
+			int64(k.RetireAfter), k.RetireAfterVersions,
+			k.CreateTime.UnixMicro(), k.UpdateTime.UnixMicro(), k.Revision)
+		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
 			return ErrAlreadyExists
 		}
 		if err != nil {
@@ -224,7 +257,8 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (Key, error) {
 	return k, nil
 }
 
-// UpdateKey implements [Store.UpdateKey].
+// UpdateKey implements [Store.UpdateKey]. When it destroys a key it also
+// truncates the write-ahead log, best effort (see [SQLite]).
 func (s *SQLite) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
@@ -241,20 +275,28 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		var created int64
 		err := tx.StmtContext(ctx, s.updateKey).QueryRowContext(ctx,
-			k.Type.String(), k.State.String(),
+			k.Name, k.Revision, k.Type.String(), k.State.String(),
 			k.PrimaryVersion, k.MinDecryptionVersion, int64(k.RotationPeriod),
-			labels, blob(k.WrappedKeyset), k.RootKeyID, k.UpdateTime.UnixMicro(),
-			k.Name, k.Revision).Scan(&created, &k.Revision)
+			labels, blob(k.WrappedKeyset), k.RootKeyID, nullMicros(k.DeletionTime),
+			nullMicros(k.DestroyTime), k.UsageLimit, int64(k.RetireAfter),
+			k.RetireAfterVersions, k.UpdateTime.UnixMicro()).Scan(&created, &k.Revision)
 		if errors.Is(err, sql.ErrNoRows) {
-			var stored int64
-			err := tx.StmtContext(ctx, s.revision).QueryRowContext(ctx, k.Name).Scan(&stored)
+			var (
+				stored int64
+				state  string
+			)
+			err := tx.StmtContext(ctx, s.keyState).QueryRowContext(ctx, k.Name).Scan(&stored, &state)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
 				return ErrNotFound
 			case err != nil:
 				return sqliteErr(err)
-			default:
+			case stored != k.Revision:
 				return fmt.Errorf("%w: stored revision is %d, not %d", ErrConflict, stored, k.Revision)
+			case state == KeyStateDestroyed.String():
+				return fmt.Errorf("%w: the key is destroyed and stays so, not %v", ErrInvalidKey, k.State)
+			default:
+				return fmt.Errorf("sqlite: key at revision %d in state %s was not updated", stored, state)
 			}
 		}
 		if err != nil {
@@ -269,7 +311,19 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	if err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
 	}
+	if k.State == KeyStateDestroyed {
+		s.truncateWAL(ctx)
+	}
 	return k, nil
+}
+
+// truncateWAL checkpoints the write-ahead log into the database and
+// truncates it, so that the copies of pages it held before a key was
+// destroyed are gone. It waits for readers up to the busy timeout, and is
+// best effort: the destruction has committed either way.
+func (s *SQLite) truncateWAL(ctx context.Context) {
+	var busy, logPages, checkpointed int
+	s.w.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logPages, &checkpointed) //nolint:errcheck // best effort
 }
 
 func (s *SQLite) insertVersions(ctx context.Context, tx *sql.Tx, name string, vs []Version) error {
@@ -300,42 +354,6 @@ func (s *SQLite) write(ctx context.Context, fn func(*sql.Tx) error) error {
 
 // Budget counters.
 
-// maxBudgetCounter is the longest counter name ConsumeBudget accepts, in bytes.
-const maxBudgetCounter = 512
-
-// validateBudget checks the arguments of ConsumeBudget against the rules of
-// [ErrInvalidBudget], and also refuses counter names that are not valid UTF-8
-// or hold a NUL (which not every backend stores) and windows whose End is not
-// after Start once both are truncated to the microsecond. The errors it
-// returns wrap ErrInvalidBudget. Every implementation calls it first.
-func validateBudget(n int64, windows []BudgetWindow) error {
-	invalid := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidBudget, fmt.Sprintf(format, args...))
-	}
-	if n <= 0 {
-		return invalid("n = %d, want at least 1", n)
-	}
-	if len(windows) == 0 {
-		return invalid("no windows")
-	}
-	for i, w := range windows {
-		switch {
-		case w.Counter == "":
-			return invalid("window %d: empty counter name", i)
-		case len(w.Counter) > maxBudgetCounter:
-			return invalid("window %d: counter name of %d bytes, want at most %d", i, len(w.Counter), maxBudgetCounter)
-		case w.Limit <= 0:
-			return invalid("window %d (%q): limit %d, want at least 1", i, w.Counter, w.Limit)
-		case !storeTime(w.End).After(storeTime(w.Start)):
-			return invalid("window %d (%q): end %v is not after start %v (to the microsecond)", i, w.Counter, w.End, w.Start)
-		}
-		if err := checkText(w.Counter); err != nil {
-			return invalid("window %d: counter name: %v", i, err)
-		}
-	}
-	return nil
-}
-
 // consumeBudgetSQL adds ?4 to the count of the window (?1, ?2), creating it,
 // unless the sum would pass the limit ?5: then it changes nothing and returns
 // no row. The caller checks ?4 <= ?5 first, for the insert; the test is
@@ -352,16 +370,6 @@ const consumeBudgetSQL = `INSERT INTO budget_counts (counter, window_start, wind
 const sweepBudgetsSQL = `DELETE FROM budget_counts WHERE (counter, window_start) IN
 	(SELECT counter, window_start FROM budget_counts WHERE window_end <= ?1 LIMIT ?2)`
 
-// Sweeping: at most once per budgetSweepInterval of the store's clock, and
-// again on the next call while a sweep found a full batch, a successful
-// ConsumeBudget deletes up to budgetSweepBatch counts of ended windows in
-// its own transaction. That bounds both the table and the time any one call
-// spends on it.
-const (
-	budgetSweepInterval = time.Minute
-	budgetSweepBatch    = 1000
-)
-
 // errBudgetExceeded makes write roll back a ConsumeBudget that found a
 // window over its limit.
 var errBudgetExceeded = errors.New("budget exceeded")
@@ -370,7 +378,8 @@ var errBudgetExceeded = errors.New("budget exceeded")
 // every window in one write transaction (BEGIN IMMEDIATE), so concurrent
 // calls, from this process or another one on the same file, never count
 // past a limit. On an error it returns 0 (not -1) with the error, so that a
-// caller that ignores the error still refuses.
+// caller that ignores the error still refuses. A successful call sweeps the
+// counts of ended windows now and then, in the same transaction.
 func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWindow) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("consume budget: %w", err)
@@ -425,19 +434,397 @@ func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWin
 	return -1, nil
 }
 
+// Use reservations.
+
+// reserveUsesSQL adds min(?3, ?4 - used) to the count of version ?2 of key
+// ?1, creating it, when the key has that version and the count is below the
+// limit ?4; it returns what it added, and no row when it added nothing. Every
+// SET expression reads the row as it was, so last_granted is the grant. The
+// caller checks ?3, ?4 >= 1; no sum can overflow, since used < ?4 before.
+const reserveUsesSQL = `INSERT INTO key_uses (key_name, version, used, last_granted)
+	SELECT key_name, number, min(?3, ?4), min(?3, ?4) FROM key_versions
+	WHERE key_name = ?1 AND number = ?2
+	ON CONFLICT (key_name, version) DO UPDATE
+	SET used = used + min(?3, ?4 - used), last_granted = min(?3, ?4 - used)
+	WHERE used < ?4
+	RETURNING last_granted`
+
+// ReserveUses implements [Store.ReserveUses] in one statement, inside a
+// write transaction that also tells a spent version from a missing one.
+func (s *SQLite) ReserveUses(ctx context.Context, name string, version uint32, n, limit int64) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, err)
+	}
+	if err := validateReserve(version, n, limit); err != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, err)
+	}
+	var granted int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		err := tx.StmtContext(ctx, s.reserveUses).QueryRowContext(ctx, name, version, n, limit).Scan(&granted)
+		if !errors.Is(err, sql.ErrNoRows) {
+			return sqliteErr(err)
+		}
+		granted = 0
+		var keys, versions int
+		err = tx.StmtContext(ctx, s.hasVersion).QueryRowContext(ctx, name, version).Scan(&keys, &versions)
+		switch {
+		case err != nil:
+			return sqliteErr(err)
+		case keys == 0:
+			return ErrNotFound
+		case versions == 0:
+			return fmt.Errorf("%w: the key has no version %d", ErrInvalidKey, version)
+		}
+		return nil // spent
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reserve uses of key %q version %d: %w", name, version, err)
+	}
+	return granted, nil
+}
+
+// Uses implements [Store.Uses].
+func (s *SQLite) Uses(ctx context.Context, name string) (map[uint32]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, err)
+	}
+	rows, err := s.uses.QueryContext(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, sqliteErr(err))
+	}
+	defer rows.Close()
+	var uses map[uint32]int64
+	for rows.Next() {
+		var version, used sql.NullInt64
+		if err := rows.Scan(&version, &used); err != nil {
+			return nil, fmt.Errorf("uses of key %q: %w", name, sqliteErr(err))
+		}
+		if uses == nil {
+			uses = map[uint32]int64{}
+		}
+		if version.Valid {
+			uses[uint32(version.Int64)] = used.Int64
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, sqliteErr(err))
+	}
+	if uses == nil {
+		return nil, fmt.Errorf("uses of key %q: %w", name, ErrNotFound)
+	}
+	return uses, nil
+}
+
+// Leases.
+
+// acquireLeaseSQL makes ?2 the holder of lease ?1 until ?3, when the lease
+// is free, held by ?2 or expired by ?4; it returns a row exactly then.
+const acquireLeaseSQL = `INSERT INTO leases (name, holder, expire_time) VALUES (?1, ?2, ?3)
+	ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expire_time = excluded.expire_time
+	WHERE holder = excluded.holder OR expire_time <= ?4
+	RETURNING holder`
+
+// AcquireLease implements [Store.AcquireLease] in one statement.
+func (s *SQLite) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, err)
+	}
+	if err := validateLease(name, holder, ttl, true); err != nil {
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, err)
+	}
+	now := storeTime(s.now())
+	acquired := false
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var got string
+		err := tx.StmtContext(ctx, s.acquireLease).QueryRowContext(ctx,
+			name, holder, leaseExpiry(now, ttl).UnixMicro(), now.UnixMicro()).Scan(&got)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		acquired = err == nil
+		return sqliteErr(err)
+	})
+	if err != nil {
+		return false, fmt.Errorf("acquire lease %q for %q: %w", name, holder, err)
+	}
+	return acquired, nil
+}
+
+// ReleaseLease implements [Store.ReleaseLease].
+func (s *SQLite) ReleaseLease(ctx context.Context, name, holder string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, err)
+	}
+	if err := validateLease(name, holder, 0, false); err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, err)
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.StmtContext(ctx, s.releaseLease).ExecContext(ctx, name, holder)
+		return sqliteErr(err)
+	})
+	if err != nil {
+		return fmt.Errorf("release lease %q for %q: %w", name, holder, err)
+	}
+	return nil
+}
+
+// KeyRevisions implements [Store.KeyRevisions]: one query per up to 1000
+// names, given as a JSON array.
+func (s *SQLite) KeyRevisions(ctx context.Context, names []string) (map[string]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("key revisions: %w", err)
+	}
+	revisions := make(map[string]int64, len(names))
+	for _, chunk := range revisionNames(names) {
+		arg, err := json.Marshal(chunk)
+		if err != nil {
+			return nil, fmt.Errorf("key revisions: %w", err)
+		}
+		if err := s.keyRevisionsOf(ctx, string(arg), revisions); err != nil {
+			return nil, fmt.Errorf("key revisions: %w", err)
+		}
+	}
+	return revisions, nil
+}
+
+func (s *SQLite) keyRevisionsOf(ctx context.Context, namesJSON string, revisions map[string]int64) error {
+	rows, err := s.keyRevisions.QueryContext(ctx, namesJSON)
+	if err != nil {
+		return sqliteErr(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			name     string
+			revision int64
+		)
+		if err := rows.Scan(&name, &revision); err != nil {
+			return sqliteErr(err)
+		}
+		revisions[name] = revision
+	}
+	return sqliteErr(rows.Err())
+}
+
+// Root-key rotations.
+
+const selectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
+	total, rewrapped, start_time, update_time, end_time FROM root_key_rotations`
+
+// scanRotation reads a row of selectRotationSQL.
+func scanRotation(row interface{ Scan(...any) error }) (RootKeyRotation, error) {
+	var (
+		r                RootKeyRotation
+		state            string
+		started, updated int64
+		ended            sql.NullInt64
+	)
+	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
+		&r.Total, &r.Rewrapped, &started, &updated, &ended); err != nil {
+		return RootKeyRotation{}, err
+	}
+	var err error
+	if r.State, err = ParseRotationState(state); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("job %q: %w", r.ID, err)
+	}
+	r.StartTime = time.UnixMicro(started).UTC()
+	r.UpdateTime = time.UnixMicro(updated).UTC()
+	r.EndTime = fromNullMicros(ended)
+	return r, nil
+}
+
+// StartRootKeyRotation implements [Store.StartRootKeyRotation].
+func (s *SQLite) StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
+	}
+	if err := validateRotation(r); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
+	}
+	now := storeTime(s.now())
+	r.State, r.Rewrapped = RotationRunning, 0
+	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		running, err := scanRotation(tx.StmtContext(ctx, s.runningRotation).QueryRowContext(ctx))
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w: job %q is running", ErrConflict, running.ID)
+		case !errors.Is(err, sql.ErrNoRows):
+			return sqliteErr(err)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO root_key_rotations (id, from_uri, to_uri,
+			from_id, to_id, state, total, rewrapped, start_time, update_time)
+			VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+			r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total,
+			now.UnixMicro(), now.UnixMicro())
+		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
+			return fmt.Errorf("%w: a job with this ID was started before", ErrAlreadyExists)
+		}
+		return sqliteErr(err)
+	})
+	if err != nil {
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
+	}
+	return r, nil
+}
+
+// LatestRootKeyRotation implements [Store.LatestRootKeyRotation].
+func (s *SQLite) LatestRootKeyRotation(ctx context.Context) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", err)
+	}
+	r, err := scanRotation(s.latestRotation.QueryRowContext(ctx))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: none started: %w", ErrNotFound)
+	case err != nil:
+		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", sqliteErr(err))
+	}
+	return r, nil
+}
+
+// ListKeysByRootKey implements [Store.ListKeysByRootKey].
+func (s *SQLite) ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]Key, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w", rootKeyID, err)
+	}
+	if err := checkText(afterName); err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w: name %q to start after: %v", rootKeyID, ErrInvalidKey, afterName, err)
+	}
+	keys, err := s.query(ctx, s.listByRoot, rootKeyID, afterName, pageSize(limit))
+	if err != nil {
+		return nil, fmt.Errorf("list keys by root key %q: %w", rootKeyID, err)
+	}
+	return keys, nil
+}
+
+// CountKeysByRootKey implements [Store.CountKeysByRootKey].
+func (s *SQLite) CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("count keys by root key %q: %w", rootKeyID, err)
+	}
+	var n int64
+	if err := s.countByRoot.QueryRowContext(ctx, rootKeyID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count keys by root key %q: %w", rootKeyID, sqliteErr(err))
+	}
+	return n, nil
+}
+
+// rewrapKeySQL re-wraps one key when its revision is still ?2; destroyed
+// keys never get a keyset back.
+const rewrapKeySQL = `UPDATE keys SET wrapped_keyset = ?3, root_key_id = ?4,
+	update_time = ?5, revision = revision + 1
+	WHERE name = ?1 AND revision = ?2 AND state <> 'DESTROYED'`
+
+// RewrapKeys implements [Store.RewrapKeys]: one write transaction that runs
+// one prepared statement per key, in process, and updates the job.
+func (s *SQLite) RewrapKeys(ctx context.Context, jobID string, keys []Key) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err)
+	}
+	if err := validateRewrap(keys); err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err)
+	}
+	now := storeTime(s.now()).UnixMicro()
+	var conflicts []string
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		job, err := s.runningJob(ctx, tx, jobID)
+		if err != nil {
+			return err
+		}
+		if err := checkRewrapRoot(keys, job.ToID); err != nil {
+			return err
+		}
+		stmt := tx.StmtContext(ctx, s.rewrapKey)
+		stored := 0
+		for _, k := range keys {
+			res, err := stmt.ExecContext(ctx, k.Name, k.Revision, k.WrappedKeyset, k.RootKeyID, now)
+			if err != nil {
+				return sqliteErr(err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return sqliteErr(err)
+			}
+			if n == 0 {
+				conflicts = append(conflicts, k.Name)
+			}
+			stored += int(n)
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		_, err = tx.StmtContext(ctx, s.addRewrapped).ExecContext(ctx, jobID, stored, now)
+		return sqliteErr(err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rewrap keys for job %q: %w", jobID, err)
+	}
+	return conflicts, nil
+}
+
+// runningJob returns the running job if its ID is id, or ErrNotFound.
+func (s *SQLite) runningJob(ctx context.Context, tx *sql.Tx, id string) (RootKeyRotation, error) {
+	job, err := scanRotation(tx.StmtContext(ctx, s.runningRotation).QueryRowContext(ctx))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return RootKeyRotation{}, fmt.Errorf("%w: no root key rotation is running", ErrNotFound)
+	case err != nil:
+		return RootKeyRotation{}, sqliteErr(err)
+	case job.ID != id:
+		return RootKeyRotation{}, fmt.Errorf("%w: the running root key rotation is %q", ErrNotFound, job.ID)
+	}
+	return job, nil
+}
+
+// FinishRootKeyRotation implements [Store.FinishRootKeyRotation].
+func (s *SQLite) FinishRootKeyRotation(ctx context.Context, jobID string) (RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, err)
+	}
+	now := storeTime(s.now())
+	var job RootKeyRotation
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		if job, err = s.runningJob(ctx, tx, jobID); err != nil {
+			return err
+		}
+		var left int64
+		if err := tx.StmtContext(ctx, s.countRewrapped).QueryRowContext(ctx, job.FromID).Scan(&left); err != nil {
+			return sqliteErr(err)
+		}
+		if left > 0 {
+			return fmt.Errorf("%w: %d keys are still wrapped by %q", ErrConflict, left, job.FromID)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE root_key_rotations SET state = 'DONE',
+			end_time = ?2, update_time = ?2 WHERE id = ?1`, jobID, now.UnixMicro())
+		return sqliteErr(err)
+	})
+	if err != nil {
+		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, err)
+	}
+	job.State, job.UpdateTime, job.EndTime = RotationDone, now, now
+	return job, nil
+}
+
+// Reading keys.
+
 // selectKeySQL reads keys joined with their versions, one row per version,
 // in a single statement and so from a single snapshot. %s is the source of
 // the keys rows.
 const selectKeySQL = `SELECT k.name, k.type, k.state, k.primary_version,
 	k.min_decryption_version, k.rotation_period_ns, k.labels, k.wrapped_keyset,
-	k.root_key_id, k.create_time, k.update_time, k.revision,
-	v.number, v.tink_key_id, v.create_time
+	k.root_key_id, k.deletion_time, k.destroy_time, k.usage_limit,
+	k.retire_after_ns, k.retire_after_versions, k.create_time, k.update_time,
+	k.revision, v.number, v.tink_key_id, v.create_time
 	FROM %s AS k LEFT JOIN key_versions AS v ON v.key_name = k.name
 	ORDER BY k.name, v.number`
 
 var (
-	getKeySQL   = fmt.Sprintf(selectKeySQL, `(SELECT * FROM keys WHERE name = ?)`)
-	listKeysSQL = fmt.Sprintf(selectKeySQL, `(SELECT * FROM keys WHERE name > ? ORDER BY name LIMIT ?)`)
+	getKeySQL     = fmt.Sprintf(selectKeySQL, `(SELECT * FROM keys WHERE name = ?)`)
+	listKeysSQL   = fmt.Sprintf(selectKeySQL, `(SELECT * FROM keys WHERE name > ? ORDER BY name LIMIT ?)`)
+	listByRootSQL = fmt.Sprintf(selectKeySQL, `(SELECT * FROM keys
+		WHERE root_key_id = ? AND state <> 'DESTROYED' AND name > ? ORDER BY name LIMIT ?)`)
 )
 
 // GetKey implements [Store.GetKey].
@@ -489,12 +876,15 @@ func (s *SQLite) query(ctx context.Context, stmt *sql.Stmt, args ...any) ([]Key,
 		var (
 			k                          Key
 			typ, state, labels         string
-			rotation, created, updated int64
+			rotation, retire           int64
+			created, updated           int64
+			deletion, destroy          sql.NullInt64
 			vNumber, vTinkID, vCreated sql.NullInt64
 		)
 		if err := rows.Scan(&k.Name, &typ, &state, &k.PrimaryVersion,
 			&k.MinDecryptionVersion, &rotation, &labels, &k.WrappedKeyset,
-			&k.RootKeyID, &created, &updated, &k.Revision,
+			&k.RootKeyID, &deletion, &destroy, &k.UsageLimit, &retire,
+			&k.RetireAfterVersions, &created, &updated, &k.Revision,
 			&vNumber, &vTinkID, &vCreated); err != nil {
 			return nil, sqliteErr(err)
 		}
@@ -512,6 +902,9 @@ func (s *SQLite) query(ctx context.Context, stmt *sql.Stmt, args ...any) ([]Key,
 				k.WrappedKeyset = nil
 			}
 			k.RotationPeriod = time.Duration(rotation)
+			k.RetireAfter = time.Duration(retire)
+			k.DeletionTime = fromNullMicros(deletion)
+			k.DestroyTime = fromNullMicros(destroy)
 			k.CreateTime = time.UnixMicro(created).UTC()
 			k.UpdateTime = time.UnixMicro(updated).UTC()
 			keys = append(keys, k)
@@ -531,28 +924,6 @@ func (s *SQLite) query(ctx context.Context, stmt *sql.Stmt, args ...any) ([]Key,
 	return keys, nil
 }
 
-func encodeLabels(labels map[string]string) (string, error) {
-	if len(labels) == 0 {
-		return "{}", nil
-	}
-	b, err := json.Marshal(labels)
-	if err != nil {
-		return "", fmt.Errorf("labels: %w", err)
-	}
-	return string(b), nil
-}
-
-func decodeLabels(s string) (map[string]string, error) {
-	var labels map[string]string
-	if err := json.Unmarshal([]byte(s), &labels); err != nil {
-		return nil, fmt.Errorf("labels: %w", err)
-	}
-	if len(labels) == 0 {
-		return nil, nil
-	}
-	return labels, nil
-}
-
 // blob returns b, or an empty non-nil slice for nil: a nil []byte binds as
 // NULL, which the NOT NULL column refuses.
 func blob(b []byte) []byte {
@@ -562,21 +933,43 @@ func blob(b []byte) []byte {
 	return b
 }
 
-// isPrimaryKeyViolation reports whether err is SQLite's
-// SQLITE_CONSTRAINT_PRIMARYKEY.
-func isPrimaryKeyViolation(err error) bool {
-	var e *sqlite.Error
-	return errors.As(err, &e) && e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+// nullMicros returns t as stored in an optional time column: Unix
+// microseconds, or NULL for the zero time.
+func nullMicros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
 }
 
-// sqliteErr marks an error from the database as such. Context errors and
-// nil pass through.
+// fromNullMicros is the inverse of nullMicros.
+func fromNullMicros(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.UnixMicro(n.Int64).UTC()
+}
+
+// isConstraint reports whether err is SQLite's extended result code code,
+// one of the SQLITE_CONSTRAINT_* codes.
+func isConstraint(err error, code int) bool {
+	var e *sqlite.Error
+	return errors.As(err, &e) && e.Code() == code
+}
+
+// sqliteErr marks an error from the database as such, and one that says a
+// lock stayed busy past the busy timeout as [ErrUnavailable] too. Context
+// errors and nil pass through.
 func sqliteErr(err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
+	}
+	var e *sqlite.Error
+	if errors.As(err, &e) && e.Code()&0xff == sqlite3.SQLITE_BUSY {
+		return fmt.Errorf("%w: sqlite: %w", ErrUnavailable, err)
 	}
 	return fmt.Errorf("sqlite: %w", err)
 }
@@ -586,41 +979,12 @@ func sqliteErr(err error) error {
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-type migration struct {
-	version int
-	name    string // file name
-	sql     string
-}
-
-// loadMigrations returns the embedded migrations in order. Their file names
-// are NNNN_what.sql, numbered from 0001 without gaps.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for i, e := range entries { // ReadDir sorts by name
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v != i+1 {
-			return nil, fmt.Errorf("migration %s: want a name starting %04d_", e.Name(), i+1)
-		}
-		b, err := fs.ReadFile(migrationFiles, "migrations/"+e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: e.Name(), sql: string(b)})
-	}
-	return ms, nil
-}
-
 // migrate brings the schema up to date: it applies each embedded migration
 // the database lacks, each in its own transaction together with its row in
 // schema_migrations. It is a no-op on an up-to-date database and fails with
 // ErrSchemaTooNew on a database migrated by a newer binary.
 func migrate(ctx context.Context, w *sql.DB, now func() time.Time) error {
-	ms, err := loadMigrations()
+	ms, err := loadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		return fmt.Errorf("load migrations: %w", err)
 	}
@@ -681,25 +1045,16 @@ func schemaVersion(ctx context.Context, tx *sql.Tx, ms []migration) (int, error)
 		return 0, sqliteErr(err)
 	}
 	defer rows.Close()
-	applied := 0
+	var applied []appliedMigration
 	for rows.Next() {
-		var v int
-		var name string
-		if err := rows.Scan(&v, &name); err != nil {
+		var m appliedMigration
+		if err := rows.Scan(&m.version, &m.name); err != nil {
 			return 0, sqliteErr(err)
 		}
-		switch {
-		case v > len(ms):
-			return 0, fmt.Errorf("%w: database has schema version %d, this binary knows up to %d", ErrSchemaTooNew, v, len(ms))
-		case v != applied+1:
-			return 0, fmt.Errorf("schema_migrations lists version %d after %d", v, applied)
-		case name != ms[v-1].name:
-			return 0, fmt.Errorf("schema version %d was applied as %q, this binary has %q", v, name, ms[v-1].name)
-		}
-		applied = v
+		applied = append(applied, m)
 	}
 	if err := rows.Err(); err != nil {
 		return 0, sqliteErr(err)
 	}
-	return applied, nil
+	return checkApplied(applied, ms)
 }

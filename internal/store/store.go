@@ -1,14 +1,29 @@
 // Package store keeps tresor's named keys: their metadata, their versions and
 // their keysets, wrapped by a root key. It holds no plaintext key material.
 //
-// Open a store with [OpenSQLite] (the embedded default). Every implementation
-// satisfies [Store] and passes the conformance suite in store/storetest.
+// Open a store with [OpenSQLite] (the embedded default, one process) or
+// [OpenPostgres] (several replicas sharing one database). Both satisfy [Store]
+// and pass the conformance suite in store/storetest.
+//
+// Besides keys, a store keeps what replicas must agree on: usage budgets
+// ([Store.ConsumeBudget]), the encryptions reserved of each key version
+// against its usage limit ([Store.ReserveUses]), leases that let exactly one
+// replica run each scheduled job ([Store.AcquireLease]), the revisions that
+// tell a replica which cached keys another one changed ([Store.KeyRevisions]),
+// and root-key rotation jobs, which re-wrap every keyset from one root key to
+// another in batches ([Store.StartRootKeyRotation], [Store.RewrapKeys]).
 //
 // Every implementation keeps the same contract beyond what [Store] says:
 //
 //   - Writes are validated first: a key with no name, an unspecified type or
 //     state, no versions, or a primary version that is not among its versions
-//     is refused with [ErrInvalidKey], and nothing is written.
+//     is refused with [ErrInvalidKey], and nothing is written. So is a key
+//     whose DeletionTime or DestroyTime does not match its state, and a
+//     DESTROYED key that holds a wrapped keyset.
+//   - A DESTROYED key stays destroyed: UpdateKey refuses to move it to any
+//     other state ([ErrInvalidKey]), and RewrapKeys never gives it a keyset.
+//     Destroying a key overwrites its wrapped keyset in the row; see each
+//     implementation for what remains elsewhere on disk.
 //   - The store sets CreateTime, UpdateTime and Revision; the caller's values
 //     are ignored. All times, Version.CreateTime included, are kept in UTC to
 //     the microsecond: the store truncates them, and the Key that CreateKey and
@@ -19,6 +34,8 @@
 //     is opaque; a token it did not issue fails with [ErrInvalidPageToken].
 //   - Returned keys never share memory with the store or with the caller's
 //     arguments.
+//   - Errors that mean the database cannot be reached now wrap
+//     [ErrUnavailable]; the call may be retried.
 package store
 
 import (
@@ -29,17 +46,38 @@ import (
 
 // Sentinel errors. Implementations wrap them with %w; callers match with errors.Is.
 var (
-	// ErrNotFound means no key has the given name.
+	// ErrNotFound means no key has the given name. The root-key rotation
+	// methods also return it when there is no such (running) job.
 	ErrNotFound = errors.New("store: key not found")
-	// ErrAlreadyExists means a key with the given name exists already.
+	// ErrAlreadyExists means a key with the given name, or a root-key
+	// rotation job with the given ID, exists already.
 	ErrAlreadyExists = errors.New("store: key already exists")
 	// ErrConflict means the key changed since it was read: its revision is not
-	// the one the caller expected. Read it again and retry.
+	// the one the caller expected. Read it again and retry. The root-key
+	// rotation methods also return it when the job cannot start or finish now
+	// (see StartRootKeyRotation and FinishRootKeyRotation).
 	ErrConflict = errors.New("store: key changed concurrently")
-	// ErrInvalidKey means a key given to CreateKey or UpdateKey breaks a rule
-	// of the store (no name, unspecified type, no versions, ...). The wrapping
-	// error says which; nothing was written.
+	// ErrInvalidKey means a key given to CreateKey, UpdateKey or RewrapKeys
+	// breaks a rule of the store (no name, unspecified type, no versions,
+	// ...), that ReserveUses got n or limit below 1 or a version the key does
+	// not have, or that ListKeysByRootKey got an afterName no key could have
+	// (not UTF-8, or with a NUL). The wrapping error says which; nothing was
+	// written.
 	ErrInvalidKey = errors.New("store: invalid key")
+	// ErrUnavailable means the store cannot be reached (connection refused
+	// or dropped, server shutting down, a read-only standby, or, for SQLite,
+	// a lock another process held past the busy timeout). The call may
+	// succeed later. A write that failed so may or may not have been
+	// committed; a retry of a compare-and-swap then fails with ErrConflict.
+	ErrUnavailable = errors.New("store: database unavailable")
+	// ErrInvalidRotation means StartRootKeyRotation got a job with a missing
+	// ID, URI or root key id, FromID equal to ToID, or a negative Total.
+	// Nothing was written.
+	ErrInvalidRotation = errors.New("store: invalid root key rotation")
+	// ErrInvalidLease means AcquireLease or ReleaseLease got an empty or
+	// over-long (512 bytes) lease or holder name, or a ttl below one
+	// microsecond. Nothing was written.
+	ErrInvalidLease = errors.New("store: invalid lease")
 	// ErrInvalidPageToken means ListKeys got a page token it did not issue.
 	ErrInvalidPageToken = errors.New("store: invalid page token")
 	// ErrSchemaTooNew means the database was migrated by a newer tresor than
@@ -111,6 +149,14 @@ const (
 	KeyStateEnabled
 	// KeyStateDisabled keys do neither until enabled again.
 	KeyStateDisabled
+	// KeyStateDeletionScheduled keys have no cryptographic use until
+	// CancelKeyDeletion (which the keyring turns into DISABLED) or
+	// destruction at their DeletionTime.
+	KeyStateDeletionScheduled
+	// KeyStateDestroyed keys had their key material erased: WrappedKeyset
+	// is nil and stays nil. The metadata is kept as a tombstone, so that
+	// callers learn the key was destroyed.
+	KeyStateDestroyed
 )
 
 // String returns the state's stable name, as stored and shown.
@@ -120,6 +166,10 @@ func (s KeyState) String() string {
 		return "ENABLED"
 	case KeyStateDisabled:
 		return "DISABLED"
+	case KeyStateDeletionScheduled:
+		return "DELETION_SCHEDULED"
+	case KeyStateDestroyed:
+		return "DESTROYED"
 	default:
 		return "UNSPECIFIED"
 	}
@@ -132,6 +182,10 @@ func ParseKeyState(s string) (KeyState, error) {
 		return KeyStateEnabled, nil
 	case "DISABLED":
 		return KeyStateDisabled, nil
+	case "DELETION_SCHEDULED":
+		return KeyStateDeletionScheduled, nil
+	case "DESTROYED":
+		return KeyStateDestroyed, nil
 	default:
 		return KeyStateUnspecified, errors.New("store: unknown key state")
 	}
@@ -160,10 +214,29 @@ type Key struct {
 	Versions       []Version
 	// WrappedKeyset is the serialized Tink keyset, encrypted by the root key
 	// named RootKeyID with associated data that binds it to Name and RootKeyID.
+	// Every state but DESTROYED requires both; a DESTROYED key has no keyset
+	// (and RootKeyID may be empty).
 	WrappedKeyset []byte
 	RootKeyID     string
-	CreateTime    time.Time
-	UpdateTime    time.Time
+	// DeletionTime is when the material of a DELETION_SCHEDULED key is
+	// destroyed. It is set (non-zero) exactly when State is
+	// KeyStateDeletionScheduled.
+	DeletionTime time.Time
+	// DestroyTime is when the key was destroyed. It is set (non-zero)
+	// exactly when State is KeyStateDestroyed.
+	DestroyTime time.Time
+	// UsageLimit is how many encryptions each version allows; 0 means the
+	// keyring's default. Never negative.
+	UsageLimit int64
+	// RetireAfter, when positive, retires a version (MinDecryptionVersion
+	// moves past it) once it has been superseded this long; 0 means never.
+	// Never negative.
+	RetireAfter time.Duration
+	// RetireAfterVersions, when positive, retires a version once this many
+	// newer versions exist; 0 means never.
+	RetireAfterVersions uint32
+	CreateTime          time.Time
+	UpdateTime          time.Time
 	// Revision increases by one on every successful write. The store sets it;
 	// UpdateKey succeeds only when the caller's value matches the stored one.
 	Revision int64
@@ -187,6 +260,115 @@ type Store interface {
 	UpdateKey(ctx context.Context, k Key) (Key, error)
 	// ConsumeBudget adds n to the count of every window, in one transaction, if every count stays within its Limit; otherwise it counts nothing and returns the index of the first window that would exceed its limit. It returns -1 when n was counted. Counts of windows whose End has passed may be deleted by the store at any time.
 	ConsumeBudget(ctx context.Context, n int64, windows []BudgetWindow) (exceeded int, err error)
+
+	// ReserveUses reserves up to n encryptions of version of key name against
+	// limit (> 0), atomically across processes: it adds min(n, limit-used) to
+	// the version's count and returns how many it added, 0 when the version
+	// is spent. It returns ErrNotFound when the key does not exist, and
+	// ErrInvalidKey for n <= 0, limit <= 0 or a version the key does not have.
+	ReserveUses(ctx context.Context, name string, version uint32, n, limit int64) (granted int64, err error)
+	// Uses returns how many encryptions have been reserved of each version
+	// of the key (versions never reserved are absent), or ErrNotFound.
+	Uses(ctx context.Context, name string) (map[uint32]int64, error)
+
+	// AcquireLease makes holder the holder of the named lease until now+ttl
+	// (the store's clock, WithClock) and returns true, when the lease is
+	// free, expired or already held by holder (a renewal). It returns false,
+	// changing nothing, while another holder's lease runs. Scheduled jobs use
+	// it so that exactly one replica runs each.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
+	// ReleaseLease ends holder's lease early; releasing a lease one does not
+	// hold changes nothing.
+	ReleaseLease(ctx context.Context, name, holder string) error
+
+	// KeyRevisions returns the current Revision of each named key that
+	// exists (absent names are missing from the map), in one round trip per
+	// up to 1000 names. Replicas use it to drop cached keys another replica
+	// changed.
+	KeyRevisions(ctx context.Context, names []string) (map[string]int64, error)
+
+	// StartRootKeyRotation records a new running job: the store sets State
+	// (RotationRunning), Rewrapped (0), StartTime and UpdateTime, and clears
+	// EndTime. It returns ErrConflict when a job is running, ErrAlreadyExists
+	// when the ID was used before, and ErrInvalidRotation for missing fields,
+	// FromID == ToID or a negative Total.
+	StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (RootKeyRotation, error)
+	// LatestRootKeyRotation returns the most recently started job, running
+	// or done, or ErrNotFound when there has been none. The active root key
+	// is the latest job's ToURI.
+	LatestRootKeyRotation(ctx context.Context) (RootKeyRotation, error)
+	// ListKeysByRootKey returns up to limit keys (whole, WrappedKeyset
+	// included) whose keyset is wrapped by rootKeyID, ordered by name,
+	// starting after afterName. DESTROYED keys hold no keyset and are never
+	// listed. limit is bounded as ListKeys bounds its page size.
+	ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]Key, error)
+	// CountKeysByRootKey counts the keys ListKeysByRootKey would list.
+	CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error)
+	// RewrapKeys stores each key's new WrappedKeyset and RootKeyID (nothing
+	// else of the key changes; Revision and UpdateTime advance) where the
+	// stored Revision still equals the key's Revision, and adds the number
+	// stored to the running job's Rewrapped, all in one transaction. Keys
+	// whose revision changed (or that were destroyed, or do not exist) are
+	// left alone and their names returned, for the job to read again. It returns ErrNotFound
+	// when jobID is not the running job, and ErrInvalidKey, writing nothing,
+	// when a key has no name or keyset, is given twice, or names a RootKeyID
+	// other than the job's ToID.
+	RewrapKeys(ctx context.Context, jobID string, keys []Key) (conflicts []string, err error)
+	// FinishRootKeyRotation marks the running job done (EndTime set). It
+	// returns ErrConflict when keys are still wrapped by its FromID, and
+	// ErrNotFound when jobID is not the running job.
+	FinishRootKeyRotation(ctx context.Context, jobID string) (RootKeyRotation, error)
+
 	// Close releases the store's resources.
 	Close() error
+}
+
+// RotationState says where a root-key rotation job is. The zero value is invalid.
+type RotationState int
+
+const (
+	// RotationUnspecified is invalid.
+	RotationUnspecified RotationState = iota
+	// RotationRunning jobs are re-wrapping keysets.
+	RotationRunning
+	// RotationDone jobs have re-wrapped every keyset.
+	RotationDone
+)
+
+// String returns the state's stable name, as stored and shown.
+func (s RotationState) String() string {
+	switch s {
+	case RotationRunning:
+		return "RUNNING"
+	case RotationDone:
+		return "DONE"
+	default:
+		return "UNSPECIFIED"
+	}
+}
+
+// ParseRotationState is the inverse of RotationState.String.
+func ParseRotationState(s string) (RotationState, error) {
+	switch s {
+	case "RUNNING":
+		return RotationRunning, nil
+	case "DONE":
+		return RotationDone, nil
+	default:
+		return RotationUnspecified, errors.New("store: unknown rotation state")
+	}
+}
+
+// RootKeyRotation is a job that re-wraps every keyset from one root key to
+// another.
+type RootKeyRotation struct {
+	ID             string        // chosen by the caller, unique
+	FromURI, ToURI string        // root key URIs (no secrets: PINs come from pin-source files)
+	FromID, ToID   string        // root key ids, as in Key.RootKeyID
+	State          RotationState // RotationRunning or RotationDone
+	Total          int64         // keys to re-wrap when the job started
+	Rewrapped      int64         // keys re-wrapped so far
+	// StartTime and UpdateTime are set by the store; EndTime is zero while
+	// the job runs.
+	StartTime, UpdateTime, EndTime time.Time
 }

@@ -2,8 +2,8 @@
 // implementation runs [Run] from its own tests:
 //
 //	func TestStore(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T) store.Store {
-//			s, err := store.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "tresor.db"))
+//		storetest.Run(t, func(t *testing.T, opts ...store.Option) store.Store {
+//			s, err := store.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "tresor.db"), opts...)
 //			if err != nil {
 //				t.Fatal(err)
 //			}
@@ -33,10 +33,12 @@ import (
 	"github.com/tresorkms/tresor/internal/store"
 )
 
-// Run runs the conformance suite. open returns a fresh, empty store each
-// time it is called and arranges (with t.Cleanup) for it to be closed. The
-// subtests run in parallel, so open must be safe to call concurrently.
-func Run(t *testing.T, open func(t *testing.T) store.Store) {
+// Run runs the conformance suite. open returns a fresh, empty store opened
+// with opts each time it is called, and arranges (with t.Cleanup) for it to
+// be closed. The suite passes [store.WithClock] to the tests that set the
+// time. The subtests run in parallel, so open must be safe to call
+// concurrently.
+func Run(t *testing.T, open func(t *testing.T, opts ...store.Option) store.Store) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s store.Store)
@@ -70,6 +72,23 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"BudgetInvalid", testBudgetInvalid},
 		{"BudgetContextCanceled", testBudgetContextCanceled},
 		{"BudgetConcurrent", testBudgetConcurrent},
+		{"LifecycleRoundTrip", testLifecycleRoundTrip},
+		{"ScheduleCancelDestroy", testScheduleCancelDestroy},
+		{"DestroyedStaysDestroyed", testDestroyedStaysDestroyed},
+		{"ReserveUses", testReserveUses},
+		{"ReserveUsesNoOverflow", testReserveUsesNoOverflow},
+		{"ReserveUsesInvalid", testReserveUsesInvalid},
+		{"ReserveUsesSurviveUpdates", testReserveUsesSurviveUpdates},
+		{"ReserveUsesConcurrent", testReserveUsesConcurrent},
+		{"LeaseInvalid", testLeaseInvalid},
+		{"KeyRevisions", testKeyRevisions},
+		{"RotationNone", testRotationNone},
+		{"RotationInvalid", testRotationInvalid},
+		{"ListKeysByRootKey", testListKeysByRootKey},
+		{"RewrapKeysInvalid", testRewrapKeysInvalid},
+		{"RewrapKeysConcurrentUpdates", testRewrapKeysConcurrentUpdates},
+		{"RotationNoAliasing", testRotationNoAliasing},
+		{"NewMethodsContextCanceled", testNewMethodsContextCanceled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +96,54 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			tt.fn(t, open(t))
 		})
 	}
+	// These tests set the store's clock.
+	clocked := []struct {
+		name string
+		fn   func(t *testing.T, s store.Store, c *clock)
+	}{
+		{"Lease", testLease},
+		{"LeaseConcurrent", testLeaseConcurrent},
+		{"LeaseLongTTL", testLeaseLongTTL},
+		{"Rotation", testRotation},
+	}
+	for _, tt := range clocked {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newClock()
+			tt.fn(t, open(t, store.WithClock(c.Now)), c)
+		})
+	}
+}
+
+// clock is a clock for store.WithClock that moves only when told to.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// newClock returns a clock set to an instant with nanoseconds, in a zone
+// other than UTC, so that the suite sees the store truncate and convert it.
+func newClock() *clock {
+	return &clock{now: time.Date(2031, 5, 6, 7, 8, 9, 123456789, loc)}
+}
+
+// Now returns the clock's time.
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on by d.
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// stored returns what the store makes of the clock's time.
+func (c *clock) stored() time.Time {
+	return c.Now().UTC().Truncate(time.Microsecond)
 }
 
 // Fixtures.
@@ -99,8 +166,11 @@ func fullKey(name string) store.Key {
 			{Number: 1, TinkKeyID: 0xFFFFFFFF, CreateTime: time.Date(2024, 2, 29, 23, 59, 59, 999999999, loc)},
 			{Number: 2, TinkKeyID: 0x7F000001, CreateTime: time.Date(2025, 1, 2, 3, 4, 5, 678901234, time.UTC)},
 		},
-		WrappedKeyset: []byte{0x00, 0x01, 0xFE, 0xFF, 0x00, 'k', 'e', 'y'},
-		RootKeyID:     "pkcs11:token=tresor;object=root-1",
+		WrappedKeyset:       []byte{0x00, 0x01, 0xFE, 0xFF, 0x00, 'k', 'e', 'y'},
+		RootKeyID:           "pkcs11:token=tresor;object=root-1",
+		UsageLimit:          1<<40 + 3,
+		RetireAfter:         30*24*time.Hour + 987654321,
+		RetireAfterVersions: 0xFFFFFFFF,
 	}
 }
 
@@ -136,6 +206,8 @@ func stored(k store.Key) store.Key {
 		out.Versions = append(out.Versions, v)
 	}
 	slices.SortFunc(out.Versions, func(a, b store.Version) int { return cmp.Compare(a.Number, b.Number) })
+	out.DeletionTime = k.DeletionTime.UTC().Truncate(time.Microsecond)
+	out.DestroyTime = k.DestroyTime.UTC().Truncate(time.Microsecond)
 	out.CreateTime, out.UpdateTime, out.Revision = time.Time{}, time.Time{}, 0
 	return out
 }
@@ -173,6 +245,21 @@ func diffKey(got, want store.Key) string {
 	}
 	if got.RootKeyID != want.RootKeyID {
 		field("RootKeyID", fmt.Sprintf("%q", got.RootKeyID), fmt.Sprintf("%q", want.RootKeyID))
+	}
+	if !sameTime(got.DeletionTime, want.DeletionTime) {
+		field("DeletionTime", got.DeletionTime, want.DeletionTime)
+	}
+	if !sameTime(got.DestroyTime, want.DestroyTime) {
+		field("DestroyTime", got.DestroyTime, want.DestroyTime)
+	}
+	if got.UsageLimit != want.UsageLimit {
+		field("UsageLimit", got.UsageLimit, want.UsageLimit)
+	}
+	if got.RetireAfter != want.RetireAfter {
+		field("RetireAfter", int64(got.RetireAfter), int64(want.RetireAfter))
+	}
+	if got.RetireAfterVersions != want.RetireAfterVersions {
+		field("RetireAfterVersions", got.RetireAfterVersions, want.RetireAfterVersions)
 	}
 	if !sameTime(got.CreateTime, want.CreateTime) {
 		field("CreateTime", got.CreateTime, want.CreateTime)
@@ -494,6 +581,9 @@ func testUpdate(t *testing.T, s store.Store) {
 	k.Labels = map[string]string{"team": "cards"}
 	k.WrappedKeyset = []byte("rewrapped")
 	k.RootKeyID = "pkcs11:token=tresor;object=root-2"
+	k.UsageLimit = 5
+	k.RetireAfter = time.Minute + 1
+	k.RetireAfterVersions = 3
 	k.CreateTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC) // ignored
 	k.UpdateTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC) // ignored
 
@@ -640,8 +730,41 @@ func invalidKeys(name string) []struct {
 		{"negative rotation period", mod(func(k *store.Key) { k.RotationPeriod = -time.Second })},
 		{"name not UTF-8", mod(func(k *store.Key) { k.Name = name + "\xff" })},
 		{"label not UTF-8", mod(func(k *store.Key) { k.Labels["bad"] = "\xc3\x28" })},
+		{"state after the last", mod(func(k *store.Key) { k.State = store.KeyStateDestroyed + 1 })},
+		{"negative usage limit", mod(func(k *store.Key) { k.UsageLimit = -1 })},
+		{"negative retire after", mod(func(k *store.Key) { k.RetireAfter = -time.Nanosecond })},
+		{"deletion time on an enabled key", mod(func(k *store.Key) { k.DeletionTime = deletionTime })},
+		{"destroy time on an enabled key", mod(func(k *store.Key) { k.DestroyTime = deletionTime })},
+		{"deletion scheduled without deletion time", mod(func(k *store.Key) { k.State = store.KeyStateDeletionScheduled })},
+		{"deletion scheduled with deletion time of 1ns", mod(func(k *store.Key) {
+			k.State, k.DeletionTime = store.KeyStateDeletionScheduled, time.Time{}.Add(time.Nanosecond)
+		})},
+		{"deletion scheduled with destroy time too", mod(func(k *store.Key) {
+			k.State, k.DeletionTime, k.DestroyTime = store.KeyStateDeletionScheduled, deletionTime, deletionTime
+		})},
+		{"deletion scheduled without keyset", mod(func(k *store.Key) {
+			k.State, k.DeletionTime, k.WrappedKeyset = store.KeyStateDeletionScheduled, deletionTime, nil
+		})},
+		{"deletion scheduled without root key id", mod(func(k *store.Key) {
+			k.State, k.DeletionTime, k.RootKeyID = store.KeyStateDeletionScheduled, deletionTime, ""
+		})},
+		{"deletion time after year 9999", mod(func(k *store.Key) {
+			k.State, k.DeletionTime = store.KeyStateDeletionScheduled, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+		})},
+		{"deletion time before year 1", mod(func(k *store.Key) {
+			k.State, k.DeletionTime = store.KeyStateDeletionScheduled, time.Time{}.Add(-time.Second)
+		})},
+		{"destroyed without destroy time", mod(func(k *store.Key) { k.State, k.WrappedKeyset = store.KeyStateDestroyed, nil })},
+		{"destroyed with keyset", mod(func(k *store.Key) { k.State, k.DestroyTime = store.KeyStateDestroyed, deletionTime })},
+		{"destroyed with deletion time", mod(func(k *store.Key) {
+			k.State, k.DestroyTime, k.DeletionTime, k.WrappedKeyset = store.KeyStateDestroyed, deletionTime, deletionTime, nil
+		})},
 	}
 }
+
+// deletionTime is a time with nanoseconds in a zone other than UTC, for
+// DeletionTime and DestroyTime.
+var deletionTime = time.Date(2031, 12, 31, 23, 59, 59, 999999999, loc)
 
 func testCreateInvalid(t *testing.T, s store.Store) {
 	for _, tt := range invalidKeys("k") {
