@@ -25,6 +25,10 @@ type loadedKey struct {
 	// tinkIDs maps a version number to its Tink key id.
 	tinkIDs  map[uint32]uint32
 	loadedAt time.Time
+	// usage counts the uses of the primary version reserved and not yet
+	// spent; nil for keys that are not counted (see usage.go). A destroyed
+	// key's entry has only meta: no handle, primitive or usage.
+	usage *versionUsage
 
 	expired    atomic.Bool // set by the expiry timer
 	referenced atomic.Bool // second-chance bit for eviction
@@ -87,6 +91,24 @@ func (c *KeysetCache) shard(name string) *atomic.Pointer[map[string]*loadedKey] 
 func (c *KeysetCache) get(name string) (*loadedKey, bool) {
 	lk, ok := (*c.shard(name).Load())[name]
 	return c.hit(lk, ok)
+}
+
+// peek returns the entry cached for name, expired or not, without counting
+// a hit or a miss.
+func (c *KeysetCache) peek(name string) (*loadedKey, bool) {
+	lk, ok := (*c.shard(name).Load())[name]
+	return lk, ok
+}
+
+// revisions returns the name and revision of every cached key.
+func (c *KeysetCache) revisions() map[string]int64 {
+	out := make(map[string]int64, c.length.Load())
+	for i := range c.shards {
+		for name, lk := range *c.shards[i].Load() {
+			out[name] = lk.meta.Revision
+		}
+	}
+	return out
 }
 
 // getBytes is get for a name in bytes; hashing and the map lookup convert

@@ -45,12 +45,21 @@ func (r *Keyring) Encrypt(ctx context.Context, name string, plaintext, aad []byt
 	if err != nil {
 		return nil, KeyRef{}, err
 	}
-	return r.seal(lk, plaintext, aad)
+	return r.seal(ctx, lk, plaintext, aad)
 }
 
-func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, error) {
-	if lk.meta.State != store.KeyStateEnabled {
-		return nil, KeyRef{}, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
+// seal encrypts under lk's primary version, after taking one of its uses
+// (AES-256-GCM keys); a spent version makes the key rotate first, so the
+// ciphertext may come from a newer version than lk's.
+func (r *Keyring) seal(ctx context.Context, lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, error) {
+	if err := stateErr(lk.meta); err != nil {
+		return nil, KeyRef{}, err
+	}
+	if lk.usage != nil {
+		var err error
+		if lk, err = r.reserve(ctx, lk); err != nil {
+			return nil, KeyRef{}, err
+		}
 	}
 	ref := KeyRef{Name: lk.meta.Name, Version: lk.meta.PrimaryVersion}
 	var hdr [2 + maxKeyNameLen + 4]byte
@@ -74,8 +83,11 @@ func (r *Keyring) seal(lk *loadedKey, plaintext, aad []byte) ([]byte, KeyRef, er
 
 // Decrypt opens a ciphertext in binary form with associated data aad and
 // returns the plaintext and the key version that sealed it. A disabled key
-// gives ErrKeyDisabled and a version below the key's minimum gives
-// ErrVersionNotAllowed; every other failure gives ErrDecrypt.
+// gives ErrKeyDisabled, a key scheduled for deletion ErrKeyDeletionScheduled
+// and a version below the key's minimum ErrVersionNotAllowed, each only for
+// a ciphertext that authenticates. A destroyed key gives ErrKeyDestroyed
+// for any ciphertext whose header names it. Every other failure gives
+// ErrDecrypt.
 func (r *Keyring) Decrypt(ctx context.Context, ciphertext, aad []byte) (secret.Bytes, KeyRef, error) {
 	pt, lk, version, err := r.decrypt(ctx, ciphertext, aad)
 	if err != nil {
@@ -105,6 +117,11 @@ func (r *Keyring) decrypt(ctx context.Context, ciphertext, aad []byte) (secret.B
 }
 
 func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error) {
+	if lk.meta.State == store.KeyStateDestroyed {
+		// No material is left to authenticate the ciphertext with, and the
+		// state is no secret from a caller allowed to use the key.
+		return nil, stateErr(lk.meta)
+	}
 	// The version must exist and the Tink prefix must name that version's
 	// key, so a header that lies about its version fails here.
 	id, ok := lk.tinkIDs[c.version]
@@ -124,9 +141,9 @@ func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error
 	}
 	// The key's state is told only to a caller holding an authentic
 	// ciphertext, so a forged one learns nothing about the key.
-	if lk.meta.State != store.KeyStateEnabled {
+	if err := stateErr(lk.meta); err != nil {
 		clear(pt)
-		return nil, fmt.Errorf("%w: %q", ErrKeyDisabled, lk.meta.Name)
+		return nil, err
 	}
 	if c.version < lk.meta.MinDecryptionVersion {
 		clear(pt)
@@ -159,7 +176,7 @@ func (r *Keyring) ReEncrypt(ctx context.Context, ciphertext, aad []byte, destKey
 	if dst.meta.Type != srcKey.meta.Type {
 		return nil, KeyRef{}, KeyRef{}, fmt.Errorf("%w: cannot re-encrypt from %s key %q to %s key %q", ErrKeyTypeMismatch, srcKey.meta.Type, src.Name, dst.meta.Type, dst.meta.Name)
 	}
-	out, ref, err := r.seal(dst, pt, aad)
+	out, ref, err := r.seal(ctx, dst, pt, aad)
 	if err != nil {
 		return nil, KeyRef{}, KeyRef{}, err
 	}
@@ -195,7 +212,8 @@ func (r *Keyring) GenerateDataKeyWithoutPlaintext(ctx context.Context, name stri
 }
 
 // CheckUsable reports whether the named key exists and is enabled, as the
-// keyring sees it now: ErrInvalidKeyName, ErrKeyNotFound, ErrKeyDisabled or nil.
+// keyring sees it now: ErrInvalidKeyName, ErrKeyNotFound, ErrKeyDisabled,
+// ErrKeyDeletionScheduled, ErrKeyDestroyed or nil.
 func (r *Keyring) CheckUsable(ctx context.Context, name string) error {
 	if err := checkKeyName(name); err != nil {
 		return err
@@ -204,8 +222,5 @@ func (r *Keyring) CheckUsable(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if lk.meta.State != store.KeyStateEnabled {
-		return fmt.Errorf("%w: %q", ErrKeyDisabled, name)
-	}
-	return nil
+	return stateErr(lk.meta)
 }

@@ -9,7 +9,22 @@
 //
 // Every failed decryption returns the one opaque [ErrDecrypt], whatever went
 // wrong: a malformed or truncated ciphertext, a flipped byte, the wrong
-// associated data, or an unknown key or version.
+// associated data, or an unknown key or version. A key's state (disabled,
+// scheduled for deletion, a version below the minimum) is told only to a
+// caller whose ciphertext authenticates. The one exception is a destroyed
+// key ([ErrKeyDestroyed]): nothing can authenticate any more, and its state
+// is metadata that any caller allowed to use the key can read with GetKey,
+// so Decrypt says the key was destroyed, and when.
+//
+// A key's life after creation: each version of an AES-256-GCM key seals at
+// most a usage limit of messages (see [DefaultUsageLimit]; counted across
+// replicas in the key store, see [Keyring.Uses]) and the key rotates itself
+// when its primary version is spent. [Keyring.ScheduleKeyDeletion] and
+// [Keyring.CancelKeyDeletion] manage deletion; the scheduler in package
+// rotation calls [Keyring.RotateIfDue], [Keyring.RetireVersions] and
+// [Keyring.DestroyIfDue]. Replicas sharing a store call [Keyring.SyncCache]
+// every few seconds so that one replica's changes reach the others' caches
+// in bounded time.
 package envelope
 
 import (
@@ -43,6 +58,22 @@ var (
 	// ErrKeysetUnreadable means a stored keyset could not be unwrapped by its
 	// root key, or was wrapped by a root key this keyring does not hold.
 	ErrKeysetUnreadable = errors.New("envelope: stored keyset cannot be unwrapped")
+	// ErrKeyDeletionScheduled means the key is scheduled for deletion: it
+	// neither encrypts nor decrypts, and its configuration is frozen, until
+	// CancelKeyDeletion. The message says when the material goes.
+	ErrKeyDeletionScheduled = errors.New("envelope: key is scheduled for deletion")
+	// ErrKeyDestroyed means the key's material was destroyed: nothing under
+	// it can be decrypted again. The message says when.
+	ErrKeyDestroyed = errors.New("envelope: key was destroyed")
+	// ErrKeyNotScheduled means CancelKeyDeletion found no deletion scheduled.
+	ErrKeyNotScheduled = errors.New("envelope: key is not scheduled for deletion")
+	// ErrUsageLimitReached means the key's primary version has sealed as many
+	// messages as its usage limit allows and the key could not be rotated;
+	// the wrapped error says why. Nothing was encrypted.
+	ErrUsageLimitReached = errors.New("envelope: key version reached its usage limit")
+	// ErrStoreUnavailable means the key store cannot be reached now; the
+	// call may succeed later.
+	ErrStoreUnavailable = errors.New("envelope: key store unavailable")
 )
 
 // KEK is the root key (key-encryption key) that wraps keysets. It lives in an

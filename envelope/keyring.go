@@ -39,9 +39,16 @@ type Options struct {
 	// CacheMaxKeys bounds how many unwrapped keysets stay in memory.
 	CacheMaxKeys int
 	// CacheMaxAge bounds how long an unwrapped keyset stays in memory before
-	// it is read and unwrapped again. It is also how long a change made by
-	// another replica can take to be seen here.
+	// it is read and unwrapped again. Without SyncCache it is also how long
+	// a change made by another replica can take to be seen here.
 	CacheMaxAge time.Duration
+	// DefaultUsageLimit is how many messages one version of an AES-256-GCM
+	// key may seal, for keys whose UsageLimit is 0; 0 means
+	// DefaultUsageLimit (2^30), and at most MaxUsageLimit (2^32).
+	DefaultUsageLimit int64
+	// UsageBlock is how many uses the keyring reserves from the store at a
+	// time (see Uses); 0 means DefaultUsageBlock.
+	UsageBlock int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// AfterFunc runs f once d has passed and returns a function that stops
@@ -55,12 +62,19 @@ type Options struct {
 type Keyring struct {
 	store   store.Store
 	kek     KEK
+	roots   *RootKeys // the same as kek: every root key held, by id
 	opts    Options
 	cache   *KeysetCache
 	flights flight
+	// rotations shares one rotation among the callers that find the same
+	// key's primary version spent.
+	rotations flight
 }
 
-// New returns a Keyring over a key store and the root key that wraps its keysets.
+// New returns a Keyring over a key store and the root key that wraps its
+// keysets. kek may be a [*RootKeys]: the keyring then wraps new keysets with
+// its active key and unwraps each stored keyset with the key its RootKeyID
+// names, as the set changes during a root-key rotation.
 func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
 	if s == nil || kek == nil {
 		return nil, fmt.Errorf("%w: envelope.New needs a store and a root key", ErrInvalidArgument)
@@ -77,10 +91,26 @@ func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.DefaultUsageLimit < 0 || opts.DefaultUsageLimit > MaxUsageLimit || opts.UsageBlock < 0 {
+		return nil, fmt.Errorf("%w: envelope.New: default usage limit %d (want 1 to %d) or usage block %d", ErrInvalidArgument, opts.DefaultUsageLimit, int64(MaxUsageLimit), opts.UsageBlock)
+	}
+	if opts.DefaultUsageLimit == 0 {
+		opts.DefaultUsageLimit = DefaultUsageLimit
+	}
+	if opts.UsageBlock == 0 {
+		opts.UsageBlock = DefaultUsageBlock
+	}
 	if opts.AfterFunc == nil {
 		opts.AfterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
-	return &Keyring{store: s, kek: kek, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.AfterFunc)}, nil
+	roots, ok := kek.(*RootKeys)
+	if !ok {
+		var err error
+		if roots, err = NewRootKeys(kek); err != nil {
+			return nil, err
+		}
+	}
+	return &Keyring{store: s, kek: roots, roots: roots, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.AfterFunc)}, nil
 }
 
 // Cache returns the keyring's keyset cache, for its statistics.
@@ -174,31 +204,56 @@ func keysetAAD(name, rootKeyID string) []byte {
 	return append(b, rootKeyID...)
 }
 
-// kekAEAD adapts a KEK to Tink's AEADWithContext for keyset encryption.
-type kekAEAD struct{ kek KEK }
-
-func (a kekAEAD) EncryptWithContext(ctx context.Context, pt, aad []byte) ([]byte, error) {
-	return a.kek.Wrap(ctx, pt, aad)
+// kekAEAD adapts a KEK to Tink's AEADWithContext for keyset encryption. It
+// keeps the KEK's error, which Tink reports without wrapping, so that an
+// outage (kms.ErrUnavailable) stays visible to errors.Is.
+type kekAEAD struct {
+	kek KEK
+	err error
 }
 
-func (a kekAEAD) DecryptWithContext(ctx context.Context, ct, aad []byte) ([]byte, error) {
-	return a.kek.Unwrap(ctx, ct, aad)
+func (a *kekAEAD) EncryptWithContext(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	ct, err := a.kek.Wrap(ctx, pt, aad)
+	a.err = err
+	return ct, err
 }
 
-func (r *Keyring) wrapKeyset(ctx context.Context, name string, h *keyset.Handle) ([]byte, error) {
+func (a *kekAEAD) DecryptWithContext(ctx context.Context, ct, aad []byte) ([]byte, error) {
+	pt, err := a.kek.Unwrap(ctx, ct, aad)
+	a.err = err
+	return pt, err
+}
+
+// wrapKeyset wraps h with the active root key and returns it with that
+// key's id, which the caller stores as the key's RootKeyID: the active key
+// may change at any moment during a root-key rotation, so the id must be
+// the one of the key that wrapped.
+func (r *Keyring) wrapKeyset(ctx context.Context, name string, h *keyset.Handle) ([]byte, string, error) {
+	kek := r.roots.Active()
+	id := kek.ID()
 	var buf bytes.Buffer
-	if err := h.WriteWithContext(ctx, keyset.NewBinaryWriter(&buf), kekAEAD{r.kek}, keysetAAD(name, r.kek.ID())); err != nil {
-		return nil, fmt.Errorf("envelope: wrap keyset of key %q: %w", name, err)
+	a := &kekAEAD{kek: kek}
+	if err := h.WriteWithContext(ctx, keyset.NewBinaryWriter(&buf), a, keysetAAD(name, id)); err != nil {
+		if a.err != nil {
+			err = a.err
+		}
+		return nil, "", fmt.Errorf("envelope: wrap keyset of key %q: %w", name, err)
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), id, nil
 }
 
+// unwrapKeyset unwraps k's keyset with the root key its RootKeyID names.
 func (r *Keyring) unwrapKeyset(ctx context.Context, k store.Key) (*keyset.Handle, error) {
-	if k.RootKeyID != r.kek.ID() {
-		return nil, fmt.Errorf("%w: key %q is wrapped by root key %q, not by the configured %q", ErrKeysetUnreadable, k.Name, k.RootKeyID, r.kek.ID())
+	kek, ok := r.roots.Get(k.RootKeyID)
+	if !ok {
+		return nil, fmt.Errorf("%w: key %q is wrapped by root key %q, which this keyring does not hold (it holds %q)", ErrKeysetUnreadable, k.Name, k.RootKeyID, r.roots.IDs())
 	}
-	h, err := keyset.ReadWithContext(ctx, keyset.NewBinaryReader(bytes.NewReader(k.WrappedKeyset)), kekAEAD{r.kek}, keysetAAD(k.Name, k.RootKeyID))
+	a := &kekAEAD{kek: kek}
+	h, err := keyset.ReadWithContext(ctx, keyset.NewBinaryReader(bytes.NewReader(k.WrappedKeyset)), a, keysetAAD(k.Name, k.RootKeyID))
 	if err != nil {
+		if a.err != nil {
+			err = a.err
+		}
 		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
 	}
 	return h, nil
@@ -228,6 +283,7 @@ func (r *Keyring) build(k store.Key, h *keyset.Handle) (*loadedKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: key %q: %w", ErrKeysetUnreadable, k.Name, err)
 	}
+	lk.usage = r.usageFor(k)
 	return lk, nil
 }
 
@@ -252,6 +308,11 @@ func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
 		if err != nil {
 			return nil, storeErr(name, err)
 		}
+		if k.State == store.KeyStateDestroyed {
+			lk := r.tombstone(k)
+			r.cache.put(lk)
+			return lk, nil
+		}
 		h, err := r.unwrapKeyset(lctx, k)
 		if err != nil {
 			return nil, err
@@ -273,6 +334,8 @@ func storeErr(name string, err error) error {
 		return fmt.Errorf("%w: %q", ErrKeyExists, name)
 	case errors.Is(err, store.ErrConflict):
 		return fmt.Errorf("%w: %q", ErrConflict, name)
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	default:
 		return fmt.Errorf("envelope: key store: %w", err)
 	}
@@ -295,6 +358,16 @@ type KeySpec struct {
 	// RotationPeriod is zero for a key that rotates only on demand.
 	RotationPeriod time.Duration
 	Labels         map[string]string
+	// UsageLimit is how many messages each version may seal before the key
+	// rotates (AES-256-GCM keys only); 0 means the keyring's default. At
+	// most MaxUsageLimit.
+	UsageLimit int64
+	// RetireAfter, when positive, retires each version (advances the
+	// minimum decryption version past it) once it has been superseded that
+	// long. RetireAfterVersions, when positive, retires each version once
+	// that many newer versions exist. The scheduler applies both.
+	RetireAfter         time.Duration
+	RetireAfterVersions uint32
 }
 
 // CreateKey creates an enabled key with one version.
@@ -306,8 +379,11 @@ func (r *Keyring) CreateKey(ctx context.Context, spec KeySpec) (store.Key, error
 	if err != nil {
 		return store.Key{}, err
 	}
-	if spec.RotationPeriod < 0 {
-		return store.Key{}, fmt.Errorf("%w: negative rotation period", ErrInvalidArgument)
+	if spec.RotationPeriod < 0 || spec.RotationPeriod > maxDuration {
+		return store.Key{}, fmt.Errorf("%w: rotation period %v: want 0 (on demand only) to %v", ErrInvalidArgument, spec.RotationPeriod, maxDuration)
+	}
+	if err := checkRetention(&spec.UsageLimit, &spec.RetireAfter, &spec.RetireAfterVersions); err != nil {
+		return store.Key{}, err
 	}
 	if err := checkLabels(spec.Labels); err != nil {
 		return store.Key{}, err
@@ -320,7 +396,7 @@ func (r *Keyring) CreateKey(ctx context.Context, spec KeySpec) (store.Key, error
 	if err != nil {
 		return store.Key{}, fmt.Errorf("envelope: new keyset: %w", err)
 	}
-	wrapped, err := r.wrapKeyset(ctx, spec.Name, h)
+	wrapped, rootKeyID, err := r.wrapKeyset(ctx, spec.Name, h)
 	if err != nil {
 		return store.Key{}, err
 	}
@@ -332,10 +408,13 @@ func (r *Keyring) CreateKey(ctx context.Context, spec KeySpec) (store.Key, error
 		PrimaryVersion:       1,
 		MinDecryptionVersion: 1,
 		RotationPeriod:       spec.RotationPeriod,
+		UsageLimit:           spec.UsageLimit,
+		RetireAfter:          spec.RetireAfter,
+		RetireAfterVersions:  spec.RetireAfterVersions,
 		Labels:               maps.Clone(spec.Labels),
 		Versions:             []store.Version{{Number: 1, TinkKeyID: primary.KeyID(), CreateTime: now}},
 		WrappedKeyset:        wrapped,
-		RootKeyID:            r.kek.ID(),
+		RootKeyID:            rootKeyID,
 	})
 	if err != nil {
 		return store.Key{}, storeErr(spec.Name, err)
@@ -365,7 +444,7 @@ func (r *Keyring) ListKeys(ctx context.Context, pageSize int, pageToken string) 
 		if errors.Is(err, store.ErrInvalidPageToken) {
 			return nil, "", fmt.Errorf("%w: page token", ErrInvalidArgument)
 		}
-		return nil, "", fmt.Errorf("envelope: key store: %w", err)
+		return nil, "", storeErr("", err)
 	}
 	for i := range keys {
 		keys[i] = public(keys[i])
@@ -379,15 +458,24 @@ type KeyUpdate struct {
 	MinDecryptionVersion *uint32
 	// Labels, when non-nil, replace all of the key's labels.
 	Labels map[string]string
+	// UsageLimit, RetireAfter and RetireAfterVersions: see KeySpec.
+	UsageLimit          *int64
+	RetireAfter         *time.Duration
+	RetireAfterVersions *uint32
 }
 
-// UpdateKey changes a key's rotation period, minimum decryption version or labels.
+// UpdateKey changes a key's rotation period, minimum decryption version,
+// labels, usage limit or retention. A key scheduled for deletion or
+// destroyed gives ErrKeyDeletionScheduled or ErrKeyDestroyed.
 func (r *Keyring) UpdateKey(ctx context.Context, name string, u KeyUpdate) (store.Key, error) {
 	if err := checkKeyName(name); err != nil {
 		return store.Key{}, err
 	}
-	if u.RotationPeriod != nil && *u.RotationPeriod < 0 {
-		return store.Key{}, fmt.Errorf("%w: negative rotation period", ErrInvalidArgument)
+	if u.RotationPeriod != nil && (*u.RotationPeriod < 0 || *u.RotationPeriod > maxDuration) {
+		return store.Key{}, fmt.Errorf("%w: rotation period %v: want 0 (on demand only) to %v", ErrInvalidArgument, *u.RotationPeriod, maxDuration)
+	}
+	if err := checkRetention(u.UsageLimit, u.RetireAfter, u.RetireAfterVersions); err != nil {
+		return store.Key{}, err
 	}
 	if u.Labels != nil {
 		if err := checkLabels(u.Labels); err != nil {
@@ -395,6 +483,18 @@ func (r *Keyring) UpdateKey(ctx context.Context, name string, u KeyUpdate) (stor
 		}
 	}
 	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
+		if err := lifecycleErr(*k); err != nil {
+			return nil, err
+		}
+		if u.UsageLimit != nil {
+			k.UsageLimit = *u.UsageLimit
+		}
+		if u.RetireAfter != nil {
+			k.RetireAfter = *u.RetireAfter
+		}
+		if u.RetireAfterVersions != nil {
+			k.RetireAfterVersions = *u.RetireAfterVersions
+		}
 		if v := u.MinDecryptionVersion; v != nil && (*v < 1 || *v > k.PrimaryVersion) {
 			return nil, fmt.Errorf("%w: min_decryption_version %d: want 1 to the primary version %d", ErrInvalidArgument, *v, k.PrimaryVersion)
 		}
@@ -416,7 +516,9 @@ func (r *Keyring) DisableKey(ctx context.Context, name string) (store.Key, error
 	return r.setState(ctx, name, store.KeyStateDisabled)
 }
 
-// EnableKey lets a disabled key encrypt and decrypt again.
+// EnableKey lets a disabled key encrypt and decrypt again. Neither it nor
+// DisableKey applies to a key scheduled for deletion (CancelKeyDeletion
+// first) or destroyed: they give ErrKeyDeletionScheduled or ErrKeyDestroyed.
 func (r *Keyring) EnableKey(ctx context.Context, name string) (store.Key, error) {
 	return r.setState(ctx, name, store.KeyStateEnabled)
 }
@@ -426,6 +528,9 @@ func (r *Keyring) setState(ctx context.Context, name string, s store.KeyState) (
 		return store.Key{}, err
 	}
 	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
+		if err := lifecycleErr(*k); err != nil {
+			return nil, err
+		}
 		k.State = s
 		return nil, nil
 	})
@@ -438,49 +543,59 @@ func (r *Keyring) RotateKey(ctx context.Context, name string) (store.Key, error)
 		return store.Key{}, err
 	}
 	return r.modify(ctx, name, func(k *store.Key) (*keyset.Handle, error) {
-		if k.State != store.KeyStateEnabled {
-			return nil, fmt.Errorf("%w: %q cannot be rotated", ErrKeyDisabled, name)
-		}
-		tmpl, err := template(k.Type)
-		if err != nil {
-			return nil, err
-		}
-		h, err := r.handleFor(ctx, *k)
-		if err != nil {
-			return nil, err
-		}
-		m := keyset.NewManagerFromHandle(h)
-		id, err := m.Add(tmpl)
-		if err != nil {
-			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
-		}
-		if err := m.SetPrimary(id); err != nil {
-			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
-		}
-		nh, err := m.Handle()
-		if err != nil {
-			return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
-		}
-		wrapped, err := r.wrapKeyset(ctx, name, nh)
-		if err != nil {
-			return nil, err
-		}
-		next := k.PrimaryVersion + 1
-		for _, v := range k.Versions {
-			next = max(next, v.Number+1)
-		}
-		k.Versions = append(slices.Clone(k.Versions), store.Version{Number: next, TinkKeyID: id, CreateTime: r.opts.Now()})
-		k.PrimaryVersion = next
-		k.WrappedKeyset = wrapped
-		k.RootKeyID = r.kek.ID()
-		return nh, nil
+		return r.addVersion(ctx, k)
 	})
+}
+
+// addVersion is the change RotateKey makes to k: a new Tink key, made
+// primary, and the keyset wrapped again. It returns the new handle.
+func (r *Keyring) addVersion(ctx context.Context, k *store.Key) (*keyset.Handle, error) {
+	name := k.Name
+	if k.State != store.KeyStateEnabled {
+		if err := lifecycleErr(*k); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %q cannot be rotated", ErrKeyDisabled, name)
+	}
+	tmpl, err := template(k.Type)
+	if err != nil {
+		return nil, err
+	}
+	h, err := r.handleFor(ctx, *k)
+	if err != nil {
+		return nil, err
+	}
+	m := keyset.NewManagerFromHandle(h)
+	id, err := m.Add(tmpl)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+	}
+	if err := m.SetPrimary(id); err != nil {
+		return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+	}
+	nh, err := m.Handle()
+	if err != nil {
+		return nil, fmt.Errorf("envelope: rotate %q: %w", name, err)
+	}
+	wrapped, rootKeyID, err := r.wrapKeyset(ctx, name, nh)
+	if err != nil {
+		return nil, err
+	}
+	next := k.PrimaryVersion + 1
+	for _, v := range k.Versions {
+		next = max(next, v.Number+1)
+	}
+	k.Versions = append(slices.Clone(k.Versions), store.Version{Number: next, TinkKeyID: id, CreateTime: r.opts.Now()})
+	k.PrimaryVersion = next
+	k.WrappedKeyset = wrapped
+	k.RootKeyID = rootKeyID
+	return nh, nil
 }
 
 // handleFor returns k's unwrapped keyset, from the cache when the cached
 // revision is k's, else from the root key.
 func (r *Keyring) handleFor(ctx context.Context, k store.Key) (*keyset.Handle, error) {
-	if lk, ok := r.cache.get(k.Name); ok && lk.meta.Revision == k.Revision {
+	if lk, ok := r.cache.get(k.Name); ok && lk.meta.Revision == k.Revision && lk.handle != nil {
 		return lk.handle, nil
 	}
 	return r.unwrapKeyset(ctx, k)
@@ -488,14 +603,21 @@ func (r *Keyring) handleFor(ctx context.Context, k store.Key) (*keyset.Handle, e
 
 // modify reads a key, applies change and writes it back with a
 // compare-and-swap on its revision, retrying when another writer got there
-// first. change returns the new keyset handle when it changed the keyset.
+// first. change returns the new keyset handle when it changed the keyset,
+// or errNoChange to return the key as read, writing nothing.
 func (r *Keyring) modify(ctx context.Context, name string, change func(*store.Key) (*keyset.Handle, error)) (store.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return store.Key{}, err
+	}
 	for range updateAttempts {
 		k, err := r.store.GetKey(ctx, name)
 		if err != nil {
 			return store.Key{}, storeErr(name, err)
 		}
 		h, err := change(&k)
+		if errors.Is(err, errNoChange) {
+			return public(k), nil
+		}
 		if err != nil {
 			return store.Key{}, err
 		}
@@ -515,8 +637,13 @@ func (r *Keyring) modify(ctx context.Context, name string, change func(*store.Ke
 // recache puts an updated key into the cache without a root-key call: with
 // the new keyset handle when the update changed it, else with the handle
 // cached for the revision the update replaced. Failing both, it drops the
-// entry so the next use loads the key afresh.
+// entry so the next use loads the key afresh. A destroyed key's material
+// leaves the cache at once.
 func (r *Keyring) recache(updated store.Key, prevRevision int64, h *keyset.Handle) {
+	if updated.State == store.KeyStateDestroyed {
+		r.cache.invalidate(updated.Name, updated.Revision)
+		return
+	}
 	if h == nil {
 		if lk, ok := r.cache.get(updated.Name); ok && lk.meta.Revision == prevRevision {
 			h = lk.handle

@@ -152,6 +152,9 @@ type Listen struct {
 	GRPC string `yaml:"grpc"`
 	// HTTP is the REST listen address; empty serves no REST API.
 	HTTP string `yaml:"http"`
+	// Metrics serves Prometheus metrics at /metrics over plain HTTP, for a
+	// scraper on loopback or a management network; empty serves none.
+	Metrics string `yaml:"metrics"`
 }
 
 // TLS holds the server's TLS material. TLS cannot be turned off.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +92,28 @@ func TestParse(t *testing.T) {
 		{name: "burst missing", yaml: strings.Replace(base, ", burst: 2000", "", 1), wantErr: "burst positive"},
 		{name: "budget tier unknown", yaml: strings.Replace(base, "tier: restricted", "tier: secret", 1), wantErr: "budgets[0].tier"},
 		{name: "budget window too short", yaml: strings.Replace(base, "period: 1s", "period: 10ms", 1), wantErr: "budgets[0].windows[0]"},
+		{name: "rotation defaults", yaml: base, check: func(c Config) string {
+			if c.Keys.DefaultUsageLimit != 1<<30 || c.Keys.UsageBlock != 1024 || c.Scheduler.Interval != time.Minute ||
+				c.Scheduler.LeaseTTL != 30*time.Second || c.Cache.SyncInterval != 2*time.Second {
+				return fmt.Sprintf("rotation defaults = %+v %+v sync %v, want 2^30, 1024, 1m, 30s, 2s", c.Keys, c.Scheduler, c.Cache.SyncInterval)
+			}
+			return ""
+		}},
+		{name: "rotation keys from file and environment", yaml: base + "keys:\n  default_usage_limit: 1000000\nscheduler:\n  interval: 10s\n",
+			env: []string{"TRESOR_KEYS_USAGE_BLOCK=64", "TRESOR_SCHEDULER_LEASE_TTL=45s", "TRESOR_CACHE_SYNC_INTERVAL=5s"}, check: func(c Config) string {
+				if c.Keys.DefaultUsageLimit != 1_000_000 || c.Keys.UsageBlock != 64 || c.Scheduler.Interval != 10*time.Second ||
+					c.Scheduler.LeaseTTL != 45*time.Second || c.Cache.SyncInterval != 5*time.Second {
+					return fmt.Sprintf("rotation keys = %+v %+v sync %v, not as written", c.Keys, c.Scheduler, c.Cache.SyncInterval)
+				}
+				return ""
+			}},
+		{name: "usage limit above 2^32", yaml: base + "keys:\n  default_usage_limit: 4294967297\n", wantErr: "keys.default_usage_limit"},
+		{name: "usage limit zero", yaml: base + "keys:\n  default_usage_limit: 0\n", wantErr: "keys.default_usage_limit"},
+		{name: "usage block zero", yaml: base, env: []string{"TRESOR_KEYS_USAGE_BLOCK=0"}, wantErr: "keys.usage_block"},
+		{name: "scheduler interval too short", yaml: base + "scheduler:\n  interval: 10ms\n", wantErr: "scheduler.interval"},
+		{name: "lease ttl too short", yaml: base, env: []string{"TRESOR_SCHEDULER_LEASE_TTL=0s"}, wantErr: "scheduler.lease_ttl"},
+		{name: "sync interval above max age", yaml: base, env: []string{"TRESOR_CACHE_SYNC_INTERVAL=5m"}, wantErr: "cache.sync_interval"},
+		{name: "sync interval zero", yaml: base, env: []string{"TRESOR_CACHE_SYNC_INTERVAL=0s"}, wantErr: "cache.sync_interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,7 +140,7 @@ func TestParse(t *testing.T) {
 
 func TestEnvNamesCoverEveryKey(t *testing.T) {
 	names := strings.Join(EnvNames(), " ")
-	for _, want := range []string{"TRESOR_LISTEN_GRPC", "TRESOR_TLS_CLIENT_CA_FILE", "TRESOR_STORE_URL", "TRESOR_ROOT_KEY_URI", "TRESOR_CACHE_MAX_AGE"} {
+	for _, want := range []string{"TRESOR_LISTEN_GRPC", "TRESOR_TLS_CLIENT_CA_FILE", "TRESOR_STORE_URL", "TRESOR_ROOT_KEY_URI", "TRESOR_CACHE_MAX_AGE", "TRESOR_CACHE_SYNC_INTERVAL", "TRESOR_KEYS_DEFAULT_USAGE_LIMIT", "TRESOR_KEYS_USAGE_BLOCK", "TRESOR_SCHEDULER_INTERVAL", "TRESOR_SCHEDULER_LEASE_TTL"} {
 		if !strings.Contains(names, want) {
 			t.Errorf("EnvNames() = %s, want it to contain %s", names, want)
 		}

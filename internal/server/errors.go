@@ -45,13 +45,24 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 	case errors.Is(err, envelope.ErrKeyExists):
 		return status.Error(codes.AlreadyExists, publicMessage(err))
 	case errors.Is(err, envelope.ErrKeyDisabled),
-		errors.Is(err, envelope.ErrVersionNotAllowed):
+		errors.Is(err, envelope.ErrVersionNotAllowed),
+		errors.Is(err, envelope.ErrKeyDeletionScheduled),
+		errors.Is(err, envelope.ErrKeyDestroyed),
+		errors.Is(err, envelope.ErrKeyNotScheduled):
 		return status.Error(codes.FailedPrecondition, publicMessage(err))
 	case errors.Is(err, envelope.ErrConflict):
 		return status.Error(codes.Aborted, publicMessage(err))
 	case errors.Is(err, kms.ErrUnavailable):
 		logger.ErrorContext(ctx, "root key unavailable", "err", err)
 		return status.Error(codes.Unavailable, "root key provider unavailable; retry later")
+	case errors.Is(err, envelope.ErrStoreUnavailable):
+		logger.ErrorContext(ctx, "key store unavailable", "err", err)
+		return status.Error(codes.Unavailable, "key store unavailable; retry later")
+	case errors.Is(err, envelope.ErrUsageLimitReached):
+		// The causes with a code of their own (a disabled key, a root key
+		// or store outage, a conflict) matched above.
+		logger.ErrorContext(ctx, "usage limit reached and rotation failed", "err", err)
+		return status.Error(codes.Unavailable, "the key's version reached its usage limit and the key could not be rotated; retry later")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -22,17 +22,33 @@ type keyService struct {
 
 func (s *keyService) CreateKey(ctx context.Context, req *tresorv1.CreateKeyRequest) (*tresorv1.Key, error) {
 	k, err := s.ring.CreateKey(ctx, envelope.KeySpec{
-		Name:           req.GetKeyId(),
-		Type:           keyTypeFromProto(req.GetType()),
-		RotationPeriod: req.GetRotationPeriod().AsDuration(),
-		Labels:         req.GetLabels(),
+		Name:                req.GetKeyId(),
+		Type:                keyTypeFromProto(req.GetType()),
+		RotationPeriod:      req.GetRotationPeriod().AsDuration(),
+		Labels:              req.GetLabels(),
+		UsageLimit:          req.GetUsageLimit(),
+		RetireAfter:         req.GetRetireAfter().AsDuration(),
+		RetireAfterVersions: req.GetRetireAfterVersions(),
 	})
 	return s.reply(ctx, k, err)
 }
 
+// GetKey is the one method that shows each version's uses: they cost a
+// store read of their own.
 func (s *keyService) GetKey(ctx context.Context, req *tresorv1.GetKeyRequest) (*tresorv1.Key, error) {
 	k, err := s.ring.GetKey(ctx, req.GetKey())
-	return s.reply(ctx, k, err)
+	if err != nil {
+		return nil, toStatus(ctx, s.logger, err)
+	}
+	uses, err := s.ring.Uses(ctx, req.GetKey())
+	if err != nil {
+		return nil, toStatus(ctx, s.logger, err)
+	}
+	pk := keyToProto(k)
+	for _, v := range pk.Versions {
+		v.Uses = uses[v.GetVersion()]
+	}
+	return pk, nil
 }
 
 func (s *keyService) ListKeys(ctx context.Context, req *tresorv1.ListKeysRequest) (*tresorv1.ListKeysResponse, error) {
@@ -64,6 +80,18 @@ func (s *keyService) UpdateKey(ctx context.Context, req *tresorv1.UpdateKeyReque
 			u.Labels = map[string]string{}
 		}
 	}
+	if slices.Contains(paths, "usage_limit") {
+		v := req.GetUsageLimit()
+		u.UsageLimit = &v
+	}
+	if slices.Contains(paths, "retire_after") {
+		d := req.GetRetireAfter().AsDuration()
+		u.RetireAfter = &d
+	}
+	if slices.Contains(paths, "retire_after_versions") {
+		v := req.GetRetireAfterVersions()
+		u.RetireAfterVersions = &v
+	}
 	k, err := s.ring.UpdateKey(ctx, req.GetKey(), u)
 	return s.reply(ctx, k, err)
 }
@@ -80,6 +108,16 @@ func (s *keyService) DisableKey(ctx context.Context, req *tresorv1.DisableKeyReq
 
 func (s *keyService) EnableKey(ctx context.Context, req *tresorv1.EnableKeyRequest) (*tresorv1.Key, error) {
 	k, err := s.ring.EnableKey(ctx, req.GetKey())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) ScheduleKeyDeletion(ctx context.Context, req *tresorv1.ScheduleKeyDeletionRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.ScheduleKeyDeletion(ctx, req.GetKey(), req.GetWaitingPeriod().AsDuration())
+	return s.reply(ctx, k, err)
+}
+
+func (s *keyService) CancelKeyDeletion(ctx context.Context, req *tresorv1.CancelKeyDeletionRequest) (*tresorv1.Key, error) {
+	k, err := s.ring.CancelKeyDeletion(ctx, req.GetKey())
 	return s.reply(ctx, k, err)
 }
 
@@ -118,6 +156,10 @@ func keyStateToProto(s store.KeyState) tresorv1.KeyState {
 		return tresorv1.KeyState_KEY_STATE_ENABLED
 	case store.KeyStateDisabled:
 		return tresorv1.KeyState_KEY_STATE_DISABLED
+	case store.KeyStateDeletionScheduled:
+		return tresorv1.KeyState_KEY_STATE_DELETION_SCHEDULED
+	case store.KeyStateDestroyed:
+		return tresorv1.KeyState_KEY_STATE_DESTROYED
 	default:
 		return tresorv1.KeyState_KEY_STATE_UNSPECIFIED
 	}
@@ -133,9 +175,23 @@ func keyToProto(k store.Key) *tresorv1.Key {
 		Labels:               k.Labels,
 		CreateTime:           timestamppb.New(k.CreateTime),
 		UpdateTime:           timestamppb.New(k.UpdateTime),
+		UsageLimit:           k.UsageLimit,
+		RetireAfterVersions:  k.RetireAfterVersions,
 	}
 	if k.RotationPeriod > 0 {
 		pk.RotationPeriod = durationpb.New(k.RotationPeriod)
+	}
+	if k.RetireAfter > 0 {
+		pk.RetireAfter = durationpb.New(k.RetireAfter)
+	}
+	if !k.DeletionTime.IsZero() {
+		pk.DeletionTime = timestamppb.New(k.DeletionTime)
+	}
+	if !k.DestroyTime.IsZero() {
+		pk.DestroyTime = timestamppb.New(k.DestroyTime)
+	}
+	if t, ok := envelope.NextRotationTime(k); ok {
+		pk.NextRotationTime = timestamppb.New(t)
 	}
 	for _, v := range k.Versions {
 		pk.Versions = append(pk.Versions, &tresorv1.KeyVersion{Version: v.Number, CreateTime: timestamppb.New(v.CreateTime)})

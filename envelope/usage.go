@@ -1,0 +1,193 @@
+package envelope
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/tresorkms/tresor/internal/store"
+)
+
+// Usage limits.
+//
+// Every encryption with a version of an AES-256-GCM key draws a random
+// 96-bit nonce, so a version may seal only so many messages (see
+// DefaultUsageLimit). The limit holds across replicas: uses are reserved in
+// the key store (store.ReserveUses), which counts them per version in one
+// place. To keep the hot path free of store writes, each loaded primary
+// version holds an atomic count of uses reserved but not yet spent; an
+// encryption takes one with a compare-and-swap. When the count runs out,
+// one caller reserves the next block (Options.UsageBlock) while the others
+// for the same version wait for it. A replica that stops holding uses
+// (a crash, an evicted cache entry) wastes at most a block, counted as used:
+// the error is always on the safe side.
+//
+// When the store grants nothing the version is spent: the keyring rotates
+// the key, once (a compare-and-swap on the key's revision; a caller that
+// finds the primary version already moved on, here or on another replica,
+// just loads the key again) and encrypts with the new primary version. If
+// the rotation fails, so does the encryption: a version never seals more
+// than its limit.
+//
+// AES-256-SIV keys are deterministic: they draw no nonce, have no such
+// bound, and are not counted.
+
+// reserveAttempts bounds how many spent primary versions one encryption
+// steps over before it gives up. Each step means the key moved on (others
+// spent a whole version meanwhile), so only tiny limits under heavy
+// concurrency ever take more than one.
+const reserveAttempts = 32
+
+// versionUsage counts the uses of one key version reserved from the store
+// and not yet spent.
+type versionUsage struct {
+	version uint32
+	limit   int64
+	// remaining is taken one at a time with a compare-and-swap, never below 0.
+	remaining atomic.Int64
+	mu        sync.Mutex // serializes reservations from the store
+	spent     bool       // the store granted nothing: the version is spent
+}
+
+// take spends one reserved use, if there is one.
+func (u *versionUsage) take() bool {
+	for {
+		n := u.remaining.Load()
+		if n <= 0 {
+			return false
+		}
+		if u.remaining.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// usageLimit is k's usage limit per version, the keyring's default for 0.
+func (r *Keyring) usageLimit(k store.Key) int64 {
+	if k.UsageLimit > 0 {
+		return k.UsageLimit
+	}
+	return r.opts.DefaultUsageLimit
+}
+
+// usageFor returns the usage counter of k's primary version for a key being
+// built: nil for keys that are not counted, else the counter of the entry
+// cached for the same version and limit, so that a key re-cached after a
+// change keeps the uses it reserved, or a new one.
+func (r *Keyring) usageFor(k store.Key) *versionUsage {
+	if k.Type != store.KeyTypeAES256GCM || k.State == store.KeyStateDestroyed {
+		return nil
+	}
+	limit := r.usageLimit(k)
+	if old, ok := r.cache.peek(k.Name); ok && old.usage != nil && old.usage.version == k.PrimaryVersion && old.usage.limit == limit {
+		u := old.usage
+		u.mu.Lock()
+		spent := u.spent
+		u.mu.Unlock()
+		if !spent {
+			return u
+		}
+	}
+	return &versionUsage{version: k.PrimaryVersion, limit: limit}
+}
+
+// reserve takes one use of lk's primary version and returns the key to
+// seal with: lk, or the key as loaded after the spent version was rotated.
+func (r *Keyring) reserve(ctx context.Context, lk *loadedKey) (*loadedKey, error) {
+	for range reserveAttempts {
+		if err := stateErr(lk.meta); err != nil {
+			return nil, err
+		}
+		u := lk.usage
+		if u == nil || u.take() {
+			return lk, nil
+		}
+		ok, err := r.refill(ctx, lk.meta.Name, u)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return lk, nil
+		}
+		next, err := r.rotateSpent(ctx, lk.meta.Name, u.version)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key %q version %d has sealed its limit of %d messages and the key could not be rotated: %w", ErrUsageLimitReached, lk.meta.Name, u.version, u.limit, err)
+		}
+		lk = next
+	}
+	return nil, fmt.Errorf("%w: key %q: %d new versions in a row were spent at once", ErrUsageLimitReached, lk.meta.Name, reserveAttempts)
+}
+
+// refill reserves the next block of uses of u's version from the store
+// and takes one of them. It returns false when the version is spent.
+func (r *Keyring) refill(ctx context.Context, name string, u *versionUsage) (bool, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.take() {
+		return true, nil // another caller refilled meanwhile
+	}
+	if u.spent {
+		return false, nil
+	}
+	granted, err := r.store.ReserveUses(ctx, name, u.version, r.opts.UsageBlock, u.limit)
+	if err != nil {
+		return false, storeErr(name, err)
+	}
+	if granted <= 0 {
+		u.spent = true
+		return false, nil
+	}
+	// Under u.mu no one else adds, and take never goes below 0: remaining
+	// is 0 here.
+	u.remaining.Store(granted - 1)
+	return true, nil
+}
+
+// rotateSpent rotates key name because its primary version, version, is
+// spent, unless that version is no longer primary (another caller or
+// replica rotated first), and returns the key as loaded afterwards.
+// Concurrent callers for the same key share one rotation.
+func (r *Keyring) rotateSpent(ctx context.Context, name string, version uint32) (*loadedKey, error) {
+	return r.rotations.do(ctx, name, func() (*loadedKey, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		var moved int64 // revision seen with another primary version
+		_, err := r.modify(rctx, name, func(k *store.Key) (*keyset.Handle, error) {
+			moved = 0
+			if k.PrimaryVersion != version {
+				moved = k.Revision
+				return nil, errNoChange
+			}
+			return r.addVersion(rctx, k)
+		})
+		if err != nil {
+			return nil, err
+		}
+		if moved != 0 {
+			if lk, ok := r.cache.get(name); ok && lk.meta.Revision >= moved {
+				return lk, nil // cached already, with the uses it reserved
+			}
+			// Drop the stale entry, so that the load below reads the
+			// store.
+			r.cache.invalidate(name, moved)
+		}
+		return r.load(rctx, name)
+	})
+}
+
+// Uses returns how many encryptions have been reserved of each version of
+// the named key, across all replicas: at least how many each has sealed.
+// Versions never counted (all of an AES-256-SIV key's) are absent.
+func (r *Keyring) Uses(ctx context.Context, name string) (map[uint32]int64, error) {
+	if err := checkKeyName(name); err != nil {
+		return nil, err
+	}
+	uses, err := r.store.Uses(ctx, name)
+	if err != nil {
+		return nil, storeErr(name, err)
+	}
+	return uses, nil
+}
