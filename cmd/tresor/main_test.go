@@ -29,6 +29,9 @@ import (
 var devCfg config.Config
 
 func TestMain(m *testing.M) {
+	if path := os.Getenv(serveChildEnv); path != "" {
+		os.Exit(serveChild(path)) // the crash test's server process
+	}
 	os.Exit(func() int {
 		if err := softhsm.Available(); err != nil {
 			fmt.Fprintln(os.Stderr, "cmd/tresor tests need SoftHSM2 (make test installs it):", err)

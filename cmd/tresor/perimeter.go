@@ -6,11 +6,13 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/config"
@@ -137,7 +139,25 @@ func (p *perimeter) serverOptions(o *server.Options, reg *prometheus.Registry) {
 	o.Limiter = p.limiter
 	o.Budgets = p.budgets
 	o.Metrics = reg
-	o.MetricsGatherer = reg
+}
+
+// serveMetrics serves reg at /metrics over plain HTTP on addr until ctx
+// ends: for a Prometheus scraper on loopback or a management network. It
+// is never served on the API listeners, whose callers are workloads.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, logger *slog.Logger) (string, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("listen.metrics %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	go func() { _ = srv.Serve(lis) }()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return lis.Addr().String(), nil
 }
 
 func (p *perimeter) Close() {

@@ -17,7 +17,6 @@ import (
 	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/internal/store"
-	"github.com/tresorkms/tresor/kms/provider"
 )
 
 func newServeCmd() *cobra.Command {
@@ -123,15 +122,18 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return fmt.Errorf("refusing to start: key store: %w", err)
 	}
 	defer st.Close()
-	rk, err := provider.Open(ctx, cfg.RootKey.URI, logger)
+	rk, err := openRootKeys(ctx, cfg, st, logger)
 	if err != nil {
 		return fmt.Errorf("refusing to start: root key: %w", err)
 	}
 	defer rk.Close()
-	ring, err := envelope.New(st, rk, envelope.Options{
+	ring, err := envelope.New(st, rk.set, envelope.Options{
 		MaxPlaintextSize: cfg.Limits.MaxPlaintextBytes,
 		CacheMaxKeys:     cfg.Cache.MaxKeys,
 		CacheMaxAge:      cfg.Cache.MaxAge,
+		// Usage limits of AES-256-GCM key versions (see internal/config).
+		DefaultUsageLimit: cfg.Keys.DefaultUsageLimit,
+		UsageBlock:        cfg.Keys.UsageBlock,
 	})
 	if err != nil {
 		return err
@@ -150,6 +152,14 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	per.serverOptions(&opts, reg)
+	if cfg.Listen.Metrics != "" {
+		addr, err := serveMetrics(ctx, cfg.Listen.Metrics, reg, logger)
+		if err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+		logger.InfoContext(ctx, "serving metrics", "addr", addr)
+	}
+	opts.RootKeys = rk.rotator
 	srv, err := server.New(ring, opts)
 	if err != nil {
 		return err
@@ -157,8 +167,11 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
+	stopRotator := rk.run(ctx)
+	defer stopRotator()
+	defer startJobs(ctx, cfg, ring, st, logger)()
 	grpcAddr, httpAddr := srv.Addrs()
-	logger.InfoContext(ctx, "tresor serving", "grpc", grpcAddr, "http", httpAddr, "root_key", rk.ID(), "store", storeKind(cfg.Store.URL))
+	logger.InfoContext(ctx, "tresor serving", "grpc", grpcAddr, "http", httpAddr, "root_key", rk.set.ID(), "store", storeKind(cfg.Store.URL))
 	if ready != nil {
 		ready(srv)
 	}

@@ -1,13 +1,110 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/kms"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+	"github.com/tresorkms/tresor/rotation"
 )
+
+// RootKeyRotations starts root-key rotations and reports them; the
+// AdminService serves it. rotation.RootKeyRotator is the real one. Its
+// errors are those of rotation.RootKeyRotator: rotation.ErrInvalidRootKey,
+// rotation.ErrRotationRunning, rotation.ErrNoRotation, or an outage
+// (kms.ErrUnavailable, store.ErrUnavailable).
+type RootKeyRotations interface {
+	// Start starts re-wrapping every keyset to the root key at uri.
+	Start(ctx context.Context, uri string) (store.RootKeyRotation, error)
+	// Status returns the latest rotation.
+	Status(ctx context.Context) (store.RootKeyRotation, error)
+}
 
 // adminService implements tresor.v1.AdminService.
 type adminService struct {
 	tresorv1.UnimplementedAdminServiceServer
-	logger *slog.Logger
+	rotations RootKeyRotations // nil: root-key rotation is not offered
+	logger    *slog.Logger
+}
+
+func (s *adminService) RotateRootKey(ctx context.Context, req *tresorv1.RotateRootKeyRequest) (*tresorv1.RotateRootKeyResponse, error) {
+	if s.rotations == nil {
+		return s.UnimplementedAdminServiceServer.RotateRootKey(ctx, req)
+	}
+	job, err := s.rotations.Start(ctx, req.GetRootKeyUri())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	s.logger.InfoContext(ctx, "root-key rotation requested", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID)
+	return &tresorv1.RotateRootKeyResponse{Rotation: rotationToProto(job)}, nil
+}
+
+func (s *adminService) GetRootKeyRotation(ctx context.Context, req *tresorv1.GetRootKeyRotationRequest) (*tresorv1.GetRootKeyRotationResponse, error) {
+	if s.rotations == nil {
+		return s.UnimplementedAdminServiceServer.GetRootKeyRotation(ctx, req)
+	}
+	job, err := s.rotations.Status(ctx)
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &tresorv1.GetRootKeyRotationResponse{Rotation: rotationToProto(job)}, nil
+}
+
+// status maps the errors of root-key rotation; the rest goes to toStatus.
+// Messages name root key ids and job ids, never a URI's pin-source or any
+// key material.
+func (s *adminService) status(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, rotation.ErrInvalidRootKey), errors.Is(err, kms.ErrInvalidURI):
+		s.logger.WarnContext(ctx, "root-key rotation refused", "err", err)
+		return status.Error(codes.InvalidArgument, rotationMessage(err))
+	case errors.Is(err, rotation.ErrRotationRunning):
+		return status.Error(codes.FailedPrecondition, rotationMessage(err))
+	case errors.Is(err, rotation.ErrNoRotation):
+		return status.Error(codes.NotFound, rotationMessage(err))
+	case errors.Is(err, kms.ErrUnavailable), errors.Is(err, store.ErrUnavailable):
+		s.logger.ErrorContext(ctx, "root-key rotation: provider or store unavailable", "err", err)
+		return status.Error(codes.Unavailable, "the new root key or the key store is unavailable; retry later")
+	}
+	return toStatus(ctx, s.logger, err)
+}
+
+// rotationMessage is err's message without the package prefix that only
+// helps in logs.
+func rotationMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "rotation: ")
+}
+
+func rotationToProto(j store.RootKeyRotation) *tresorv1.RootKeyRotation {
+	p := &tresorv1.RootKeyRotation{
+		Id:          j.ID,
+		FromRootKey: j.FromID,
+		ToRootKey:   j.ToID,
+		Total:       j.Total,
+		Rewrapped:   j.Rewrapped,
+	}
+	switch j.State {
+	case store.RotationRunning:
+		p.State = tresorv1.RootKeyRotationState_ROOT_KEY_ROTATION_STATE_RUNNING
+	case store.RotationDone:
+		p.State = tresorv1.RootKeyRotationState_ROOT_KEY_ROTATION_STATE_DONE
+	}
+	if !j.StartTime.IsZero() {
+		p.StartTime = timestamppb.New(j.StartTime)
+	}
+	if !j.UpdateTime.IsZero() {
+		p.UpdateTime = timestamppb.New(j.UpdateTime)
+	}
+	if !j.EndTime.IsZero() {
+		p.EndTime = timestamppb.New(j.EndTime)
+	}
+	return p
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -851,4 +852,47 @@ func forgedCiphertext(key string) string {
 	b = append(b, make([]byte, 40)...)
 	b[len(b)-40] = 1
 	return envelope.FormatCiphertext(b)
+}
+
+// TestMetricsHoldNoSecrets: the chain's metrics count calls, refusals and
+// latency by method, code, action, class and tier; no label carries an
+// identity, a key name, a token or data.
+func TestMetricsHoldNoSecrets(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	ts := startServerWith(t, serverConfig{metrics: reg})
+	const secret = "4111111111111111"
+	if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "metered", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "metered", Plaintext: []byte(secret)}); err != nil {
+		t.Fatal(err)
+	}
+	anon := tresorv1.NewCryptoServiceClient(ts.dial(t, ts.client, "not-a-token"))
+	if _, err := anon.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "metered", Plaintext: []byte(secret)}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Encrypt with a bad token err = %v, want Unauthenticated", err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var labels []string
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				labels = append(labels, f.GetName()+"{"+l.GetName()+"="+l.GetValue()+"}")
+			}
+		}
+	}
+	all := strings.Join(labels, " ")
+	for _, want := range []string{"tresor_rpc_calls_total{code=OK}", "tresor_rpc_calls_total{method=/tresor.v1.CryptoService/Encrypt}", "tresor_authn_failures_total{reason=invalid_token}"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("metrics %s, want %s (the test must see the metrics)", all, want)
+		}
+	}
+	for _, leak := range []string{secret, "metered", paymentsID, "payments-batch", ts.token[:20], "not-a-token"} {
+		if strings.Contains(all, leak) {
+			t.Errorf("a metric label holds %q: %s", leak, all)
+		}
+	}
 }

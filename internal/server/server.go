@@ -22,7 +22,6 @@ import (
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -72,11 +71,11 @@ type Options struct {
 	Observer CallObserver
 	// Metrics registers the server's collectors; nil registers them nowhere.
 	Metrics prometheus.Registerer
-	// MetricsGatherer, when set, is served at /metrics on the REST listener
-	// (behind its mutual TLS).
-	MetricsGatherer prometheus.Gatherer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// RootKeys serves the AdminService's root-key rotation
+	// (rotation.RootKeyRotator); nil answers its calls with Unimplemented.
+	RootKeys RootKeyRotations
 }
 
 // Server is tresor's API server.
@@ -139,13 +138,18 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	}
 	keys := &keyService{ring: ring, logger: opts.Logger}
 	crypto := &cryptoService{ring: ring, logger: opts.Logger}
-	admin := &adminService{logger: opts.Logger}
+	admin := &adminService{rotations: opts.RootKeys, logger: opts.Logger}
 
 	gopts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(ch.unary),
 		grpc.StreamInterceptor(ch.stream),
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Connections are re-established (and client certificates checked
+		// against the current CA bundle) at least hourly.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: time.Hour, MaxConnectionAgeGrace: time.Minute}),
+		// Metadata (headers) is bounded as REST headers are.
+		grpc.MaxHeaderListSize(64 << 10),
 	}
 	if opts.TLS != nil {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
@@ -228,9 +232,6 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	if s.opts.MetricsGatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.MetricsGatherer, promhttp.HandlerOpts{}))
-	}
 	limit := int64(s.opts.MaxRequestBytes)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > limit {

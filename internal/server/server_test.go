@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -108,6 +109,16 @@ type serverConfig struct {
 	now func() time.Time
 	// issuerDir holds the token issuer's keys (empty: a new folder).
 	issuerDir string
+	// rootKeys, when set, returns the root keys the keyring uses and the
+	// AdminService's root-key rotation, given the store, the root key and
+	// its file (see admin_test.go).
+	rootKeys func(t testing.TB, st store.Store, kek envelope.KEK, rootKeyFile string) (envelope.KEK, RootKeyRotations)
+	// metrics, when set, registers the server's collectors.
+	metrics *prometheus.Registry
+	// quiet logs at Info level to io.Discard and keeps no call log (no
+	// CallObserver), as `tresor bench` does: for benchmarks, whose calls
+	// would otherwise grow the log buffer and the call log without bound.
+	quiet bool
 }
 
 // callLog is a CallObserver that keeps every record.
@@ -198,7 +209,12 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 	if err != nil {
 		t.Fatalf("localkek.OpenOrCreate() err = %v", err)
 	}
-	ring, err := envelope.New(st, kek, envelope.Options{MaxPlaintextSize: sc.maxPlaintext})
+	var ringKEK envelope.KEK = kek
+	var rotations RootKeyRotations
+	if sc.rootKeys != nil {
+		ringKEK, rotations = sc.rootKeys(t, st, kek, sc.rootKey)
+	}
+	ring, err := envelope.New(st, ringKEK, envelope.Options{MaxPlaintextSize: sc.maxPlaintext})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,13 +249,22 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	calls := &callLog{}
+	var observer CallObserver = calls
+	if sc.quiet {
+		logger = slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		observer = nil
+	}
 	opts := Options{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: srvTLS,
 		MaxRequestBytes: 1 << 20,
 		Logger:          logger,
-		Observer:        calls,
+		Observer:        observer,
 		Unprotected:     sc.unprotected,
 		Now:             sc.now,
+		RootKeys:        rotations,
+	}
+	if sc.metrics != nil {
+		opts.Metrics = sc.metrics
 	}
 	var pol *policy.Reloading
 	var policyDir string

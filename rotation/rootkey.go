@@ -1,0 +1,857 @@
+package rotation
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/kms"
+	"github.com/tresorkms/tresor/kms/pkcs11"
+)
+
+// Errors of root-key rotation. Match them with errors.Is. Outages are
+// reported with the provider's or the store's own error: kms.ErrUnavailable
+// or store.ErrUnavailable.
+var (
+	// ErrInvalidRootKey means the new root key cannot be rotated to: its
+	// URI is malformed or names the active root key, or the key cannot be
+	// opened or used (no such key, PIN rejected, not allowed to encrypt).
+	// Nothing changed.
+	ErrInvalidRootKey = errors.New("rotation: invalid new root key")
+	// ErrRotationRunning means a root-key rotation is running already.
+	ErrRotationRunning = errors.New("rotation: a root-key rotation is running")
+	// ErrNoRotation means the root key has never been rotated.
+	ErrNoRotation = errors.New("rotation: the root key has never been rotated")
+)
+
+// RootKeyLease is the name of the store lease the replica that re-wraps
+// keysets holds.
+const RootKeyLease = "root-key-rotation"
+
+// Defaults of RootKeyOptions.
+const (
+	DefaultRewrapBatch = 500
+	// MaxAutoWorkers is how many root-key calls run at once, when Workers
+	// is automatic, for root keys whose calls are slow (a network HSM, KMS).
+	MaxAutoWorkers = 16
+	// autoParallelAbove is the time to re-wrap one keyset above which
+	// automatic Workers goes parallel: below it, the root keys are local
+	// (a PKCS#11 token on the host, a key file) and bound by CPU, where
+	// concurrent calls only contend (SoftHSM2: 4 sessions at once re-wrap
+	// slower than one).
+	autoParallelAbove = 250 * time.Microsecond
+	// autoProbe is how many keysets of a batch automatic Workers re-wraps
+	// one at a time, to time them.
+	autoProbe           = 4
+	DefaultPollInterval = 2 * time.Second
+	DefaultLeaseTTL     = 30 * time.Second
+	DefaultMinBackoff   = 100 * time.Millisecond
+	DefaultMaxBackoff   = 30 * time.Second
+	// inFlightAllowance is added to the grace period: how long a keyset
+	// wrapped by the old root key just before the switch may take to be
+	// written to the store.
+	inFlightAllowance = 2 * time.Second
+)
+
+// RootKeyStore is the part of the key store root-key rotation uses;
+// store.Store satisfies it.
+type RootKeyStore interface {
+	StartRootKeyRotation(ctx context.Context, r store.RootKeyRotation) (store.RootKeyRotation, error)
+	LatestRootKeyRotation(ctx context.Context) (store.RootKeyRotation, error)
+	ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]store.Key, error)
+	CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error)
+	RewrapKeys(ctx context.Context, jobID string, keys []store.Key) (conflicts []string, err error)
+	FinishRootKeyRotation(ctx context.Context, jobID string) (store.RootKeyRotation, error)
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// Opener opens the root key a URI names; kms/provider.Open is the real one.
+type Opener interface {
+	OpenRootKey(ctx context.Context, uri string) (kms.RootKey, error)
+}
+
+// OpenerFunc adapts a function to an Opener.
+type OpenerFunc func(ctx context.Context, uri string) (kms.RootKey, error)
+
+// OpenRootKey calls f.
+func (f OpenerFunc) OpenRootKey(ctx context.Context, uri string) (kms.RootKey, error) {
+	return f(ctx, uri)
+}
+
+// RootKeyOptions configure a RootKeyRotator.
+type RootKeyOptions struct {
+	// ActiveURI is the URI of the root key active in the set when the
+	// rotator is made. Required: a new job records it as its FromURI.
+	ActiveURI string
+	// BatchSize is how many keysets one store transaction re-wraps (1 to
+	// store.MaxPageSize); 0 means DefaultRewrapBatch.
+	BatchSize int
+	// Workers is how many root-key calls of a batch run at once. 0 means
+	// automatic, per batch: one at a time when a keyset re-wraps in under
+	// 250µs (local root keys, bound by CPU), else MaxAutoWorkers (root keys
+	// across a network, bound by latency).
+	Workers int
+	// PollInterval is how often the store is asked for a job another
+	// replica started, or one left running by a crash; 0 means
+	// DefaultPollInterval.
+	PollInterval time.Duration
+	// LeaseTTL is how long the job's lease lasts unrenewed; another replica
+	// resumes the job when it lapses. 0 means DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// Grace is how long after a replica first sees a job it waits before
+	// the sweep that may finish it, so that every replica has switched to
+	// the new root key and no keyset wrapped by the old one is still on its
+	// way to the store. 0 means 2*PollInterval + 2s.
+	Grace time.Duration
+	// MinBackoff and MaxBackoff bound the exponential backoff after a
+	// failure (a root key or the store unavailable); 0 means the defaults.
+	MinBackoff, MaxBackoff time.Duration
+	// PKCS11Modules are the PKCS#11 modules (absolute paths) a new root key
+	// may be in, besides the modules of the root keys the rotator knows
+	// (the active one and those of the store's jobs): Start refuses any
+	// other, so that the API cannot make the server load a library of the
+	// caller's choosing.
+	PKCS11Modules []string
+	// Holder names this replica in the lease; empty means host, pid and a
+	// random suffix.
+	Holder string
+	// Logger receives progress and failures; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// RootKeyRotator rotates the root key: [RootKeyRotator.Start] opens the new
+// key, records a job and makes the key active in the keyring's
+// [envelope.RootKeys]; [RootKeyRotator.Run], on every replica, follows the
+// store's latest job (opens its keys, switches the active key) and, on the
+// one replica that holds the job's lease, re-wraps every keyset in batches
+// until none is left under the old key, then finishes the job.
+//
+// A crash at any point loses nothing: each batch is one store transaction
+// (a compare-and-swap on every key's revision, progress recorded in the
+// same transaction), keysets not yet re-wrapped stay readable with the old
+// key, and a restarted replica opens both keys of a running job again and
+// carries on. Its methods are safe for concurrent use.
+type RootKeyRotator struct {
+	st     RootKeyStore
+	roots  *envelope.RootKeys
+	open   Opener
+	opts   RootKeyOptions
+	logger *slog.Logger
+	kick   chan struct{}
+
+	startMu sync.Mutex // serializes Start
+
+	mu       sync.Mutex
+	uris     map[string]string      // root key id -> URI, for keys held
+	opened   map[string]kms.RootKey // keys this rotator opened; Close closes them
+	seen     map[string]time.Time   // job id -> when this process first saw it running
+	repaired bool                   // the check for keys left behind by a done job ran
+	closed   bool
+	active   atomic.Pointer[string] // id of the active key last logged
+}
+
+// NewRootKeyRotator returns a rotator for the root keys of a keyring,
+// whose active key's URI is opts.ActiveURI.
+func NewRootKeyRotator(st RootKeyStore, roots *envelope.RootKeys, open Opener, opts RootKeyOptions) (*RootKeyRotator, error) {
+	if st == nil || roots == nil || open == nil {
+		return nil, errors.New("rotation: NewRootKeyRotator needs a store, the root keys and an opener")
+	}
+	if opts.ActiveURI == "" {
+		return nil, errors.New("rotation: NewRootKeyRotator needs the active root key's URI")
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = DefaultRewrapBatch
+	}
+	opts.BatchSize = min(opts.BatchSize, store.MaxPageSize)
+	opts.Workers = max(opts.Workers, 0)
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = DefaultLeaseTTL
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = 2*opts.PollInterval + inFlightAllowance
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = DefaultMinBackoff
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = DefaultMaxBackoff
+	}
+	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	if opts.Holder == "" {
+		host, _ := os.Hostname()
+		opts.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), randomHex(4))
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	activeID := roots.Active().ID()
+	r := &RootKeyRotator{
+		st: st, roots: roots, open: open, opts: opts, logger: opts.Logger,
+		kick:   make(chan struct{}, 1),
+		uris:   map[string]string{activeID: opts.ActiveURI},
+		opened: map[string]kms.RootKey{},
+		seen:   map[string]time.Time{},
+	}
+	r.active.Store(&activeID)
+	return r, nil
+}
+
+// Close closes the root keys the rotator opened. Call it after the keyring
+// is no longer used.
+func (r *RootKeyRotator) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	var errs []error
+	for id, k := range r.opened {
+		if err := k.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("rotation: close root key %q: %w", id, err))
+		}
+		delete(r.opened, id)
+	}
+	return errors.Join(errs...)
+}
+
+// Status returns the latest root-key rotation, running or done, or
+// ErrNoRotation.
+func (r *RootKeyRotator) Status(ctx context.Context) (store.RootKeyRotation, error) {
+	job, err := r.st.LatestRootKeyRotation(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.RootKeyRotation{}, ErrNoRotation
+	}
+	if err != nil {
+		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
+	}
+	return job, nil
+}
+
+// probe is wrapped and unwrapped by a new root key before a job starts.
+var probeAAD = []byte("tresor-root-key-probe-v1")
+
+// Start starts re-wrapping every keyset from the active root key to the
+// root key at uri, and returns the job. From this moment the keyring wraps
+// new keysets with the new key; the old one keeps unwrapping. The re-wrap
+// runs in the background, in Run (on this replica or another).
+//
+// It fails with ErrRotationRunning while a job runs, with
+// ErrInvalidRootKey when uri is malformed, names the active key, or names
+// a key that cannot be opened or used, and with an error wrapping
+// kms.ErrUnavailable or store.ErrUnavailable when the new key or the store
+// cannot be reached. A rotation to a local-file:// key (development only)
+// is refused unless the active key is one too. Nothing changes when it
+// fails.
+func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRotation, error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	if strings.TrimSpace(uri) == "" {
+		return store.RootKeyRotation{}, fmt.Errorf("%w: empty URI", ErrInvalidRootKey)
+	}
+	latest, err := r.st.LatestRootKeyRotation(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
+	case latest.State == store.RotationRunning:
+		return store.RootKeyRotation{}, fmt.Errorf("%w: job %s, from root key %q to %q, has re-wrapped %d of %d keysets", ErrRotationRunning, latest.ID, latest.FromID, latest.ToID, latest.Rewrapped, latest.Total)
+	default:
+		// A job done elsewhere may not be followed here yet.
+		if err := r.follow(ctx, latest); err != nil {
+			return store.RootKeyRotation{}, err
+		}
+	}
+	from := r.roots.Active()
+	fromID := from.ID()
+	fromURI := r.uriOf(fromID)
+	if isLocalFile(uri) && !isLocalFile(fromURI) {
+		return store.RootKeyRotation{}, fmt.Errorf("%w: a local-file root key is for development only; rotating to one is refused unless the active root key is a local-file key too", ErrInvalidRootKey)
+	}
+	if err := r.checkModule(uri); err != nil {
+		return store.RootKeyRotation{}, err
+	}
+	to, err := r.open.OpenRootKey(ctx, uri)
+	if err != nil {
+		if errors.Is(err, kms.ErrUnavailable) || ctx.Err() != nil {
+			return store.RootKeyRotation{}, fmt.Errorf("rotation: open the new root key: %w", err)
+		}
+		return store.RootKeyRotation{}, fmt.Errorf("%w: cannot open it: %w", ErrInvalidRootKey, err)
+	}
+	adopted := false
+	defer func() {
+		if !adopted {
+			_ = to.Close()
+		}
+	}()
+	toID := to.ID()
+	if toID == fromID {
+		return store.RootKeyRotation{}, fmt.Errorf("%w: it is the active root key %q", ErrInvalidRootKey, toID)
+	}
+	if err := probe(ctx, to); err != nil {
+		if errors.Is(err, kms.ErrUnavailable) || ctx.Err() != nil {
+			return store.RootKeyRotation{}, fmt.Errorf("rotation: new root key %q: %w", toID, err)
+		}
+		return store.RootKeyRotation{}, fmt.Errorf("%w: root key %q cannot wrap and unwrap: %w", ErrInvalidRootKey, toID, err)
+	}
+	total, err := r.st.CountKeysByRootKey(ctx, fromID)
+	if err != nil {
+		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
+	}
+	job, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
+		ID:      "rkr-" + randomHex(8),
+		FromURI: fromURI, ToURI: uri,
+		FromID: fromID, ToID: toID,
+		Total: total,
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return store.RootKeyRotation{}, fmt.Errorf("%w: started concurrently", ErrRotationRunning)
+	}
+	if err != nil {
+		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
+	}
+	adopted = true
+	r.adopt(to, uri)
+	r.markSeen(job.ID)
+	r.setActive(ctx, toID)
+	r.logger.InfoContext(ctx, "root-key rotation started", "job", job.ID, "from_root_key", fromID, "to_root_key", toID, "keysets", total)
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+	return job, nil
+}
+
+// checkModule refuses a pkcs11: URI whose module is neither in
+// PKCS11Modules nor the module of a root key the rotator knows.
+func (r *RootKeyRotator) checkModule(uri string) error {
+	if !hasScheme(uri, "pkcs11:") {
+		return nil
+	}
+	u, err := pkcs11.ParseURI(uri)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRootKey, err)
+	}
+	allowed := slices.Clone(r.opts.PKCS11Modules)
+	r.mu.Lock()
+	for _, known := range r.uris {
+		if k, err := pkcs11.ParseURI(known); err == nil && hasScheme(known, "pkcs11:") {
+			allowed = append(allowed, k.ModulePath)
+		}
+	}
+	r.mu.Unlock()
+	if !slices.Contains(allowed, u.ModulePath) {
+		return fmt.Errorf("%w: PKCS#11 module %q is not the module of a root key in use; the API loads no other module (allow it in the server's configuration)", ErrInvalidRootKey, u.ModulePath)
+	}
+	return nil
+}
+
+// probe checks that k wraps and unwraps.
+func probe(ctx context.Context, k kms.RootKey) error {
+	pt := []byte("tresor root key probe")
+	w, err := k.Wrap(ctx, pt, probeAAD)
+	if err != nil {
+		return err
+	}
+	got, err := k.Unwrap(ctx, w, probeAAD)
+	if err != nil {
+		return err
+	}
+	if string(got) != string(pt) {
+		return errors.New("unwrap returned other bytes than were wrapped")
+	}
+	return nil
+}
+
+// Run follows the store's root-key rotations until ctx ends: it polls for
+// the latest job, opens its root keys and switches the keyring to the new
+// one; while a job runs, it takes the job's lease when it is free and
+// re-wraps keysets until the job is done. Failures (a root key or the store
+// unavailable) are retried with exponential backoff. It returns nil when
+// ctx ends.
+func (r *RootKeyRotator) Run(ctx context.Context) error {
+	b := backoff{min: r.opts.MinBackoff, max: r.opts.MaxBackoff}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-r.kick:
+		}
+		err := r.step(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := r.opts.PollInterval
+		if err != nil {
+			wait = b.next()
+			r.logger.WarnContext(ctx, "root-key rotation: will retry", "err", err, "retry_in", wait)
+		} else {
+			b.reset()
+		}
+		timer.Reset(wait)
+	}
+}
+
+// step follows the latest job once and, holding its lease, works on it.
+func (r *RootKeyRotator) step(ctx context.Context) error {
+	job, err := r.st.LatestRootKeyRotation(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rotation: key store: %w", err)
+	}
+	if err := r.follow(ctx, job); err != nil {
+		return err
+	}
+	if job.State == store.RotationDone {
+		return r.repair(ctx, job)
+	}
+	if job.State != store.RotationRunning {
+		return nil
+	}
+	ok, err := r.st.AcquireLease(ctx, RootKeyLease, r.opts.Holder, r.opts.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("rotation: lease: %w", err)
+	}
+	if !ok {
+		return nil // another replica works on it
+	}
+	return r.work(ctx, job)
+}
+
+// repair looks once per process for keysets a done job left behind under
+// its old root key (a write that raced the job's last sweep) and, finding
+// some, starts a job from the same old key to the same new key for them.
+func (r *RootKeyRotator) repair(ctx context.Context, job store.RootKeyRotation) error {
+	r.mu.Lock()
+	checked := r.repaired
+	r.mu.Unlock()
+	if checked {
+		return nil
+	}
+	n, err := r.st.CountKeysByRootKey(ctx, job.FromID)
+	if err != nil {
+		return fmt.Errorf("rotation: key store: %w", err)
+	}
+	if n > 0 {
+		r.logger.WarnContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job; re-wrapping them", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "keysets", n)
+		if err := r.ensure(ctx, job.FromID, job.FromURI); err != nil {
+			return err
+		}
+		_, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
+			ID:      "rkr-" + randomHex(8),
+			FromURI: job.FromURI, ToURI: job.ToURI,
+			FromID: job.FromID, ToID: job.ToID,
+			Total: n,
+		})
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("rotation: key store: %w", err)
+		}
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	r.mu.Lock()
+	r.repaired = true
+	r.mu.Unlock()
+	return nil
+}
+
+// follow makes the keyring match job: its new key active and, while it
+// runs, its old key held.
+func (r *RootKeyRotator) follow(ctx context.Context, job store.RootKeyRotation) error {
+	if err := r.ensure(ctx, job.ToID, job.ToURI); err != nil {
+		return err
+	}
+	r.setActive(ctx, job.ToID)
+	if job.State == store.RotationRunning {
+		r.markSeen(job.ID)
+		return r.ensure(ctx, job.FromID, job.FromURI)
+	}
+	return nil
+}
+
+// ensure opens the root key uri names unless the set holds id already, and
+// checks that uri still names the key with that id.
+func (r *RootKeyRotator) ensure(ctx context.Context, id, uri string) error {
+	if _, ok := r.roots.Get(id); ok {
+		r.mu.Lock()
+		if _, known := r.uris[id]; !known {
+			r.uris[id] = uri
+		}
+		r.mu.Unlock()
+		return nil
+	}
+	k, err := r.open.OpenRootKey(ctx, uri)
+	if err != nil {
+		return fmt.Errorf("rotation: open root key %q: %w", id, err)
+	}
+	if k.ID() != id {
+		_ = k.Close()
+		return fmt.Errorf("rotation: the URI recorded for root key %q now opens root key %q; refusing to use it", id, k.ID())
+	}
+	r.adopt(k, uri)
+	r.logger.InfoContext(ctx, "root-key rotation: opened root key", "root_key", id)
+	return nil
+}
+
+// adopt adds k, which the rotator opened, to the set.
+func (r *RootKeyRotator) adopt(k kms.RootKey, uri string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id := k.ID()
+	if _, held := r.roots.Get(id); held || r.closed {
+		_ = k.Close()
+		r.uris[id] = uri
+		return
+	}
+	_ = r.roots.Add(k) // k has an id: Add cannot fail
+	r.opened[id] = k
+	r.uris[id] = uri
+}
+
+func (r *RootKeyRotator) setActive(ctx context.Context, id string) {
+	if err := r.roots.SetActive(id); err != nil {
+		return // not held: ensure failed and was reported
+	}
+	if prev := r.active.Swap(&id); *prev != id {
+		r.logger.InfoContext(ctx, "root key switched: new keysets are wrapped by the new root key", "root_key", id, "previous_root_key", *prev)
+	}
+}
+
+func (r *RootKeyRotator) uriOf(id string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.uris[id]
+}
+
+func (r *RootKeyRotator) markSeen(jobID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.seen[jobID]; !ok {
+		r.seen[jobID] = time.Now()
+	}
+}
+
+func (r *RootKeyRotator) seenAt(jobID string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t, ok := r.seen[jobID]; ok {
+		return t
+	}
+	t := time.Now()
+	r.seen[jobID] = t
+	return t
+}
+
+var errLeaseLost = errors.New("rotation: lost the root-key rotation lease")
+
+// work re-wraps job's keysets while holding its lease, and finishes it.
+func (r *RootKeyRotator) work(ctx context.Context, job store.RootKeyRotation) error {
+	jctx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.renew(jctx, cancel) })
+	defer func() {
+		cancel(nil)
+		wg.Wait()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer rcancel()
+		if err := r.st.ReleaseLease(rctx, RootKeyLease, r.opts.Holder); err != nil {
+			r.logger.WarnContext(ctx, "root-key rotation: release lease", "err", err)
+		}
+	}()
+	err := r.rewrapAll(jctx, job)
+	if cause := context.Cause(jctx); cause != nil && ctx.Err() == nil && errors.Is(cause, errLeaseLost) {
+		return cause
+	}
+	return err
+}
+
+// renew renews the lease every third of its TTL until ctx ends, and cancels
+// the job when the lease is lost or cannot be renewed before it lapses.
+func (r *RootKeyRotator) renew(ctx context.Context, cancel context.CancelCauseFunc) {
+	every := max(r.opts.LeaseTTL/3, time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ok, err := r.st.AcquireLease(ctx, RootKeyLease, r.opts.Holder, r.opts.LeaseTTL)
+		switch {
+		case err == nil && ok:
+			last = time.Now()
+		case err == nil && !ok:
+			cancel(errLeaseLost)
+			return
+		case time.Since(last) >= r.opts.LeaseTTL-every:
+			cancel(fmt.Errorf("%w: %w", errLeaseLost, err))
+			return
+		}
+	}
+}
+
+// rewrapAll sweeps the old key's keysets until a sweep that began after
+// the grace period finds none, then finishes the job.
+func (r *RootKeyRotator) rewrapAll(ctx context.Context, job store.RootKeyRotation) error {
+	from, ok := r.roots.Get(job.FromID)
+	if !ok {
+		return fmt.Errorf("rotation: root key %q is not open", job.FromID)
+	}
+	to, ok := r.roots.Get(job.ToID)
+	if !ok {
+		return fmt.Errorf("rotation: root key %q is not open", job.ToID)
+	}
+	graceEnd := r.seenAt(job.ID).Add(r.opts.Grace)
+	r.logger.InfoContext(ctx, "root-key rotation: re-wrapping", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "rewrapped", job.Rewrapped, "total", job.Total)
+	for {
+		sweepStart := time.Now()
+		res, err := r.sweep(ctx, job, from, to)
+		if err != nil {
+			return err
+		}
+		if res.unreadable > 0 {
+			return fmt.Errorf("rotation: job %s: %d keysets cannot be unwrapped by root key %q (see the log); the job cannot finish until they are repaired or destroyed", job.ID, res.unreadable, job.FromID)
+		}
+		if res.rewrapped > 0 || res.conflicts > 0 {
+			continue
+		}
+		if sweepStart.Before(graceEnd) {
+			if err := sleep(ctx, time.Until(graceEnd)); err != nil {
+				return err
+			}
+			continue
+		}
+		done, err := r.st.FinishRootKeyRotation(ctx, job.ID)
+		if errors.Is(err, store.ErrConflict) {
+			// A keyset arrived under the old key: sweep again, after a
+			// pause, as the writer may still be at it.
+			if err := sleep(ctx, r.opts.PollInterval); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("rotation: key store: %w", err)
+		}
+		r.logger.InfoContext(ctx, "root-key rotation done", "job", done.ID, "from_root_key", done.FromID, "to_root_key", done.ToID, "rewrapped", done.Rewrapped, "total", done.Total)
+		return r.follow(ctx, done)
+	}
+}
+
+type sweepResult struct {
+	rewrapped, conflicts, unreadable int
+}
+
+// sweep re-wraps, batch by batch in name order, every keyset still under
+// the old key. It is a pipeline of three stages, so that the store and the
+// HSM or KMS work at the same time: one goroutine lists the next batch,
+// this one re-wraps a batch with the root keys, and another commits the
+// batch before (one store transaction each, whole or nothing). A failure
+// stops the sweep once the commit in flight has ended.
+func (r *RootKeyRotator) sweep(ctx context.Context, job store.RootKeyRotation, from, to envelope.KEK) (sweepResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	batches := make(chan []store.Key, 1)
+	listed := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		after := ""
+		for {
+			keys, err := r.st.ListKeysByRootKey(ctx, job.FromID, after, r.opts.BatchSize)
+			if err != nil {
+				listed <- fmt.Errorf("rotation: key store: %w", err)
+				return
+			}
+			if len(keys) == 0 {
+				listed <- nil
+				return
+			}
+			after = keys[len(keys)-1].Name
+			select {
+			case batches <- keys:
+			case <-ctx.Done():
+				listed <- ctx.Err()
+				return
+			}
+			if len(keys) < r.opts.BatchSize {
+				listed <- nil
+				return
+			}
+		}
+	}()
+
+	var res sweepResult
+	type commit struct {
+		stored, conflicts int
+		err               error
+	}
+	var inFlight chan commit // the previous batch's commit, if any
+	wait := func() error {
+		if inFlight == nil {
+			return nil
+		}
+		c := <-inFlight
+		inFlight = nil
+		res.rewrapped += c.stored
+		res.conflicts += c.conflicts
+		return c.err
+	}
+	defer func() {
+		_ = wait()
+		cancel()
+		for range batches { // let the lister end
+		}
+	}()
+	for keys := range batches {
+		out, unreadable, err := r.rewrapBatch(ctx, keys, from, to)
+		if err != nil {
+			return res, err
+		}
+		if err := wait(); err != nil {
+			return res, err
+		}
+		res.unreadable += unreadable
+		if len(out) > 0 {
+			inFlight = make(chan commit, 1)
+			go func(ch chan<- commit) {
+				conflicts, err := r.st.RewrapKeys(ctx, job.ID, out)
+				if err != nil {
+					ch <- commit{err: fmt.Errorf("rotation: key store: %w", err)}
+					return
+				}
+				ch <- commit{stored: len(out) - len(conflicts), conflicts: len(conflicts)}
+			}(inFlight)
+		}
+	}
+	if err := wait(); err != nil {
+		return res, err
+	}
+	return res, <-listed
+}
+
+// rewrapBatch re-wraps keys on Workers goroutines. A keyset the old key
+// cannot unwrap is logged and left out; an unavailable root key or an
+// ended context fails the whole batch.
+func (r *RootKeyRotator) rewrapBatch(ctx context.Context, keys []store.Key, from, to envelope.KEK) ([]store.Key, int, error) {
+	out := make([]store.Key, len(keys))
+	errs := make([]error, len(keys))
+	var next atomic.Int64
+	workers := r.opts.Workers
+	if workers == 0 {
+		// Automatic: time the first few one at a time.
+		n := min(autoProbe, len(keys))
+		start := time.Now()
+		for i := range n {
+			out[i], errs[i] = envelope.RewrapKeyset(ctx, keys[i], from, to)
+		}
+		next.Store(int64(n))
+		workers = 1
+		if n > 0 && time.Since(start)/time.Duration(n) >= autoParallelAbove {
+			workers = MaxAutoWorkers
+		}
+	}
+	do := func() {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= len(keys) || ctx.Err() != nil {
+				return
+			}
+			out[i], errs[i] = envelope.RewrapKeyset(ctx, keys[i], from, to)
+		}
+	}
+	if w := min(workers, len(keys)-int(next.Load())); w <= 1 {
+		do()
+	} else {
+		var wg sync.WaitGroup
+		for range w {
+			wg.Go(do)
+		}
+		wg.Wait()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	kept := out[:0]
+	unreadable := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			kept = append(kept, out[i])
+		case errors.Is(err, kms.ErrUnavailable), errors.Is(err, kms.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return nil, 0, fmt.Errorf("rotation: re-wrap: %w", err)
+		case errors.Is(err, envelope.ErrKeysetUnreadable):
+			unreadable++
+			r.logger.ErrorContext(ctx, "root-key rotation: a stored keyset cannot be unwrapped by its root key; it stays as it is", "key", keys[i].Name, "root_key", keys[i].RootKeyID, "err", err)
+		default:
+			return nil, 0, fmt.Errorf("rotation: re-wrap: %w", err)
+		}
+	}
+	return kept, unreadable, nil
+}
+
+// backoff is exponential backoff with full jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	// Jitter in [cur/2, cur): replicas that failed together retry apart.
+	half := b.cur / 2
+	return half + rand.N(max(half, 1))
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
+	}
+}
+
+func isLocalFile(uri string) bool { return hasScheme(uri, "local-file:") }
+
+// hasScheme reports whether uri starts with scheme (which ends in ':'), in
+// any case.
+func hasScheme(uri, scheme string) bool {
+	return len(uri) >= len(scheme) && strings.EqualFold(uri[:len(scheme)], scheme)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = crand.Read(b) // never fails
+	return hex.EncodeToString(b)
+}
