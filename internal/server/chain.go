@@ -29,6 +29,7 @@ import (
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/policy"
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
 // This file assembles the one interceptor chain every call passes, gRPC or
@@ -169,6 +170,11 @@ func (c *chain) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	}
 	if err = c.authorize(ctx, cl, req); err != nil {
 		return nil, err
+	}
+	if info.FullMethod == tresorv1.KeyService_ListKeys_FullMethodName {
+		if ctx, err = c.withVisibleKeys(ctx, cl); err != nil {
+			return nil, err
+		}
 	}
 	return handler(ctx, req)
 }
@@ -470,6 +476,46 @@ func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []ke
 	}
 	return tiers, nil
 }
+
+type visibleKeysKey struct{}
+
+// visibleKeys returns the filter the chain put in ctx for ListKeys: whether
+// the caller may read a key's metadata (the GetKey action, decided with the
+// same principal and context). Without a policy (Unprotected) every key is
+// visible.
+func visibleKeys(ctx context.Context) func(envelope.KeyAttributes) bool {
+	if f, ok := ctx.Value(visibleKeysKey{}).(func(envelope.KeyAttributes) bool); ok {
+		return f
+	}
+	return func(envelope.KeyAttributes) bool { return true }
+}
+
+// withVisibleKeys puts the ListKeys filter in ctx.
+func (c *chain) withVisibleKeys(ctx context.Context, cl *call) (context.Context, error) {
+	if c.authz == nil {
+		return ctx, nil
+	}
+	pctx, err := c.policyContext(ctx, cl, policy.TierInternal)
+	if err != nil {
+		return ctx, err
+	}
+	p := cl.principal
+	base := policy.Request{
+		Principal: policy.Principal{Workload: p.Workload, Subject: p.Subject, Roles: p.Roles, Scopes: p.Scopes},
+		Action:    readKeyAction,
+		Context:   pctx,
+	}
+	return context.WithValue(ctx, visibleKeysKey{}, func(a envelope.KeyAttributes) bool {
+		r := base
+		tier, _ := policy.ParseTier(a.Sensitivity)
+		r.Resource = policy.Resource{Kind: policy.ResourceKey, Name: a.Name, Tier: tier, Owner: a.Owner, Labels: a.Labels}
+		r.Context.Sensitivity = tier
+		return c.authz.Decide(r).Allow
+	}), nil
+}
+
+// readKeyAction is the action that lets a caller see a key in ListKeys.
+const readKeyAction = "GetKey"
 
 func (c *chain) decideOne(cl *call, preq policy.Request) error {
 	d := c.authz.Decide(preq)

@@ -56,9 +56,15 @@ func (s *keyService) ListKeys(ctx context.Context, req *tresorv1.ListKeysRequest
 	if err != nil {
 		return nil, toStatus(ctx, s.logger, err)
 	}
-	resp := &tresorv1.ListKeysResponse{Keys: make([]*tresorv1.Key, len(keys)), NextPageToken: next}
-	for i, k := range keys {
-		resp.Keys[i] = keyToProto(k)
+	// The caller sees the keys whose metadata it may read (GetKey), no
+	// others: a page may hold fewer keys than asked for, and the next page
+	// token still moves on.
+	visible := visibleKeys(ctx)
+	resp := &tresorv1.ListKeysResponse{Keys: make([]*tresorv1.Key, 0, len(keys)), NextPageToken: next}
+	for _, k := range keys {
+		if visible(envelope.AttributesOf(k.Name, k.Labels)) {
+			resp.Keys = append(resp.Keys, keyToProto(k))
+		}
 	}
 	return resp, nil
 }

@@ -896,3 +896,52 @@ func TestMetricsHoldNoSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestListKeysShowsOnlyReadableKeys: ListKeys lists the keys whose metadata
+// the caller may read (GetKey), so listing tells no one about keys it may
+// not see.
+func TestListKeysShowsOnlyReadableKeys(t *testing.T) {
+	ctx := context.Background()
+	const adminID = "spiffe://bank.example/key-admin-console"
+	ts := examples(t, true, at("2026-11-25T10:00:00Z"))
+	admin := ts.as(t, adminID, true, "key-admin")
+	for _, k := range []struct{ id, owner string }{{"mine-1", paymentsID}, {"theirs", "spiffe://bank.example/ledger"}, {"mine-2", paymentsID}} {
+		if _, err := admin.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: k.id, Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM, Labels: map[string]string{"owner": k.owner}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(c caller) string {
+		resp, err := c.keys.ListKeys(ctx, &tresorv1.ListKeysRequest{})
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		var n []string
+		for _, k := range resp.GetKeys() {
+			n = append(n, k.GetName())
+		}
+		return strings.Join(n, ",")
+	}
+	if got := names(admin); got != "keys/mine-1,keys/mine-2,keys/theirs" {
+		t.Errorf("ListKeys by the key admin = %s, want every key", got)
+	}
+	// Listing itself is a permission (read_metadata on the service); the
+	// example policies grant it to key admins only.
+	if got := names(ts.as(t, paymentsID, true)); !strings.Contains(got, "PermissionDenied") {
+		t.Errorf("ListKeys by payments = %s, want PermissionDenied", got)
+	}
+	// With a policy that lets payments list, it sees its own keys only.
+	ts2 := startServerWith(t, serverConfig{policies: map[string]string{
+		"list.cedar":  `permit (principal, action == Tresor::Action::"ListKeys", resource);`,
+		"admin.cedar": `permit (principal, action == Tresor::Action::"CreateKey", resource);`,
+		"own.cedar":   `permit (principal, action == Tresor::Action::"GetKey", resource is Tresor::Key) when { resource.owner == principal.workload };`,
+	}})
+	for _, k := range []struct{ id, owner string }{{"mine", paymentsID}, {"theirs", "spiffe://bank.example/ledger"}} {
+		if _, err := ts2.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: k.id, Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM, Labels: map[string]string{"owner": k.owner}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := ts2.keys.ListKeys(ctx, &tresorv1.ListKeysRequest{})
+	if err != nil || len(resp.GetKeys()) != 1 || resp.GetKeys()[0].GetName() != "keys/mine" {
+		t.Errorf("ListKeys by payments = %v, %v; want keys/mine only", resp, err)
+	}
+}
