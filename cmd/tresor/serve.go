@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -82,15 +81,24 @@ func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
 	return slog.New(slog.NewJSONHandler(w, opts)), nil
 }
 
-// openStore opens the key store a store URL names.
+// openStore opens the key store a store URL names: PostgreSQL for
+// postgres:// and postgresql:// URLs (the store several replicas share),
+// SQLite for sqlite:///path.db or a plain path. Its errors never show a
+// password from the URL.
 func openStore(ctx context.Context, url string) (store.Store, error) {
 	switch {
 	case strings.HasPrefix(url, "sqlite://"):
 		return store.OpenSQLite(ctx, strings.TrimPrefix(url, "sqlite://"))
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
-		return nil, errors.New("store.url: PostgreSQL is not available in this build yet; use sqlite:///path/keys.db")
+		st, err := store.OpenPostgres(ctx, url)
+		if err != nil {
+			// Not the URL: OpenPostgres names user, host and database, and
+			// pgx shows a URL it cannot parse with its passwords xxxxx.
+			return nil, fmt.Errorf("store.url: %w", err)
+		}
+		return st, nil
 	case strings.Contains(url, "://"):
-		return nil, fmt.Errorf("store.url: unknown store scheme in %q; want sqlite:///path/keys.db", url)
+		return nil, fmt.Errorf("store.url: unknown store scheme %q; want sqlite:///path/keys.db or postgres://user@host:5432/db", url[:strings.Index(url, "://")])
 	default:
 		return store.OpenSQLite(ctx, url)
 	}
