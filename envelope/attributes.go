@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -65,7 +66,15 @@ func (r *Keyring) KeyAttributes(ctx context.Context, name string) (KeyAttributes
 	}
 	k, err := r.store.GetKey(ctx, name)
 	if err != nil {
-		return KeyAttributes{}, storeErr(name, err)
+		err = storeErr(name, err)
+		// In a store outage, a key still serving stale (see KeysetCache)
+		// is authorized on the labels it serves with.
+		if errors.Is(err, ErrStoreUnavailable) {
+			if lk, _, ok := r.cache.staleEntry(name); ok {
+				return attributes(lk.meta.Name, lk.meta.Labels), nil
+			}
+		}
+		return KeyAttributes{}, err
 	}
 	return attributes(k.Name, k.Labels), nil
 }

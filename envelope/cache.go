@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,9 +31,47 @@ type loadedKey struct {
 	// key's entry has only meta: no handle, primitive or usage.
 	usage *versionUsage
 
-	expired    atomic.Bool // set by the expiry timer
+	expired    atomic.Bool // set by the expiry timer, at the cache's max age
 	referenced atomic.Bool // second-chance bit for eviction
-	stopTimer  func() bool
+	timers     entryTimers
+
+	// staleUntil (Unix nanoseconds, the cache's clock) is when the stale
+	// grace ends: put sets it before the entry is published. retryAt is
+	// when an expired entry that failed to reload may be reloaded again;
+	// warnedAt is when serving it stale was last logged.
+	staleUntil int64
+	retryAt    atomic.Int64
+	warnedAt   atomic.Int64
+}
+
+// entryTimers are the timers of one cache entry: its expiry, then the end
+// of its stale grace. Once stopped, a timer added later is stopped at once.
+type entryTimers struct {
+	mu      sync.Mutex
+	stops   []func() bool
+	stopped bool
+}
+
+func (t *entryTimers) add(stop func() bool) {
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		stop()
+		return
+	}
+	t.stops = append(t.stops, stop)
+	t.mu.Unlock()
+}
+
+func (t *entryTimers) stop() {
+	t.mu.Lock()
+	t.stopped = true
+	stops := t.stops
+	t.stops = nil
+	t.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
 }
 
 // KeysetCache holds unwrapped keysets in memory, bounded in number and age,
@@ -43,13 +82,29 @@ type loadedKey struct {
 // and one of the entry's expiry flag: no lock, no clock read, no allocation.
 // Writers (a load after a miss, a rotation, an expiry) take a mutex and copy
 // one of cacheShards shards. Each entry's age is enforced by a timer that
-// marks it expired and drops it. When the cache is full, a put evicts an
+// marks it expired at the max age. When the cache is full, a put evicts an
 // expired entry if there is one, else one not used since the eviction hand
 // last passed it (second chance), else the first the hand reaches.
+//
+// Stale if error: an expired entry is not used while its key reloads, but
+// it stays (counted against the max number of keys) for a stale grace after
+// the max age. When the reload fails because the root key or the key store
+// is unavailable (kms.ErrUnavailable, store.ErrUnavailable, or the load's
+// own timeout) and the store, if it could be read, holds the same revision,
+// the expired entry serves instead, with a warning logged at most once a
+// minute per key; for staleRetry after such a failure the key is served
+// stale without another reload, so a dead HSM is not called on every
+// request. Once the grace has passed the entry is dropped and calls fail
+// with the outage's error. A key changed through this keyring, or dropped
+// by SyncCache because another replica changed it, leaves the cache at once
+// and is never served stale: a change is not an outage.
 type KeysetCache struct {
 	maxKeys   int
 	maxAge    time.Duration
+	grace     time.Duration // 0: expired entries are dropped at once
+	now       func() time.Time
 	afterFunc func(time.Duration, func()) func() bool
+	logger    *slog.Logger
 	seed      maphash.Seed
 	shards    [cacheShards]atomic.Pointer[map[string]*loadedKey]
 
@@ -62,20 +117,46 @@ type KeysetCache struct {
 	// after the change, even once the newer entry is gone.
 	floor map[string]int64
 
-	hits, misses atomic.Uint64
-	length       atomic.Int64
+	hits, misses, stale atomic.Uint64
+	length              atomic.Int64
 }
 
 const cacheShards = 64
 
+const (
+	// staleRetry is how long a key whose reload failed in an outage is
+	// served stale before the next reload is tried.
+	staleRetry = 5 * time.Second
+	// staleWarnEvery is the least time between two warnings about the
+	// same key being served stale.
+	staleWarnEvery = time.Minute
+)
+
 // CacheStats counts lookups in a KeysetCache.
 type CacheStats struct {
 	Hits, Misses uint64
-	Size         int
+	// Stale counts the lookups served by an expired entry, within the stale
+	// grace, because the root key or the key store was unavailable.
+	Stale uint64
+	// Size counts the entries, expired ones kept for the grace included.
+	Size int
 }
 
-func newKeysetCache(maxKeys int, maxAge time.Duration, afterFunc func(time.Duration, func()) func() bool) *KeysetCache {
-	c := &KeysetCache{maxKeys: maxKeys, maxAge: maxAge, afterFunc: afterFunc, seed: maphash.MakeSeed(), floor: make(map[string]int64)}
+// cacheOptions configure a KeysetCache; the keyring fills in every field.
+type cacheOptions struct {
+	maxKeys   int
+	maxAge    time.Duration
+	grace     time.Duration
+	now       func() time.Time
+	afterFunc func(time.Duration, func()) func() bool
+	logger    *slog.Logger
+}
+
+func newKeysetCache(o cacheOptions) *KeysetCache {
+	c := &KeysetCache{
+		maxKeys: o.maxKeys, maxAge: o.maxAge, grace: max(o.grace, 0), now: o.now, afterFunc: o.afterFunc, logger: o.logger,
+		seed: maphash.MakeSeed(), floor: make(map[string]int64),
+	}
 	for i := range c.shards {
 		empty := map[string]*loadedKey{}
 		c.shards[i].Store(&empty)
@@ -137,10 +218,8 @@ func (c *KeysetCache) hit(lk *loadedKey, ok bool) (*loadedKey, bool) {
 func (c *KeysetCache) put(lk *loadedKey) {
 	name := lk.meta.Name
 	lk.referenced.Store(true)
-	stop := c.afterFunc(c.maxAge, func() {
-		lk.expired.Store(true)
-		c.remove(name, lk)
-	})
+	lk.staleUntil = c.now().Add(c.maxAge + c.grace).UnixNano()
+	lk.timers.add(c.afterFunc(c.maxAge, func() { c.expire(name, lk) }))
 	var stale []*loadedKey
 	accepted := func() bool {
 		c.mu.Lock()
@@ -149,7 +228,6 @@ func (c *KeysetCache) put(lk *loadedKey) {
 			return false
 		}
 		c.floor[name] = lk.meta.Revision
-		lk.stopTimer = stop
 		sh := c.shard(name)
 		if old, ok := (*sh.Load())[name]; ok {
 			stale = append(stale, old)
@@ -166,11 +244,73 @@ func (c *KeysetCache) put(lk *loadedKey) {
 		return true
 	}()
 	if !accepted {
-		stop()
+		lk.timers.stop()
 	}
 	for _, e := range stale {
-		e.stopTimer()
+		e.timers.stop()
 	}
+}
+
+// expire marks lk expired at the max age, so that lookups miss and reload
+// it, and drops it once the stale grace has passed too.
+func (c *KeysetCache) expire(name string, lk *loadedKey) {
+	lk.expired.Store(true)
+	if c.grace <= 0 {
+		c.remove(name, lk)
+		return
+	}
+	lk.timers.add(c.afterFunc(c.grace, func() { c.remove(name, lk) }))
+}
+
+// staleEntry returns name's expired entry while its stale grace lasts.
+func (c *KeysetCache) staleEntry(name string) (*loadedKey, int64, bool) {
+	lk, ok := c.peek(name)
+	if !ok || !lk.expired.Load() {
+		return nil, 0, false
+	}
+	now := c.now().UnixNano()
+	if now >= lk.staleUntil {
+		return nil, 0, false
+	}
+	return lk, now, true
+}
+
+// staleRecent returns name's expired entry if a reload of it failed in an
+// outage less than staleRetry ago and the grace lasts: the caller serves it
+// without trying the root key or the store again.
+func (c *KeysetCache) staleRecent(name string) (*loadedKey, bool) {
+	lk, now, ok := c.staleEntry(name)
+	if !ok || now >= lk.retryAt.Load() {
+		return nil, false
+	}
+	c.stale.Add(1)
+	return lk, true
+}
+
+// serveStale is called when reloading name failed with cause, an outage.
+// revision is the key's revision in the store, when known (the store
+// answered and the root key did not). It returns the expired entry to
+// serve instead, if the grace lasts and the entry holds that revision; an
+// entry of another revision is dropped, since a change is not an outage.
+func (c *KeysetCache) serveStale(name string, revision int64, known bool, cause error) (*loadedKey, bool) {
+	if lk, ok := c.peek(name); ok && !lk.expired.Load() && (!known || lk.meta.Revision >= revision) {
+		return lk, true // put meanwhile, by a load or a change that got through
+	}
+	lk, now, ok := c.staleEntry(name)
+	if !ok {
+		return nil, false
+	}
+	if known && lk.meta.Revision != revision {
+		c.invalidate(name, revision)
+		return nil, false
+	}
+	lk.retryAt.Store(now + int64(staleRetry))
+	c.stale.Add(1)
+	if last := lk.warnedAt.Load(); (last == 0 || now-last >= int64(staleWarnEvery)) && lk.warnedAt.CompareAndSwap(last, now) {
+		c.logger.Warn("serving a cached key past cache.max_age: reloading it failed because the root key or the key store is unavailable; it serves until the stale grace ends, then calls fail",
+			"key", name, "revision", lk.meta.Revision, "stale_until", time.Unix(0, lk.staleUntil).UTC(), "err", cause)
+	}
+	return lk, true
 }
 
 // replaceLocked copies shard sh with name mapped to lk (nil: removed).
@@ -237,7 +377,7 @@ func (c *KeysetCache) invalidate(name string, revision int64) {
 	e := c.deleteLocked(name, nil)
 	c.mu.Unlock()
 	if e != nil {
-		e.stopTimer()
+		e.timers.stop()
 	}
 }
 
@@ -247,12 +387,12 @@ func (c *KeysetCache) remove(name string, lk *loadedKey) {
 	e := c.deleteLocked(name, lk)
 	c.mu.Unlock()
 	if e != nil {
-		e.stopTimer()
+		e.timers.stop()
 	}
 }
 
 // deleteLocked removes name if it maps to lk (nil: to anything) and returns
-// the removed entry, whose timer the caller stops after unlocking.
+// the removed entry, whose timers the caller stops after unlocking.
 func (c *KeysetCache) deleteLocked(name string, lk *loadedKey) *loadedKey {
 	sh := c.shard(name)
 	e, ok := (*sh.Load())[name]
@@ -265,7 +405,7 @@ func (c *KeysetCache) deleteLocked(name string, lk *loadedKey) *loadedKey {
 
 // Stats returns the cache's counters.
 func (c *KeysetCache) Stats() CacheStats {
-	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: int(c.length.Load())}
+	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Stale: c.stale.Load(), Size: int(c.length.Load())}
 }
 
 // flight deduplicates concurrent loads of the same key, so that a burst of

@@ -829,11 +829,12 @@ func TestStringFormIsCanonical(t *testing.T) {
 	}
 }
 
-// TestCacheExpiresOnTheRealClock runs the default expiry timer: a keyset
-// leaves memory once CacheMaxAge has passed, without any call touching it.
+// TestCacheExpiresOnTheRealClock runs the default timers: a keyset leaves
+// memory once CacheMaxAge and CacheStaleGrace have passed, without any call
+// touching it.
 func TestCacheExpiresOnTheRealClock(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, Options{Now: time.Now, CacheMaxAge: 20 * time.Millisecond})
+	f := newFixture(t, Options{Now: time.Now, CacheMaxAge: 20 * time.Millisecond, CacheStaleGrace: 20 * time.Millisecond})
 	f.createKey(t, "brief", store.KeyTypeAES256GCM)
 	if st := f.ring.Cache().Stats(); st.Size != 1 {
 		t.Fatalf("cache size after CreateKey = %d, want 1", st.Size)
@@ -841,7 +842,7 @@ func TestCacheExpiresOnTheRealClock(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for f.ring.Cache().Stats().Size != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("cache still holds the keyset 10s after a 20ms CacheMaxAge")
+			t.Fatalf("cache still holds the keyset 10s after a 20ms CacheMaxAge and a 20ms CacheStaleGrace")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

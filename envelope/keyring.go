@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"time"
@@ -16,6 +17,7 @@ import (
 	tinkpb "github.com/tink-crypto/tink-go/v2/proto/tink_go_proto"
 
 	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/kms"
 )
 
 // Defaults for Options.
@@ -23,14 +25,21 @@ const (
 	DefaultMaxPlaintextSize = 64 << 10
 	DefaultCacheMaxKeys     = 10_000
 	DefaultCacheMaxAge      = 5 * time.Minute
-	maxKeyNameLen           = 63
-	maxLabels               = 64
-	maxLabelValueLen        = 256
+	// DefaultCacheStaleGrace is how long past CacheMaxAge a cached keyset
+	// keeps serving while the root key or the key store is unavailable.
+	DefaultCacheStaleGrace = 15 * time.Minute
+	maxKeyNameLen          = 63
+	maxLabels              = 64
+	maxLabelValueLen       = 256
 	// loadTimeout bounds one load of a keyset from the store and root key.
 	loadTimeout = 30 * time.Second
 	// updateAttempts bounds the retries of a read-modify-write on a key.
 	updateAttempts = 8
 )
+
+// NoStaleGrace, as Options.CacheStaleGrace, turns the stale grace off: a
+// keyset past CacheMaxAge is dropped whatever happens.
+const NoStaleGrace time.Duration = -1
 
 // Options tune a Keyring. The zero value takes every default.
 type Options struct {
@@ -42,6 +51,11 @@ type Options struct {
 	// it is read and unwrapped again. Without SyncCache it is also how long
 	// a change made by another replica can take to be seen here.
 	CacheMaxAge time.Duration
+	// CacheStaleGrace is how long past CacheMaxAge a cached keyset keeps
+	// serving when reloading it fails because the root key (HSM, KMS) or
+	// the key store is unavailable (see KeysetCache); 0 means
+	// DefaultCacheStaleGrace, NoStaleGrace (or any negative value) none.
+	CacheStaleGrace time.Duration
 	// DefaultUsageLimit is how many messages one version of an AES-256-GCM
 	// key may seal, for keys whose UsageLimit is 0; 0 means
 	// DefaultUsageLimit (2^30), and at most MaxUsageLimit (2^32).
@@ -55,6 +69,9 @@ type Options struct {
 	// it, as time.AfterFunc does; nil means time.AfterFunc. The keyset cache
 	// expires entries with it. Tests pass a fake clock's.
 	AfterFunc func(d time.Duration, f func()) (stop func() bool)
+	// Logger receives the warnings about keys served stale in an outage;
+	// nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Keyring manages named keys and encrypts and decrypts under them. Its
@@ -88,6 +105,12 @@ func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
 	if opts.CacheMaxAge <= 0 {
 		opts.CacheMaxAge = DefaultCacheMaxAge
 	}
+	if opts.CacheStaleGrace == 0 {
+		opts.CacheStaleGrace = DefaultCacheStaleGrace
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -110,7 +133,11 @@ func New(s store.Store, kek KEK, opts Options) (*Keyring, error) {
 			return nil, err
 		}
 	}
-	return &Keyring{store: s, kek: roots, roots: roots, opts: opts, cache: newKeysetCache(opts.CacheMaxKeys, opts.CacheMaxAge, opts.AfterFunc)}, nil
+	cache := newKeysetCache(cacheOptions{
+		maxKeys: opts.CacheMaxKeys, maxAge: opts.CacheMaxAge, grace: opts.CacheStaleGrace,
+		now: opts.Now, afterFunc: opts.AfterFunc, logger: opts.Logger,
+	})
+	return &Keyring{store: s, kek: roots, roots: roots, opts: opts, cache: cache}, nil
 }
 
 // Cache returns the keyring's keyset cache, for its statistics.
@@ -296,17 +323,35 @@ func (r *Keyring) loadBytes(ctx context.Context, name []byte) (*loadedKey, error
 	return r.load(ctx, string(name))
 }
 
-// load returns the named key with its primitive, from the cache when it can.
+// load returns the named key with its primitive, from the cache when it
+// can. An expired entry serves stale in an outage (see KeysetCache).
 func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
 	if lk, ok := r.cache.get(name); ok {
 		return lk, nil
 	}
+	if lk, ok := r.cache.staleRecent(name); ok {
+		return lk, nil
+	}
 	return r.flights.do(ctx, name, func() (*loadedKey, error) {
+		// A flight that just failed may have ended between the check
+		// above and this one.
+		if lk, ok := r.cache.staleRecent(name); ok {
+			return lk, nil
+		}
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
 		defer cancel()
 		k, err := r.store.GetKey(lctx, name)
 		if err != nil {
-			return nil, storeErr(name, err)
+			err = storeErr(name, err)
+			switch {
+			case outage(lctx, err):
+				if lk, ok := r.cache.serveStale(name, 0, false, err); ok {
+					return lk, nil
+				}
+			case errors.Is(err, ErrKeyNotFound):
+				r.cache.remove(name, nil)
+			}
+			return nil, err
 		}
 		if k.State == store.KeyStateDestroyed {
 			lk := r.tombstone(k)
@@ -315,6 +360,11 @@ func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
 		}
 		h, err := r.unwrapKeyset(lctx, k)
 		if err != nil {
+			if outage(lctx, err) {
+				if lk, ok := r.cache.serveStale(name, k.Revision, true, err); ok {
+					return lk, nil
+				}
+			}
 			return nil, err
 		}
 		lk, err := r.build(k, h)
@@ -324,6 +374,14 @@ func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
 		r.cache.put(lk)
 		return lk, nil
 	})
+}
+
+// outage reports whether a load failed because the root key or the key
+// store is unavailable, or took longer than loadTimeout (lctx, the load's
+// own context, ended): the cases in which a stale keyset may serve.
+func outage(lctx context.Context, err error) bool {
+	return errors.Is(err, kms.ErrUnavailable) || errors.Is(err, store.ErrUnavailable) ||
+		(errors.Is(err, context.DeadlineExceeded) && lctx.Err() != nil)
 }
 
 func storeErr(name string, err error) error {

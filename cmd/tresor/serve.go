@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -142,6 +143,10 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		// Usage limits of AES-256-GCM key versions (see internal/config).
 		DefaultUsageLimit: cfg.Keys.DefaultUsageLimit,
 		UsageBlock:        cfg.Keys.UsageBlock,
+		// A keyset past max_age keeps serving this long while its root key
+		// or the store is unreachable (0 in the file turns it off).
+		CacheStaleGrace: cmp.Or(cfg.Cache.StaleGrace, envelope.NoStaleGrace),
+		Logger:          logger,
 	})
 	if err != nil {
 		return err

@@ -27,6 +27,13 @@
 //     revisions of its cached keys in the store and drops stale ones; the
 //     bound on how long a rotation made on one replica takes to be used by
 //     the others. At least 100ms and at most cache.max_age.
+//   - cache.stale_grace (default 15m): how long past cache.max_age a cached
+//     keyset keeps serving when reloading it fails because the root key
+//     (HSM, KMS) or the key store is unavailable, so that an outage does not
+//     fail every key the moment its entry expires. Each such key is logged
+//     (once a minute) and reloaded at most every few seconds; past the
+//     grace, calls fail with UNAVAILABLE. A key changed meanwhile (here or
+//     on another replica) is never served stale. 0 turns it off; at most 24h.
 package config
 
 import (
@@ -168,7 +175,11 @@ type TLS struct {
 
 // Store selects the key store.
 type Store struct {
-	// URL is sqlite:///absolute/path.db (or a plain file path).
+	// URL is sqlite:///absolute/path.db (or a plain file path), or
+	// postgres://user@host:5432/dbname?sslmode=verify-full (postgresql://
+	// too; any parameter pgx accepts) for a PostgreSQL database that several
+	// replicas share. Prefer a password from PGPASSWORD or PGPASSFILE to one
+	// in the URL.
 	URL string `yaml:"url"`
 }
 
@@ -193,6 +204,9 @@ type Cache struct {
 	// revisions; stale ones are dropped. It bounds how long a change made
 	// by another replica (a rotation, say) takes to be used here.
 	SyncInterval time.Duration `yaml:"sync_interval"`
+	// StaleGrace is how long past MaxAge a cached keyset keeps serving
+	// while the root key or the key store is unavailable; 0 turns it off.
+	StaleGrace time.Duration `yaml:"stale_grace"`
 }
 
 // Keys holds the defaults of named keys.
@@ -223,6 +237,15 @@ const (
 	MaxUsageBlock = 1 << 20
 )
 
+// Bounds of cache.stale_grace.
+const (
+	// DefaultStaleGrace is cache.stale_grace's default.
+	DefaultStaleGrace = 15 * time.Minute
+	// MaxStaleGrace bounds cache.stale_grace: keysets serve past their age
+	// for at most a day of outage.
+	MaxStaleGrace = 24 * time.Hour
+)
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error.
@@ -236,7 +259,7 @@ func Default() Config {
 	return Config{
 		Listen:    Listen{GRPC: "127.0.0.1:8443", HTTP: "127.0.0.1:8444"},
 		Limits:    Limits{MaxPlaintextBytes: 64 << 10, MaxRequestBytes: 8 << 20},
-		Cache:     Cache{MaxKeys: 10_000, MaxAge: 5 * time.Minute, SyncInterval: 2 * time.Second},
+		Cache:     Cache{MaxKeys: 10_000, MaxAge: 5 * time.Minute, SyncInterval: 2 * time.Second, StaleGrace: DefaultStaleGrace},
 		Keys:      Keys{DefaultUsageLimit: DefaultUsageLimit, UsageBlock: 1024},
 		Scheduler: Scheduler{Interval: time.Minute, LeaseTTL: 30 * time.Second},
 		Log:       Log{Level: "info", Format: "json"},
@@ -436,6 +459,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.MaxAge <= 0 {
 		errs = append(errs, errors.New("cache.max_age must be positive"))
+	}
+	if c.Cache.StaleGrace < 0 || c.Cache.StaleGrace > MaxStaleGrace {
+		errs = append(errs, fmt.Errorf("cache.stale_grace must be between 0 (off) and %v", MaxStaleGrace))
 	}
 	errs = append(errs, c.validateRotation()...)
 	switch c.Log.Level {

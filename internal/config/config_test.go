@@ -114,6 +114,26 @@ func TestParse(t *testing.T) {
 		{name: "lease ttl too short", yaml: base, env: []string{"TRESOR_SCHEDULER_LEASE_TTL=0s"}, wantErr: "scheduler.lease_ttl"},
 		{name: "sync interval above max age", yaml: base, env: []string{"TRESOR_CACHE_SYNC_INTERVAL=5m"}, wantErr: "cache.sync_interval"},
 		{name: "sync interval zero", yaml: base, env: []string{"TRESOR_CACHE_SYNC_INTERVAL=0s"}, wantErr: "cache.sync_interval"},
+		{name: "stale grace default", yaml: base, check: func(c Config) string {
+			if c.Cache.StaleGrace != 15*time.Minute {
+				return fmt.Sprintf("cache.stale_grace = %v, want 15m", c.Cache.StaleGrace)
+			}
+			return ""
+		}},
+		{name: "stale grace from file", yaml: strings.Replace(base, "  max_age: 90s\n", "  max_age: 90s\n  stale_grace: 1h\n", 1), check: func(c Config) string {
+			if c.Cache.StaleGrace != time.Hour {
+				return fmt.Sprintf("cache.stale_grace = %v, want 1h", c.Cache.StaleGrace)
+			}
+			return ""
+		}},
+		{name: "stale grace off", yaml: base, env: []string{"TRESOR_CACHE_STALE_GRACE=0s"}, check: func(c Config) string {
+			if c.Cache.StaleGrace != 0 {
+				return fmt.Sprintf("cache.stale_grace = %v, want 0 (off)", c.Cache.StaleGrace)
+			}
+			return ""
+		}},
+		{name: "stale grace negative", yaml: base, env: []string{"TRESOR_CACHE_STALE_GRACE=-1s"}, wantErr: "cache.stale_grace"},
+		{name: "stale grace above a day", yaml: base, env: []string{"TRESOR_CACHE_STALE_GRACE=25h"}, wantErr: "cache.stale_grace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,7 +160,7 @@ func TestParse(t *testing.T) {
 
 func TestEnvNamesCoverEveryKey(t *testing.T) {
 	names := strings.Join(EnvNames(), " ")
-	for _, want := range []string{"TRESOR_LISTEN_GRPC", "TRESOR_TLS_CLIENT_CA_FILE", "TRESOR_STORE_URL", "TRESOR_ROOT_KEY_URI", "TRESOR_CACHE_MAX_AGE", "TRESOR_CACHE_SYNC_INTERVAL", "TRESOR_KEYS_DEFAULT_USAGE_LIMIT", "TRESOR_KEYS_USAGE_BLOCK", "TRESOR_SCHEDULER_INTERVAL", "TRESOR_SCHEDULER_LEASE_TTL"} {
+	for _, want := range []string{"TRESOR_LISTEN_GRPC", "TRESOR_TLS_CLIENT_CA_FILE", "TRESOR_STORE_URL", "TRESOR_ROOT_KEY_URI", "TRESOR_CACHE_MAX_AGE", "TRESOR_CACHE_SYNC_INTERVAL", "TRESOR_CACHE_STALE_GRACE", "TRESOR_KEYS_DEFAULT_USAGE_LIMIT", "TRESOR_KEYS_USAGE_BLOCK", "TRESOR_SCHEDULER_INTERVAL", "TRESOR_SCHEDULER_LEASE_TTL"} {
 		if !strings.Contains(names, want) {
 			t.Errorf("EnvNames() = %s, want it to contain %s", names, want)
 		}

@@ -119,6 +119,9 @@ type serverConfig struct {
 	// CallObserver), as `tresor bench` does: for benchmarks, whose calls
 	// would otherwise grow the log buffer and the call log without bound.
 	quiet bool
+	// ringOptions, when set, changes the keyring's options (its clock,
+	// cache ages, logger) before the keyring is made.
+	ringOptions func(*envelope.Options)
 }
 
 // callLog is a CallObserver that keeps every record.
@@ -214,7 +217,11 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 	if sc.rootKeys != nil {
 		ringKEK, rotations = sc.rootKeys(t, st, kek, sc.rootKey)
 	}
-	ring, err := envelope.New(st, ringKEK, envelope.Options{MaxPlaintextSize: sc.maxPlaintext})
+	ringOpts := envelope.Options{MaxPlaintextSize: sc.maxPlaintext}
+	if sc.ringOptions != nil {
+		sc.ringOptions(&ringOpts)
+	}
+	ring, err := envelope.New(st, ringKEK, ringOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
