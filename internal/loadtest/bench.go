@@ -14,10 +14,11 @@ import (
 
 // Bench targets, in the order a run measures them.
 const (
-	TargetGRPCEmpty    = "grpc-empty"
-	TargetGRPCEncrypt  = "grpc-encrypt"
-	TargetRESTBaseline = "rest-baseline"
-	TargetRESTEncrypt  = "rest-encrypt"
+	TargetGRPCEmpty       = "grpc-empty"        // health Check, protected server
+	TargetGRPCEncrypt     = "grpc-encrypt"      // Encrypt, protected server (the whole chain)
+	TargetGRPCEncryptOpen = "grpc-encrypt-open" // Encrypt, open server (no token, no policy)
+	TargetRESTBaseline    = "rest-baseline"     // bare net/http baseline
+	TargetRESTEncrypt     = "rest-encrypt"      // REST Encrypt, protected server
 )
 
 // BenchOptions configure Bench.
@@ -27,7 +28,8 @@ type BenchOptions struct {
 	Warmup      time.Duration
 	// Size is the plaintext size in bytes.
 	Size int
-	// Target is "grpc", "rest" or "all".
+	// Target is "grpc" (grpc-empty, grpc-encrypt), "rest" (rest-baseline,
+	// rest-encrypt), "chain" (grpc-encrypt-open, grpc-encrypt) or "all".
 	Target string
 	// CPUProfile, when set, is a path prefix: each target's CPU profile is
 	// written to CPUProfile.<target>.r<round>.pprof (go tool pprof merges
@@ -56,15 +58,19 @@ type BenchRow struct {
 type BenchReport struct {
 	Rows []BenchRow
 	// GRPCRatio is gRPC Encrypt ops/s over the empty call's; RESTRatio is
-	// REST Encrypt ops/s over the baseline's. Zero when not measured.
-	GRPCRatio, RESTRatio float64
-	// GRPCRounds and RESTRounds are the ratios of each round, for their spread.
-	GRPCRounds, RESTRounds []float64
-	// GRPCCPURatio and RESTCPURatio compare process CPU time per operation
-	// instead of rates: the empty call's (baseline's) over Encrypt's. On a
-	// saturated machine they equal the rate ratios; unlike those, they do not
-	// move with what else the machine runs.
-	GRPCCPURatio, RESTCPURatio float64
+	// REST Encrypt ops/s over the baseline's; ChainRatio is gRPC Encrypt
+	// ops/s on the protected server over the open server's: what the
+	// token, the policy and the rate limiter cost. Zero when not measured.
+	GRPCRatio, RESTRatio, ChainRatio float64
+	// GRPCRounds, RESTRounds and ChainRounds are the ratios of each round,
+	// for their spread.
+	GRPCRounds, RESTRounds, ChainRounds []float64
+	// GRPCCPURatio, RESTCPURatio and ChainCPURatio compare process CPU time
+	// per operation instead of rates: the empty call's (baseline's, open
+	// server's) over Encrypt's. On a saturated machine they equal the rate
+	// ratios; unlike those, they do not move with what else the machine
+	// runs.
+	GRPCCPURatio, RESTCPURatio, ChainCPURatio float64
 }
 
 func (o BenchOptions) targets() ([]string, error) {
@@ -73,10 +79,12 @@ func (o BenchOptions) targets() ([]string, error) {
 		return []string{TargetGRPCEmpty, TargetGRPCEncrypt}, nil
 	case "rest":
 		return []string{TargetRESTBaseline, TargetRESTEncrypt}, nil
+	case "chain":
+		return []string{TargetGRPCEncryptOpen, TargetGRPCEncrypt}, nil
 	case "all", "":
-		return []string{TargetGRPCEmpty, TargetGRPCEncrypt, TargetRESTBaseline, TargetRESTEncrypt}, nil
+		return []string{TargetGRPCEmpty, TargetGRPCEncryptOpen, TargetGRPCEncrypt, TargetRESTBaseline, TargetRESTEncrypt}, nil
 	}
-	return nil, fmt.Errorf("loadtest: unknown target %q (want grpc, rest or all)", o.Target)
+	return nil, fmt.Errorf("loadtest: unknown target %q (want grpc, rest, chain or all)", o.Target)
 }
 
 // Bench starts a harness and measures the targets one after the other in
@@ -104,10 +112,11 @@ func Bench(ctx context.Context, w io.Writer, opts BenchOptions) (BenchReport, er
 	}
 	defer h.Close()
 	ops := map[string]func(context.Context) error{
-		TargetGRPCEmpty:    h.GRPCHealth(),
-		TargetGRPCEncrypt:  h.GRPCEncrypt(opts.Size),
-		TargetRESTBaseline: h.RESTBaseline(opts.Size),
-		TargetRESTEncrypt:  h.RESTEncrypt(opts.Size),
+		TargetGRPCEmpty:       h.GRPCHealth(),
+		TargetGRPCEncrypt:     h.GRPCEncrypt(opts.Size),
+		TargetGRPCEncryptOpen: h.GRPCEncryptOpen(opts.Size),
+		TargetRESTBaseline:    h.RESTBaseline(opts.Size),
+		TargetRESTEncrypt:     h.RESTEncrypt(opts.Size),
 	}
 	proto := "HTTP/2"
 	if opts.HTTP1 {
@@ -164,6 +173,12 @@ func Bench(ctx context.Context, w io.Writer, opts BenchOptions) (BenchReport, er
 	if rate[TargetRESTBaseline] > 0 {
 		rep.RESTRatio = rate[TargetRESTEncrypt] / rate[TargetRESTBaseline]
 	}
+	if cpu[TargetGRPCEncrypt] > 0 {
+		rep.ChainCPURatio = float64(cpu[TargetGRPCEncryptOpen]) / float64(cpu[TargetGRPCEncrypt])
+	}
+	if rate[TargetGRPCEncryptOpen] > 0 {
+		rep.ChainRatio = rate[TargetGRPCEncrypt] / rate[TargetGRPCEncryptOpen]
+	}
 	for i := range opts.Rounds {
 		ratio := func(num, den string) (float64, bool) {
 			n, d := results[num], results[den]
@@ -177,6 +192,9 @@ func Bench(ctx context.Context, w io.Writer, opts BenchOptions) (BenchReport, er
 		}
 		if r, ok := ratio(TargetRESTEncrypt, TargetRESTBaseline); ok {
 			rep.RESTRounds = append(rep.RESTRounds, r)
+		}
+		if r, ok := ratio(TargetGRPCEncrypt, TargetGRPCEncryptOpen); ok {
+			rep.ChainRounds = append(rep.ChainRounds, r)
 		}
 	}
 	rep.Print(w)
@@ -199,6 +217,9 @@ func (rep BenchReport) Print(w io.Writer) {
 			fmt.Fprintf(&b, " %.2f", r)
 		}
 		return b.String()
+	}
+	if rep.ChainRatio > 0 {
+		fmt.Fprintf(w, "ratio gRPC encrypt chain / open:    %.2f ops/s (target >= 0.80), %.2f by CPU per op; ops/s per round:%s\n", rep.ChainRatio, rep.ChainCPURatio, rounds(rep.ChainRounds))
 	}
 	if rep.GRPCRatio > 0 {
 		fmt.Fprintf(w, "ratio gRPC encrypt / empty call:    %.2f ops/s (target >= 0.60), %.2f by CPU per op; ops/s per round:%s\n", rep.GRPCRatio, rep.GRPCCPURatio, rounds(rep.GRPCRounds))

@@ -63,6 +63,8 @@ func BenchmarkGRPCEmptyCall(b *testing.B) { benchParallel(b, harness(b).GRPCHeal
 
 func BenchmarkGRPCEncrypt1KiB(b *testing.B) { benchParallel(b, harness(b).GRPCEncrypt(1024)) }
 
+func BenchmarkGRPCEncryptOpen1KiB(b *testing.B) { benchParallel(b, harness(b).GRPCEncryptOpen(1024)) }
+
 func BenchmarkRESTBaseline(b *testing.B) { benchParallel(b, harness(b).RESTBaseline(1024)) }
 
 func BenchmarkRESTEncrypt1KiB(b *testing.B) { benchParallel(b, harness(b).RESTEncrypt(1024)) }

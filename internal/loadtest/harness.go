@@ -7,6 +7,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,63 +29,112 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tresorkms/tresor/envelope"
+	examplepolicies "github.com/tresorkms/tresor/examples/policies"
+	"github.com/tresorkms/tresor/internal/authn"
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
+	"github.com/tresorkms/tresor/internal/limits"
+	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/localkek"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
-// KeyName is the AES256_GCM key the harness creates and encrypts with.
+// KeyName is the AES256_GCM key the harness creates and encrypts with. Its
+// labels are owner=ClientID and sensitivity=confidential, so that the
+// example policies (owner-protect-reveal) let the bench client use it.
 const KeyName = "bench"
+
+// ClientID is the bench client's workload identity: the SPIFFE ID in its
+// certificate, which owns KeyName.
+const ClientID = "spiffe://tresor.bench/client"
 
 // AssociatedDataSize is the size of the associated data every Encrypt sends.
 const AssociatedDataSize = 32
 
+// TokenLifetime is the lifetime of the bench client's access tokens (authn
+// accepts at most 15 minutes). The client mints a new one when half of it
+// has passed, so a run of any length always presents a valid token.
+const TokenLifetime = 10 * time.Minute
+
+// The protected server's token issuer and audience.
+const (
+	issuerURL     = "https://tresor-bench.invalid"
+	tokenAudience = "tresor"
+	tokenSubject  = "bench"
+)
+
+// highRate is the protected server's rate limit for every action class and
+// for all calls together: high enough never to refuse a call, so the
+// limiter's work is measured and not its refusals.
+var highRate = limits.Rate{PerSecond: 1e9, Burst: 1e9}
+
+// rateClasses are the server's action classes (internal/server methods.go).
+var rateClasses = []string{"crypto", "admin", "read", "health"}
+
 // ProfileLabel is the pprof label key the harness sets on every goroutine of
 // the servers it starts ("server") and that Label sets on load callers
 // ("client"): `go tool pprof -tagfocus side=server` keeps the server side of
-// a profile of the shared process.
+// a profile of the shared process. Server goroutines also carry the label
+// ServerLabel: "protected", "open" or "baseline".
 const ProfileLabel = "side"
+
+// ServerLabel is the pprof label key naming which server a goroutine serves.
+const ServerLabel = "server"
 
 // HarnessOptions configure Start.
 type HarnessOptions struct {
-	// Dir holds the SQLite database and the root key file; empty means a new
-	// temporary directory, removed by Close.
+	// Dir holds the SQLite database, the root key file, the token issuer's
+	// keys and JWKS and the policies; empty means a new temporary directory,
+	// removed by Close.
 	Dir string
 	// Logger is tresor's server logger. Nil means a JSON logger at Info
-	// level writing to io.Discard: the server formats its one line per call,
-	// as in production, without the cost of a terminal or a file.
+	// level writing to io.Discard: the servers format their one line per
+	// call, as in production, without the cost of a terminal or a file.
 	Logger *slog.Logger
 	// HTTP1 makes the REST clients speak HTTP/1.1 (one connection per
 	// caller) instead of HTTP/2 (one multiplexed connection, as gRPC).
 	HTTP1 bool
 }
 
-// Harness is a tresor server (gRPC and REST over mutual TLS, SQLite store,
-// a local-file root key, key KeyName) and a bare net/http AES-256-GCM
-// baseline server with the same TLS setup, all on 127.0.0.1, with clients
-// for each.
+// Harness is two tresor servers on one keyring (SQLite store, a local-file
+// root key, key KeyName) and a bare net/http AES-256-GCM baseline server,
+// all on 127.0.0.1 with the same mutual TLS setup, with clients for each:
+//
+//   - protected: the whole chain, as in production: mutual TLS, a bearer
+//     token (ES256, bound to the client certificate, from a development
+//     issuer whose JWKS is a file), request validation, the shipped example
+//     policies (examples/policies) and a rate limiter set too high to
+//     refuse; gRPC and REST.
+//   - open: server.Options.Unprotected, no token and no policy; gRPC only.
+//     The floor the chain is compared with.
 type Harness struct {
-	// GRPCAddr, HTTPAddr and BaselineAddr are the loopback addresses of
-	// tresor's gRPC and REST listeners and of the baseline.
-	GRPCAddr, HTTPAddr, BaselineAddr string
-	// Conn is one gRPC client connection (HTTP/2, mutual TLS) shared by all
-	// callers, as an application would.
-	Conn *grpc.ClientConn
-	// REST and Baseline are the HTTPS clients of tresor's REST API and of
-	// the baseline; separate clients, equal configuration.
+	// GRPCAddr and HTTPAddr are the protected server's gRPC and REST
+	// listeners, OpenGRPCAddr the open server's gRPC listener and
+	// BaselineAddr the baseline's.
+	GRPCAddr, HTTPAddr, OpenGRPCAddr, BaselineAddr string
+	// Conn is one gRPC client connection (HTTP/2, mutual TLS) to the
+	// protected server, shared by all callers as an application would; it
+	// sends the client's bearer token with every call. OpenConn is the same
+	// to the open server, without a token.
+	Conn, OpenConn *grpc.ClientConn
+	// REST and Baseline are the HTTPS clients of the protected server's REST
+	// API and of the baseline; separate clients, equal configuration.
+	// RESTEncrypt adds the bearer token to its requests.
 	REST, Baseline *http.Client
-	// Ring is the server's keyring.
+	// Ring is the servers' keyring.
 	Ring *envelope.Keyring
 
-	crypto tresorv1.CryptoServiceClient
-	health healthpb.HealthClient
+	crypto, openCrypto tresorv1.CryptoServiceClient
+	health, openHealth healthpb.HealthClient
+	tokens             *tokenSource
 
 	cancel   context.CancelFunc
-	served   chan error
+	served   []chan error
 	baseSrv  *http.Server
 	baseDone chan error
+	authn    *authn.Authenticator
 	st       *store.SQLite
 	kek      *localkek.RootKey
 	rmDir    string
@@ -121,7 +172,7 @@ func Start(ctx context.Context, opts HarnessOptions) (h *Harness, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cliPair, err := ca.IssueClient("bench", "spiffe://tresor.bench/client", 24*time.Hour)
+	cliPair, err := ca.IssueClient("bench", ClientID, 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
@@ -159,26 +210,76 @@ func Start(ctx context.Context, opts HarnessOptions) (h *Harness, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := h.Ring.CreateKey(ctx, envelope.KeySpec{Name: KeyName, Type: store.KeyTypeAES256GCM}); err != nil {
+	if _, err := h.Ring.CreateKey(ctx, envelope.KeySpec{Name: KeyName, Type: store.KeyTypeAES256GCM, Labels: map[string]string{
+		envelope.LabelOwner:       ClientID,
+		envelope.LabelSensitivity: "confidential",
+	}}); err != nil {
 		return nil, err
 	}
 
-	// tresor, serving until Close.
-	srv, err := server.New(h.Ring, server.Options{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: srvTLS, Logger: logger})
+	// The protected server's perimeter: token issuer and authenticator,
+	// example policies, rate limiter.
+	iss, err := devissuer.Open(filepath.Join(dir, "issuer"))
 	if err != nil {
 		return nil, err
 	}
-	if err := srv.Listen(); err != nil {
+	iss.SetURL(issuerURL)
+	jwks := filepath.Join(dir, "issuer", "jwks.json")
+	if err := iss.WriteJWKS(jwks); err != nil {
 		return nil, err
 	}
-	h.GRPCAddr, h.HTTPAddr = srv.Addrs()
+	h.authn, err = authn.New(ctx, authn.Config{RequireToken: true, Logger: logger, Tokens: &authn.TokenConfig{
+		Issuer: issuerURL, Audiences: []string{tokenAudience}, JWKSFile: jwks,
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+	h.tokens = &tokenSource{iss: iss, cert: cliCert.Leaf, now: time.Now}
+	popts, err := writeExamplePolicies(filepath.Join(dir, "policies"))
+	if err != nil {
+		return nil, err
+	}
+	pol, err := policy.NewReloading(popts, logger)
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+	rates := limits.RateConfig{Global: highRate, Classes: map[string]limits.Rate{}}
+	for _, c := range rateClasses {
+		rates.Classes[c] = highRate
+	}
+	lim, err := limits.NewLimiter(rates, time.Now)
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+
+	// The two tresor servers, serving until Close.
+	protected, err := server.New(h.Ring, server.Options{
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: srvTLS, Logger: logger,
+		Authenticator: h.authn, Authorizer: pol, Limiter: lim,
+	})
+	if err != nil {
+		return nil, err
+	}
+	open, err := server.New(h.Ring, server.Options{GRPCAddr: "127.0.0.1:0", TLS: srvTLS, Logger: logger, Unprotected: true})
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []*server.Server{protected, open} {
+		if err := s.Listen(); err != nil {
+			return nil, err
+		}
+	}
+	h.GRPCAddr, h.HTTPAddr = protected.Addrs()
+	h.OpenGRPCAddr, _ = open.Addrs()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h.cancel = cancel
-	h.served = make(chan error, 1)
-	serverLabels := pprof.Labels(ProfileLabel, "server")
 	// Goroutines inherit their creator's labels: every goroutine the servers
 	// start (connections, streams, handlers) is labeled side=server.
-	go pprof.Do(sctx, serverLabels, func(ctx context.Context) { h.served <- srv.Serve(ctx) })
+	for name, s := range map[string]*server.Server{"protected": protected, "open": open} {
+		served := make(chan error, 1)
+		h.served = append(h.served, served)
+		go pprof.Do(sctx, pprof.Labels(ProfileLabel, "server", ServerLabel, name), func(ctx context.Context) { served <- s.Serve(ctx) })
+	}
 
 	// The baseline, on its own port with the same TLS setup.
 	bl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -201,7 +302,7 @@ func Start(ctx context.Context, opts HarnessOptions) (h *Harness, err error) {
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	h.baseDone = make(chan error, 1)
-	go pprof.Do(sctx, serverLabels, func(context.Context) {
+	go pprof.Do(sctx, pprof.Labels(ProfileLabel, "server", ServerLabel, "baseline"), func(context.Context) {
 		err := h.baseSrv.ServeTLS(bl, "", "")
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
@@ -210,39 +311,119 @@ func Start(ctx context.Context, opts HarnessOptions) (h *Harness, err error) {
 	})
 
 	// Clients, on loopback only.
-	for _, a := range []string{h.GRPCAddr, h.HTTPAddr, h.BaselineAddr} {
+	for _, a := range []string{h.GRPCAddr, h.HTTPAddr, h.OpenGRPCAddr, h.BaselineAddr} {
 		if err := RequireLoopback(a); err != nil {
 			return nil, err
 		}
 	}
-	// The goroutines of the gRPC channel (its transport's reader and writer
-	// among them) are started from here: label them as the load's.
+	// The goroutines of the gRPC channels (their transports' readers and
+	// writers among them) are started from here: label them as the load's.
 	Label(ctx, func(context.Context) {
-		h.Conn, err = grpc.NewClient(h.GRPCAddr, grpc.WithTransportCredentials(credentials.NewTLS(cliTLS)))
+		creds := grpc.WithTransportCredentials(credentials.NewTLS(cliTLS))
+		if h.Conn, err = grpc.NewClient(h.GRPCAddr, creds, grpc.WithPerRPCCredentials(h.tokens)); err != nil {
+			return
+		}
+		h.OpenConn, err = grpc.NewClient(h.OpenGRPCAddr, creds)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: gRPC client: %w", err)
 	}
 	h.crypto = tresorv1.NewCryptoServiceClient(h.Conn)
 	h.health = healthpb.NewHealthClient(h.Conn)
+	h.openCrypto = tresorv1.NewCryptoServiceClient(h.OpenConn)
+	h.openHealth = healthpb.NewHealthClient(h.OpenConn)
 	h.REST = newHTTPClient(cliTLS, opts.HTTP1)
 	h.Baseline = newHTTPClient(cliTLS, opts.HTTP1)
 
-	// Wait until everything answers (Serve sets the health status).
+	// Wait until both servers answer (Serve sets the health status).
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := h.GRPCHealth()(ctx)
-		if err == nil {
-			break
+	for _, check := range []func(context.Context) error{h.GRPCHealth(), healthCheck(h.openHealth)} {
+		for {
+			err := check(ctx)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return nil, fmt.Errorf("loadtest: tresor did not become healthy: %w", err)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("loadtest: tresor did not become healthy: %w", err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	return h, nil
 }
 
+// writeExamplePolicies writes the schema and the shipped example policies
+// (examples/policies) into dir.
+func writeExamplePolicies(dir string) (policy.Options, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return policy.Options{}, fmt.Errorf("loadtest: policies: %w", err)
+	}
+	entries, err := examplepolicies.Files.ReadDir(".")
+	if err != nil {
+		return policy.Options{}, fmt.Errorf("loadtest: policies: %w", err)
+	}
+	for _, e := range entries {
+		b, err := examplepolicies.Files.ReadFile(e.Name())
+		if err != nil {
+			return policy.Options{}, fmt.Errorf("loadtest: policies: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+			return policy.Options{}, fmt.Errorf("loadtest: policies: %w", err)
+		}
+	}
+	return policy.Options{SchemaFile: filepath.Join(dir, examplepolicies.SchemaFile), PolicyDir: dir, Location: time.UTC}, nil
+}
+
+// tokenSource is the bench client's bearer token: a token bound to the
+// client certificate, minted on first use and again once half of
+// TokenLifetime has passed. It is the protected gRPC connection's per-RPC
+// credentials and the source of the REST client's Authorization header.
+type tokenSource struct {
+	iss  *devissuer.Issuer
+	cert *x509.Certificate
+	now  func() time.Time
+
+	mu  sync.Mutex // serializes minting
+	cur atomic.Pointer[bearerToken]
+}
+
+type bearerToken struct {
+	authorization string // "Bearer <jwt>"
+	renewAt       time.Time
+}
+
+// authorization returns the current "Bearer <jwt>" value, minting a new
+// token when there is none or the current one is due for renewal.
+func (s *tokenSource) authorization() (string, error) {
+	if t := s.cur.Load(); t != nil && s.now().Before(t.renewAt) {
+		return t.authorization, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if t := s.cur.Load(); t != nil && now.Before(t.renewAt) {
+		return t.authorization, nil
+	}
+	tok, err := s.iss.Mint(devissuer.TokenRequest{Subject: tokenSubject, Audience: tokenAudience, Lifetime: TokenLifetime, BindTo: s.cert})
+	if err != nil {
+		return "", fmt.Errorf("loadtest: minting the bench token: %w", err)
+	}
+	t := &bearerToken{authorization: "Bearer " + tok, renewAt: now.Add(TokenLifetime / 2)}
+	s.cur.Store(t)
+	return t.authorization, nil
+}
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (s *tokenSource) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	a, err := s.authorization()
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"authorization": a}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials.
+func (*tokenSource) RequireTransportSecurity() bool { return true }
 func newHTTPClient(cfg *tls.Config, http1 bool) *http.Client {
 	tr := &http.Transport{
 		TLSClientConfig:     cfg.Clone(),
@@ -273,8 +454,10 @@ func writeRootKey(path string) error {
 func (h *Harness) Close() error {
 	h.once.Do(func() {
 		var errs []error
-		if h.Conn != nil {
-			errs = append(errs, h.Conn.Close())
+		for _, c := range []*grpc.ClientConn{h.Conn, h.OpenConn} {
+			if c != nil {
+				errs = append(errs, c.Close())
+			}
 		}
 		for _, c := range []*http.Client{h.REST, h.Baseline} {
 			if c != nil {
@@ -283,13 +466,18 @@ func (h *Harness) Close() error {
 		}
 		if h.cancel != nil {
 			h.cancel()
-			errs = append(errs, <-h.served)
+			for _, served := range h.served {
+				errs = append(errs, <-served)
+			}
 		}
 		if h.baseSrv != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			errs = append(errs, h.baseSrv.Shutdown(sctx))
 			cancel()
 			errs = append(errs, <-h.baseDone)
+		}
+		if h.authn != nil {
+			errs = append(errs, h.authn.Close())
 		}
 		if h.st != nil {
 			errs = append(errs, h.st.Close())
@@ -315,12 +503,15 @@ func Payload(size int) (plaintext, associatedData []byte) {
 	return plaintext, associatedData
 }
 
-// GRPCHealth returns the empty call: grpc.health.v1.Health/Check, which
-// passes the same transport, TLS and interceptor chain as Encrypt.
-func (h *Harness) GRPCHealth() func(context.Context) error {
+// GRPCHealth returns the empty call to the protected server:
+// grpc.health.v1.Health/Check, which passes the same transport, TLS and
+// interceptor chain (token, policy, rate limiter) as Encrypt.
+func (h *Harness) GRPCHealth() func(context.Context) error { return healthCheck(h.health) }
+
+func healthCheck(c healthpb.HealthClient) func(context.Context) error {
 	req := &healthpb.HealthCheckRequest{}
 	return func(ctx context.Context) error {
-		resp, err := h.health.Check(ctx, req)
+		resp, err := c.Check(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -332,12 +523,24 @@ func (h *Harness) GRPCHealth() func(context.Context) error {
 }
 
 // GRPCEncrypt returns a gRPC Encrypt of a random size-byte plaintext with
-// KeyName. The request is built once; it is only read while marshaled.
+// KeyName on the protected server (the whole chain).
 func (h *Harness) GRPCEncrypt(size int) func(context.Context) error {
+	return encryptOp(h.crypto, size)
+}
+
+// GRPCEncryptOpen returns the same Encrypt on the open server (no token,
+// no policy, no rate limiter).
+func (h *Harness) GRPCEncryptOpen(size int) func(context.Context) error {
+	return encryptOp(h.openCrypto, size)
+}
+
+// encryptOp is an Encrypt of a random size-byte plaintext with KeyName.
+// The request is built once; it is only read while marshaled.
+func encryptOp(c tresorv1.CryptoServiceClient, size int) func(context.Context) error {
 	pt, ad := Payload(size)
 	req := &tresorv1.EncryptRequest{Key: KeyName, Plaintext: pt, AssociatedData: ad}
 	return func(ctx context.Context) error {
-		resp, err := h.crypto.Encrypt(ctx, req)
+		resp, err := c.Encrypt(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -357,29 +560,39 @@ func EncryptBody(plaintext, associatedData []byte) []byte {
 	return b
 }
 
-// RESTEncrypt returns tresor's REST Encrypt, POST /v1/keys/bench:encrypt,
-// of a random size-byte plaintext.
+// RESTEncrypt returns tresor's REST Encrypt, POST /v1/keys/bench:encrypt on
+// the protected server with the client's bearer token, of a random
+// size-byte plaintext.
 func (h *Harness) RESTEncrypt(size int) func(context.Context) error {
-	return restOp(h.REST, "https://"+h.HTTPAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)))
+	return restOp(h.REST, "https://"+h.HTTPAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)), h.tokens.authorization)
 }
 
-// RESTBaseline returns the same request to the bare baseline server.
+// RESTBaseline returns the same request (without a token) to the bare
+// baseline server.
 func (h *Harness) RESTBaseline(size int) func(context.Context) error {
-	return restOp(h.Baseline, "https://"+h.BaselineAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)))
+	return restOp(h.Baseline, "https://"+h.BaselineAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)), nil)
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// restOp posts body to url and checks for a 200 answer carrying a
-// ciphertext. The client does the same small, fixed work for tresor and the
-// baseline: it does not decode the answer.
-func restOp(c *http.Client, url string, body []byte) func(context.Context) error {
+// restOp posts body to url, with the Authorization header auth returns
+// when auth is not nil, and checks for a 200 answer carrying a ciphertext.
+// The client does the same small, fixed work for tresor and the baseline: it
+// does not decode the answer.
+func restOp(c *http.Client, url string, body []byte, auth func() (string, error)) func(context.Context) error {
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		if auth != nil {
+			a, err := auth()
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Authorization", a)
+		}
 		resp, err := c.Do(req)
 		if err != nil {
 			return err

@@ -1,12 +1,14 @@
 // Package loadtest measures tresor under load: a bounded, self-stopping
 // closed-loop load generator ([Run]) and an in-process harness ([Start]) that
-// serves a full tresor server (gRPC and REST, mutual TLS, SQLite store, a root
-// key) and a bare net/http AES-256-GCM baseline on loopback, for `tresor bench`
-// and the Go benchmarks in this package.
+// serves two tresor servers on one keyring (gRPC and REST, mutual TLS,
+// SQLite store, a root key): a protected one with the whole interceptor
+// chain (bearer token, example policies, rate limiter) and an open one
+// without authentication or policy, and a bare net/http AES-256-GCM baseline,
+// all on loopback, for `tresor bench` and the Go benchmarks in this package.
 //
 // Reach for [Start] to get a [Harness], take an operation from it
-// ([Harness.GRPCEncrypt], [Harness.GRPCHealth], [Harness.RESTEncrypt],
-// [Harness.RESTBaseline]) and pass it to [Run].
+// ([Harness.GRPCEncrypt], [Harness.GRPCEncryptOpen], [Harness.GRPCHealth],
+// [Harness.RESTEncrypt], [Harness.RESTBaseline]) and pass it to [Run].
 //
 // It is a development tool: it only ever targets loopback addresses
 // ([RequireLoopback]).
