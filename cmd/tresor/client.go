@@ -163,12 +163,17 @@ func printJSON(w io.Writer, m proto.Message) error {
 
 func newKeysCmd() *cobra.Command {
 	keys := &cobra.Command{Use: "keys", Short: "Create, inspect, rotate and manage named keys"}
-	var typ, rotation string
+	var typ, rotation, retireAfter string
 	var labels []string
+	var usageLimit int64
+	var retireVersions uint32
 	create := clientCmd("create NAME", "Create a key (AES256_GCM by default)", cobra.ExactArgs(1), func(fs *pflag.FlagSet) {
 		fs.StringVar(&typ, "type", "AES256_GCM", "AES256_GCM (randomized) or AES256_SIV (deterministic)")
 		fs.StringVar(&rotation, "rotation-period", "", "rotate automatically this often, e.g. 720h")
-		fs.StringSliceVar(&labels, "label", nil, "label key=value (repeatable)")
+		fs.StringSliceVar(&labels, "label", nil, "label key=value (repeatable); owner= and sensitivity= are read by policies")
+		fs.Int64Var(&usageLimit, "usage-limit", 0, "messages a version may encrypt before the key rotates (0: the server's default)")
+		fs.StringVar(&retireAfter, "retire-after", "", "retire versions superseded this long ago, e.g. 2160h")
+		fs.Uint32Var(&retireVersions, "retire-after-versions", 0, "retire versions once this many newer ones exist")
 	}, func(cmd *cobra.Command, conn *grpc.ClientConn, args []string) error {
 		req := &tresorv1.CreateKeyRequest{KeyId: args[0]}
 		switch strings.ToUpper(typ) {
@@ -191,6 +196,15 @@ func newKeysCmd() *cobra.Command {
 			return err
 		}
 		req.Labels = l
+		req.UsageLimit = usageLimit
+		if retireAfter != "" {
+			d, err := time.ParseDuration(retireAfter)
+			if err != nil {
+				return fmt.Errorf("--retire-after: %w", err)
+			}
+			req.RetireAfter = durationpb.New(d)
+		}
+		req.RetireAfterVersions = retireVersions
 		k, err := tresorv1.NewKeyServiceClient(conn).CreateKey(cmd.Context(), req)
 		if err != nil {
 			return err
@@ -276,7 +290,24 @@ func newKeysCmd() *cobra.Command {
 		}
 		return printJSON(cmd.OutOrStdout(), k)
 	})
-	keys.AddCommand(create, get, list, rotate, disable, enable, update)
+	var wait time.Duration
+	scheduleDeletion := clientCmd("schedule-deletion NAME", "Schedule a key's destruction after a waiting period (7 to 30 days)", cobra.ExactArgs(1), func(fs *pflag.FlagSet) {
+		fs.DurationVar(&wait, "wait", 30*24*time.Hour, "waiting period, 168h to 720h")
+	}, func(cmd *cobra.Command, conn *grpc.ClientConn, args []string) error {
+		k, err := tresorv1.NewKeyServiceClient(conn).ScheduleKeyDeletion(cmd.Context(), &tresorv1.ScheduleKeyDeletionRequest{Key: args[0], WaitingPeriod: durationpb.New(wait)})
+		if err != nil {
+			return err
+		}
+		return printJSON(cmd.OutOrStdout(), k)
+	})
+	cancelDeletion := clientCmd("cancel-deletion NAME", "Cancel a scheduled deletion (the key comes back disabled)", cobra.ExactArgs(1), nil, func(cmd *cobra.Command, conn *grpc.ClientConn, args []string) error {
+		k, err := tresorv1.NewKeyServiceClient(conn).CancelKeyDeletion(cmd.Context(), &tresorv1.CancelKeyDeletionRequest{Key: args[0]})
+		if err != nil {
+			return err
+		}
+		return printJSON(cmd.OutOrStdout(), k)
+	})
+	keys.AddCommand(create, get, list, rotate, disable, enable, update, scheduleDeletion, cancelDeletion)
 	return keys
 }
 

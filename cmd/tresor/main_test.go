@@ -360,3 +360,41 @@ func redactToken(args []string) []string {
 	}
 	return out
 }
+
+// TestKeyLifecycleCLI: keys create with a usage limit and retirement,
+// schedule-deletion and cancel-deletion.
+func TestKeyLifecycleCLI(t *testing.T) {
+	conn := startDev(t, devCfg)
+	with := func(args ...string) []string { return append(args, conn...) }
+	var key struct {
+		State               string
+		UsageLimit          string
+		RetireAfterVersions int
+		DeletionTime        string
+	}
+	decode := func(out string) {
+		t.Helper()
+		key.DeletionTime = ""
+		if err := json.Unmarshal([]byte(out), &key); err != nil {
+			t.Fatalf("output %q: %v", out, err)
+		}
+	}
+	decode(mustRun(t, "", with("keys", "create", "lifecycle", "--usage-limit", "5000", "--retire-after-versions", "3")...))
+	if key.UsageLimit != "5000" || key.RetireAfterVersions != 3 {
+		t.Errorf("keys create = %+v, want usage limit 5000 and retire after 3 versions", key)
+	}
+	if _, err := run(t, "", with("keys", "schedule-deletion", "lifecycle", "--wait", "24h")...); err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Errorf("schedule-deletion --wait 24h err = %v, want InvalidArgument (7 to 30 days)", err)
+	}
+	decode(mustRun(t, "", with("keys", "schedule-deletion", "lifecycle", "--wait", "168h")...))
+	if key.State != "KEY_STATE_DELETION_SCHEDULED" || key.DeletionTime == "" {
+		t.Errorf("schedule-deletion = %+v, want DELETION_SCHEDULED with a deletion time", key)
+	}
+	if _, err := run(t, "x", with("encrypt", "--key", "lifecycle")...); err == nil || !strings.Contains(err.Error(), "scheduled for deletion") {
+		t.Errorf("encrypt with a key scheduled for deletion err = %v, want FailedPrecondition saying so", err)
+	}
+	decode(mustRun(t, "", with("keys", "cancel-deletion", "lifecycle")...))
+	if key.State != "KEY_STATE_DISABLED" {
+		t.Errorf("cancel-deletion = %+v, want DISABLED", key)
+	}
+}
