@@ -72,11 +72,11 @@ func cpuTime(b *testing.B) time.Duration {
 // is logged in already (k holds a session), as sessions share the login.
 func rawSession(b *testing.B, k *RootKey) (*p11.Ctx, p11.SessionHandle, p11.ObjectHandle) {
 	ctx := k.mod.ctx
-	sh, err := ctx.OpenSession(uint(k.tok.slot.Load()), p11.CKF_SERIAL_SESSION)
+	sh, err := ctx.OpenSession(k.tok.slotID(), p11.CKF_SERIAL_SESSION)
 	if err != nil {
 		b.Fatalf("OpenSession err = %v, want nil", err)
 	}
-	return ctx, sh, p11.ObjectHandle(k.obj.Load())
+	return ctx, sh, k.obj.Load().h
 }
 
 func rawWrap(c *p11.Ctx, sh p11.SessionHandle, obj p11.ObjectHandle, pt []byte) ([]byte, error) {

@@ -35,6 +35,8 @@ func CreateRootKey(ctx context.Context, uri string, opts ...Option) error {
 		return err
 	}
 	defer mod.release()
+	mod.calls.RLock()
+	defer mod.calls.RUnlock()
 	c := mod.p11
 	tok, sh, err := mod.acquireToken(c, u, pin, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {

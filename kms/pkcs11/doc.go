@@ -14,9 +14,25 @@
 // shares it between root keys opened on it, finalizing it when the last one
 // closes. It logs in to each token once. Each [RootKey] keeps a bounded pool
 // of sessions ([WithSessions]), opened on first use; a session the token
-// reports broken (device removed, session handle invalid, ...) is discarded,
-// the call fails with kms.ErrUnavailable, and the next call opens a new
-// session and logs in again, so service resumes when the token comes back.
+// reports broken (session handle invalid, ...) is discarded, the call fails
+// with kms.ErrUnavailable, and the next call opens a new session.
+//
+// A root key recovers by itself from a token that goes away and comes back.
+// A call that finds the token gone (CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT,
+// CKR_DEVICE_ERROR, CKR_SLOT_ID_INVALID, CKR_CRYPTOKI_NOT_INITIALIZED, ..., or
+// a session or key handle gone while the token no longer answers
+// C_GetTokenInfo, as SoftHSM2 does when its files vanish) marks the token
+// unavailable: calls on every root key on it fail at once with
+// kms.ErrUnavailable naming the token. One call at a time, paced by
+// [WithRecoveryBackoff], tries to recover it: it looks for the token by
+// label on a fresh slot list and, if it is not there, re-initializes the
+// module (C_Finalize, C_Initialize: SoftHSM2 sees a token that came back
+// only then; the slot may change), once for all the root keys sharing the
+// module, never under a call in flight; calls meanwhile fail at once. Then
+// it logs in again and finds the key again by label and CKA_ID.
+// Re-initializing ends every session on the module: root keys on its other
+// tokens open new ones on their next call. [ErrKeyNotFound] is reported
+// only when the token answers and the key is not in it.
 //
 // Wrapped output is 1 format-version byte, the 12-byte GCM IV, then the
 // ciphertext and 16-byte tag. Any failed unwrap is kms.ErrUnwrap, with no
@@ -29,6 +45,7 @@ package pkcs11
 import (
 	"errors"
 	"log/slog"
+	"time"
 )
 
 // Errors from [Open] and [CreateRootKey], wrapped with detail (which token,
@@ -53,8 +70,9 @@ const DefaultSessions = 8
 type Option func(*options)
 
 type options struct {
-	sessions int
-	logger   *slog.Logger
+	sessions               int
+	logger                 *slog.Logger
+	minBackoff, maxBackoff time.Duration
 }
 
 // WithSessions bounds the root key's session pool to n sessions (n < 1
@@ -77,8 +95,28 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// Default recovery backoff; see [WithRecoveryBackoff].
+const (
+	DefaultRecoveryMinBackoff = 2 * time.Second
+	DefaultRecoveryMaxBackoff = 30 * time.Second
+)
+
+// WithRecoveryBackoff paces the recovery of a token found unavailable: the
+// first call after the failure tries to recover it, then one call tries at
+// most every lo, the wait doubling up to hi while the token stays away.
+// Other calls fail at once with kms.ErrUnavailable. lo <= 0 keeps
+// [DefaultRecoveryMinBackoff]; hi < lo is taken as lo.
+func WithRecoveryBackoff(lo, hi time.Duration) Option {
+	return func(o *options) {
+		if lo > 0 {
+			o.minBackoff, o.maxBackoff = lo, max(lo, hi)
+		}
+	}
+}
+
 func newOptions(opts []Option) options {
-	o := options{sessions: DefaultSessions, logger: slog.New(slog.DiscardHandler)}
+	o := options{sessions: DefaultSessions, logger: slog.New(slog.DiscardHandler),
+		minBackoff: DefaultRecoveryMinBackoff, maxBackoff: DefaultRecoveryMaxBackoff}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -91,6 +129,9 @@ type Stats struct {
 	Wraps, Unwraps uint64
 	// SessionsOpened and SessionsDiscarded count the pool's sessions.
 	SessionsOpened, SessionsDiscarded uint64
+	// Recoveries counts the times this root key found its token available
+	// again after an outage.
+	Recoveries uint64
 }
 
 // Wrapped output format.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/tresorkms/tresor/softhsm"
@@ -19,7 +20,12 @@ var (
 	// pinToken holds a key too but stays closed between tests, so that a
 	// wrong PIN reaches C_Login.
 	pinToken *softhsm.Token
-	rootURI  string
+	// outageToken holds the keys "outage-1" and "outage-2"; the recovery
+	// tests move its directory, outageDir, away and back.
+	outageToken *softhsm.Token
+	outageDir   string
+	rootURI     string
+	testDir     string
 )
 
 func TestMain(m *testing.M) {
@@ -37,9 +43,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	testDir = dir
 	ctx := context.Background()
 	if mainToken, err = softhsm.NewToken(ctx, dir, "tresor"); err == nil {
 		pinToken, err = softhsm.NewToken(ctx, dir, "pin-test")
+	}
+	if err == nil {
+		outageToken, outageDir, err = newTokenDir(ctx, dir, "outage")
 	}
 	if err == nil {
 		err = mainToken.SetProcessEnv()
@@ -51,9 +61,41 @@ func run(m *testing.M) int {
 	if err == nil {
 		err = CreateRootKey(ctx, pinToken.URI("root-1"))
 	}
+	for _, object := range []string{"outage-1", "outage-2"} {
+		if err == nil {
+			err = CreateRootKey(ctx, outageToken.URI(object))
+		}
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: setting up SoftHSM2 tokens:", err)
 		return 1
 	}
 	return m.Run()
+}
+
+// newTokenDir makes a token and returns the directory SoftHSM2 keeps it in.
+func newTokenDir(ctx context.Context, dir, label string) (*softhsm.Token, string, error) {
+	tokens := filepath.Join(dir, "tokens")
+	before, err := os.ReadDir(tokens)
+	if err != nil {
+		return nil, "", err
+	}
+	tok, err := softhsm.NewToken(ctx, dir, label)
+	if err != nil {
+		return nil, "", err
+	}
+	after, err := os.ReadDir(tokens)
+	if err != nil {
+		return nil, "", err
+	}
+	seen := map[string]bool{}
+	for _, e := range before {
+		seen[e.Name()] = true
+	}
+	for _, e := range after {
+		if !seen[e.Name()] {
+			return tok, filepath.Join(tokens, e.Name()), nil
+		}
+	}
+	return nil, "", fmt.Errorf("no new directory in %s for token %q", tokens, label)
 }

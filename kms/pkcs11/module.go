@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -49,12 +51,27 @@ var modules = struct {
 
 // module is one loaded and initialized PKCS#11 library, shared by every root
 // key opened on it.
+//
+// A module can be re-initialized (C_Finalize, C_Initialize) to find a token
+// that came back: some modules, SoftHSM2 among them, see a token that went
+// away again only then. Every call into the module holds calls for reading
+// and re-initializing holds it for writing, so the module is never finalized
+// under a call in flight. Re-initializing ends every session and login on
+// every token of the module and may renumber slots, so it bumps gen: a
+// session, slot or key handle obtained at an older gen is dropped (never
+// closed: the number may name a newer session) and obtained again.
 type module struct {
 	path string
 	ctx  *p11.Ctx
 	p11  cryptoki
 	refs int  // guarded by modules
 	own  bool // this package called C_Initialize, so it calls C_Finalize
+
+	calls       sync.RWMutex // read: any call into the module; write: re-initializing it
+	gen         atomic.Uint64
+	reinitMu    sync.Mutex // serializes re-initializations
+	initialized atomic.Bool
+	reinits     atomic.Uint64
 
 	mu     sync.Mutex
 	tokens map[string]*token // by serial and label
@@ -93,6 +110,8 @@ func acquireModule(path string) (*module, error) {
 		own = false // another part of the process initialized it
 	}
 	m := &module{path: canonical, ctx: ctx, p11: ctx, refs: 1, own: own, tokens: map[string]*token{}}
+	m.gen.Store(1)
+	m.initialized.Store(true)
 	modules.m[canonical] = m
 	return m, nil
 }
@@ -107,13 +126,60 @@ func (m *module) release() error {
 	}
 	delete(modules.m, m.path)
 	var err error
-	if m.own {
-		if ferr := m.ctx.Finalize(); ferr != nil {
+	if m.own && m.initialized.Load() {
+		if ferr := m.ctx.Finalize(); ferr != nil && !isCKR(ferr, p11.CKR_CRYPTOKI_NOT_INITIALIZED) {
 			err = fmt.Errorf("pkcs11: module %s: C_Finalize: %w", m.path, ferr)
 		}
 	}
 	m.ctx.Destroy()
 	return err
+}
+
+// reinit finalizes and initializes the module again, unless it was
+// re-initialized since generation seen (another root key did it: the caller
+// just looks for its token again). It waits for the calls in flight; calls
+// that start meanwhile fail at once (see [RootKey.Wrap]).
+func (m *module) reinit(seen uint64, logger *slog.Logger) error {
+	m.reinitMu.Lock()
+	defer m.reinitMu.Unlock()
+	if m.gen.Load() != seen {
+		return nil
+	}
+	if !m.own {
+		return fmt.Errorf("pkcs11: module %s was initialized by another part of this process; not re-initializing it", m.path)
+	}
+	m.calls.Lock()
+	defer m.calls.Unlock()
+	logger.Warn("pkcs11: re-initializing the module (C_Finalize, C_Initialize) to find its tokens again; every session on it ends", "module", m.path)
+	if err := m.ctx.Finalize(); err != nil && !isCKR(err, p11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+		logger.Warn("pkcs11: C_Finalize failed; initializing again anyway", "module", m.path, "err", err)
+	}
+	m.gen.Add(1)
+	m.reinits.Add(1)
+	if err := m.ctx.Initialize(); err != nil && !isCKR(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		m.initialized.Store(false)
+		return fmt.Errorf("pkcs11: module %s: C_Initialize: %w", m.path, err)
+	}
+	m.initialized.Store(true)
+	return nil
+}
+
+// stamp says when a session or key handle was obtained: at which module
+// generation and token epoch. One from an older stamp is not used.
+type stamp struct{ gen, epoch uint64 }
+
+// slotRef is a token's slot as found at a module generation.
+type slotRef struct {
+	id  uint
+	gen uint64
+}
+
+// outage is the state of a token found unavailable.
+type outage struct {
+	since    time.Time
+	cause    error     // the failure that took it down, then the last recovery attempt's
+	attempts int       // recovery attempts made
+	next     time.Time // no recovery attempt before this
 }
 
 // token is a token this process logged in to, shared by the root keys on it.
@@ -123,7 +189,16 @@ type token struct {
 	modulePath                  string // as the URI gave it, for messages
 	label, serial, manuf, model string
 	refs                        int // guarded by mod.mu
-	slot                        atomic.Uint64
+	slot                        atomic.Pointer[slotRef]
+
+	// epoch is bumped when the token is found unavailable: sessions and
+	// key handles from before are not used again. down is nil while the
+	// token is available. stateMu serializes their changes; recoverMu is
+	// held by the one call trying to recover the token.
+	epoch     atomic.Uint64
+	down      atomic.Pointer[outage]
+	stateMu   sync.Mutex
+	recoverMu sync.Mutex
 
 	loginMu   sync.Mutex // guards the fields below
 	pin       secret.String
@@ -136,12 +211,14 @@ type token struct {
 }
 
 // acquireToken finds the token u names, shares or registers it, and returns
-// a logged-in session of the given flags on it.
+// a logged-in session of the given flags on it. The caller holds m.calls
+// for reading.
 func (m *module) acquireToken(c cryptoki, u URI, pin secret.String, flags uint) (*token, p11.SessionHandle, error) {
 	slot, info, err := findSlot(c, u.ModulePath, u)
 	if err != nil {
 		return nil, 0, err
 	}
+	gen := m.gen.Load()
 	key := info.SerialNumber + "\x00" + info.Label
 	m.mu.Lock()
 	t := m.tokens[key]
@@ -163,14 +240,14 @@ func (m *module) acquireToken(c cryptoki, u URI, pin secret.String, flags uint) 
 	} else {
 		t = &token{mod: m, key: key, modulePath: u.ModulePath, label: info.Label, serial: info.SerialNumber,
 			manuf: u.Manufacturer, model: u.Model, refs: 1, pin: pin, pinSource: u.PINSource}
-		t.slot.Store(uint64(slot))
 		m.tokens[key] = t
 	}
+	t.slot.Store(&slotRef{id: slot, gen: gen})
 	m.mu.Unlock()
-	sh, err := t.openSession(c, flags)
+	sh, err := t.openSession(c, flags, gen)
 	if err != nil {
 		t.release()
-		return nil, 0, err
+		return nil, 0, classify(err)
 	}
 	return t, sh, nil
 }
@@ -214,8 +291,10 @@ func findSlot(c cryptoki, modulePath string, u URI) (uint, p11.TokenInfo, error)
 		return found[0], info, nil
 	case 0:
 		what := fmt.Sprintf("label %q", u.Token)
-		if u.Serial != "" || u.Manufacturer != "" || u.Model != "" {
-			what += fmt.Sprintf(", serial %q, manufacturer %q, model %q", u.Serial, u.Manufacturer, u.Model)
+		for _, a := range [][2]string{{"serial", u.Serial}, {"manufacturer", u.Manufacturer}, {"model", u.Model}} {
+			if a[1] != "" {
+				what += fmt.Sprintf(", %s %q", a[0], a[1])
+			}
 		}
 		list := "none"
 		if len(present) > 0 {
@@ -228,22 +307,49 @@ func findSlot(c cryptoki, modulePath string, u URI) (uint, p11.TokenInfo, error)
 	}
 }
 
-// openSession opens a session on the token, finding its slot again if the
-// token moved, and logs in unless the token already is.
-func (t *token) openSession(c cryptoki, flags uint) (p11.SessionHandle, error) {
-	sh, err := c.OpenSession(uint(t.slot.Load()), flags)
+// uri is what findSlot needs to find the token again.
+func (t *token) uri() URI {
+	return URI{Token: t.label, Serial: t.serial, Manufacturer: t.manuf, Model: t.model}
+}
+
+// slotID returns the token's slot as last found.
+func (t *token) slotID() uint { return t.slot.Load().id }
+
+// findSlot finds the token's slot again on a fresh slot list, at module
+// generation gen. The caller holds mod.calls for reading.
+func (t *token) findSlot(c cryptoki, gen uint64) (uint, error) {
+	slot, _, err := findSlot(c, t.modulePath, t.uri())
+	if err != nil {
+		return 0, &tokenGoneError{err}
+	}
+	t.slot.Store(&slotRef{id: slot, gen: gen})
+	return slot, nil
+}
+
+// openSession opens a session on the token at module generation gen,
+// finding its slot again if the module was re-initialized since it was
+// found or the token moved, and logs in unless the token already is. The
+// caller holds mod.calls for reading. Its errors are not classified.
+func (t *token) openSession(c cryptoki, flags uint, gen uint64) (p11.SessionHandle, error) {
+	ref := t.slot.Load()
+	slot := ref.id
+	if ref.gen != gen {
+		var err error
+		if slot, err = t.findSlot(c, gen); err != nil {
+			return 0, err
+		}
+	}
+	sh, err := c.OpenSession(slot, flags)
 	if err != nil && (isCKR(err, p11.CKR_SLOT_ID_INVALID) || isCKR(err, p11.CKR_TOKEN_NOT_PRESENT) ||
 		isCKR(err, p11.CKR_DEVICE_REMOVED) || isCKR(err, p11.CKR_TOKEN_NOT_RECOGNIZED)) {
 		// The token may be back in another slot.
-		slot, _, ferr := findSlot(c, t.modulePath, URI{Token: t.label, Serial: t.serial, Manufacturer: t.manuf, Model: t.model})
-		if ferr != nil {
-			return 0, fmt.Errorf("pkcs11: token %q: %w: %w", t.label, kms.ErrUnavailable, ferr)
+		if slot, err = t.findSlot(c, gen); err != nil {
+			return 0, err
 		}
-		t.slot.Store(uint64(slot))
 		sh, err = c.OpenSession(slot, flags)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("pkcs11: token %q: C_OpenSession: %w", t.label, classify(err))
+		return 0, fmt.Errorf("pkcs11: token %q: C_OpenSession: %w", t.label, err)
 	}
 	if err := t.login(c, sh); err != nil {
 		_ = c.CloseSession(sh)
@@ -276,8 +382,60 @@ func (t *token) login(c cryptoki, sh p11.SessionHandle) error {
 		t.pinRefused = true
 		return fmt.Errorf("%w: token %q: the user PIN is locked or expired (pin-source %s): %w", ErrPINIncorrect, t.label, t.pinSource, err)
 	default:
-		return fmt.Errorf("pkcs11: token %q: C_Login: %w", t.label, classify(err))
+		return fmt.Errorf("pkcs11: token %q: C_Login: %w", t.label, err)
 	}
+}
+
+// probe reports whether the token still answers in its slot, as itself. A
+// token whose files are gone answers C_GetTokenInfo with CKR_GENERAL_ERROR
+// in SoftHSM2, while its sessions stay open and find no objects. The caller
+// holds mod.calls for reading.
+func (t *token) probe(c cryptoki) error {
+	slot := t.slotID()
+	ti, err := c.GetTokenInfo(slot)
+	switch {
+	case err != nil:
+		return fmt.Errorf("C_GetTokenInfo(slot %d): %w", slot, err)
+	case ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 || ti.Label != t.label || ti.SerialNumber != t.serial:
+		return fmt.Errorf("slot %d now holds token %q (serial %q)", slot, ti.Label, ti.SerialNumber)
+	}
+	return nil
+}
+
+// unavailable returns the error of a call while the token is down.
+func (t *token) unavailable(cause error) error {
+	return fmt.Errorf("%w: pkcs11: token %q (module %s) is unavailable: %w", kms.ErrUnavailable, t.label, t.modulePath, cause)
+}
+
+// markDown records that the token is unavailable, as seen by a call on a
+// session or key handle of stamp s. It reports whether this call took it
+// down: a call on something from before the last outage or re-initialization
+// says nothing about the token now.
+func (t *token) markDown(s stamp, cause error) bool {
+	t.stateMu.Lock()
+	defer t.stateMu.Unlock()
+	if t.down.Load() != nil || s.epoch != t.epoch.Load() || s.gen != t.mod.gen.Load() {
+		return false
+	}
+	t.epoch.Add(1)
+	now := time.Now()
+	t.down.Store(&outage{since: now, cause: cause, next: now})
+	return true
+}
+
+// markUp records that the token is available again, and returns the
+// outage it ends, if any.
+func (t *token) markUp() *outage {
+	t.stateMu.Lock()
+	defer t.stateMu.Unlock()
+	return t.down.Swap(nil)
+}
+
+// updateOutage replaces outage d, unless the token came back meanwhile.
+func (t *token) updateOutage(d, next *outage) {
+	t.stateMu.Lock()
+	defer t.stateMu.Unlock()
+	t.down.CompareAndSwap(d, next)
 }
 
 // readPIN reads the user PIN from path, without a trailing newline, and
@@ -318,6 +476,13 @@ func isCKR(err error, rv uint) bool {
 	return errors.As(err, &e) && uint(e) == rv
 }
 
+// tokenGoneError says the token itself cannot be reached, not just one
+// session: it is not in any slot, or it no longer answers in its own.
+type tokenGoneError struct{ err error }
+
+func (e *tokenGoneError) Error() string { return e.err.Error() }
+func (e *tokenGoneError) Unwrap() error { return e.err }
+
 // unavailable are the return values that say the token, not the input, is
 // the problem: the session is discarded and the call may succeed later.
 var unavailable = map[uint]bool{
@@ -341,15 +506,36 @@ var unavailable = map[uint]bool{
 	p11.CKR_FUNCTION_CANCELED:         true,
 }
 
-// deviceGone reports whether err says the token itself went away, which
-// kills every session on it, not just the one that saw the error.
+// deviceGone reports whether err says the token itself went away (or the
+// module lost it), which kills every session on it, not just the one that
+// saw the error.
 func deviceGone(err error) bool {
+	var gone *tokenGoneError
+	if errors.As(err, &gone) {
+		return true
+	}
 	var e p11.Error
 	if !errors.As(err, &e) {
 		return false
 	}
 	switch uint(e) {
-	case p11.CKR_DEVICE_REMOVED, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_TOKEN_NOT_RECOGNIZED:
+	case p11.CKR_DEVICE_REMOVED, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_TOKEN_NOT_RECOGNIZED,
+		p11.CKR_SLOT_ID_INVALID, p11.CKR_CRYPTOKI_NOT_INITIALIZED:
+		return true
+	}
+	return false
+}
+
+// suspect reports whether err may mean the token went away, which a token
+// that lost its files or was reset reports as a session or handle gone.
+func suspect(err error) bool {
+	var e p11.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch uint(e) {
+	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_USER_NOT_LOGGED_IN,
+		p11.CKR_OBJECT_HANDLE_INVALID, p11.CKR_KEY_HANDLE_INVALID:
 		return true
 	}
 	return false
@@ -363,7 +549,7 @@ func isUnavailable(err error) bool {
 
 // classify wraps err with kms.ErrUnavailable when the token is the problem.
 func classify(err error) error {
-	if isUnavailable(err) && !errors.Is(err, kms.ErrUnavailable) {
+	if (isUnavailable(err) || deviceGone(err)) && !errors.Is(err, kms.ErrUnavailable) {
 		return fmt.Errorf("%w: %w", kms.ErrUnavailable, err)
 	}
 	return err

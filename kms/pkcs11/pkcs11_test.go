@@ -173,7 +173,7 @@ func TestCreateRootKey(t *testing.T) {
 	if err != nil {
 		t.Fatalf("acquire err = %v, want nil", err)
 	}
-	attrs, err := k.p11.GetAttributeValue(sh, p11.ObjectHandle(k.obj.Load()), []*p11.Attribute{
+	attrs, err := k.p11.GetAttributeValue(sh.sh, k.obj.Load().h, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_SENSITIVE, nil), p11.NewAttribute(p11.CKA_EXTRACTABLE, nil),
 		p11.NewAttribute(p11.CKA_TOKEN, nil), p11.NewAttribute(p11.CKA_PRIVATE, nil),
 	})
@@ -362,7 +362,7 @@ func (f *faulty) check(method string, whenDown uint) error {
 		delete(f.failOnce, method)
 		return p11.Error(rv)
 	}
-	if f.down {
+	if f.down && whenDown != p11.CKR_OK {
 		return p11.Error(whenDown)
 	}
 	return nil
@@ -434,10 +434,13 @@ func (f *faulty) Decrypt(sh p11.SessionHandle, ct []byte) ([]byte, error) {
 	return f.cryptoki.Decrypt(sh, ct)
 }
 
+// noBackoff lets every call try to recover a token found unavailable.
+var noBackoff = WithRecoveryBackoff(time.Nanosecond, time.Nanosecond)
+
 func TestTokenFailures(t *testing.T) {
 	ctx := context.Background()
 	var logs bytes.Buffer
-	k := openRoot(t, WithSessions(2), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	k := openRoot(t, WithSessions(2), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))), noBackoff)
 	f := newFaulty(k.p11)
 	k.p11 = f
 	good, err := k.Wrap(ctx, []byte("keyset"), []byte("aad"))
@@ -461,7 +464,7 @@ func TestTokenFailures(t *testing.T) {
 		{"general error at Decrypt", "Decrypt", p11.CKR_GENERAL_ERROR, "unwrap", kms.ErrUnwrap, false},
 		{"data too long at Encrypt", "Encrypt", p11.CKR_DATA_LEN_RANGE, "wrap", nil, false},
 		{"no session at open", "OpenSession", p11.CKR_SESSION_COUNT, "", kms.ErrUnavailable, false},
-		{"login fails at open", "Login", p11.CKR_DEVICE_ERROR, "", kms.ErrUnavailable, false},
+		{"login fails at open", "Login", p11.CKR_DEVICE_MEMORY, "", kms.ErrUnavailable, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -581,7 +584,7 @@ func TestTokenGoneDrainsIdleSessions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// Hold every session of the pool at once, so all are open and idle after.
-			var held []p11.SessionHandle
+			var held []session
 			for range size {
 				sh, err := k.acquire(ctx)
 				if err != nil {

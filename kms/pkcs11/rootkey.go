@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -30,19 +31,36 @@ type RootKey struct {
 	tok *token
 	p11 cryptoki
 
-	obj    atomic.Uint64 // cached object handle; 0 means look it up again
+	obj    atomic.Pointer[objRef] // cached key handle; nil means look it up again
 	findMu sync.Mutex
 
 	// The session pool: idle holds open sessions; vacant holds one token
 	// per session that may still be opened. An idle session is always
 	// preferred, so sessions are opened only under concurrent load.
-	idle      chan p11.SessionHandle
+	idle      chan session
 	vacant    chan struct{}
 	done      chan struct{}
 	closed    atomic.Bool
 	closeOnce sync.Once
+	// life is held for reading by every call and for writing by Close, so
+	// that Close never releases the module under a call (or a recovery).
+	life sync.RWMutex
 
-	wraps, unwraps, opened, discarded atomic.Uint64
+	minBackoff, maxBackoff time.Duration
+
+	wraps, unwraps, opened, discarded, recoveries atomic.Uint64
+}
+
+// session is a pooled session and when it was opened.
+type session struct {
+	sh p11.SessionHandle // 0 stands for a vacancy
+	stamp
+}
+
+// objRef is the key's handle and when it was found.
+type objRef struct {
+	h p11.ObjectHandle
+	stamp
 }
 
 var _ kms.RootKey = (*RootKey)(nil)
@@ -76,38 +94,47 @@ func Open(ctx context.Context, uri string, opts ...Option) (*RootKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	mod.calls.RLock()
+	defer mod.calls.RUnlock()
 	tok, sh, err := mod.acquireToken(mod.p11, u, pin, p11.CKF_SERIAL_SESSION)
 	if err != nil {
 		_ = mod.release()
 		return nil, err
 	}
 	k := &RootKey{
-		object: u.Object,
-		logger: o.logger,
-		mod:    mod,
-		tok:    tok,
-		p11:    mod.p11,
-		idle:   make(chan p11.SessionHandle, o.sessions),
-		vacant: make(chan struct{}, o.sessions),
-		done:   make(chan struct{}),
+		object:     u.Object,
+		logger:     o.logger,
+		mod:        mod,
+		tok:        tok,
+		p11:        mod.p11,
+		idle:       make(chan session, o.sessions),
+		vacant:     make(chan struct{}, o.sessions),
+		done:       make(chan struct{}),
+		minBackoff: o.minBackoff,
+		maxBackoff: o.maxBackoff,
 	}
 	k.opened.Add(1)
-	obj, ckaID, err := findKey(k.p11, sh, tok.label, u.Object, u.ID)
+	obj, ckaID, err := findKey(k.p11, sh, tok.label, u.Object, u.ID, false)
 	if err != nil {
 		_ = k.p11.CloseSession(sh)
 		tok.release()
 		_ = mod.release()
-		return nil, err
+		return nil, classify(err)
 	}
-	k.obj.Store(uint64(obj))
+	// The token answered as itself: if it was down, it is back.
+	if d := tok.markUp(); d != nil {
+		k.logger.InfoContext(ctx, "pkcs11: token available again", "token", tok.label, "down_for", time.Since(d.since).Round(time.Millisecond))
+	}
+	st := stamp{gen: mod.gen.Load(), epoch: tok.epoch.Load()}
+	k.obj.Store(&objRef{h: obj, stamp: st})
 	k.keyID = ckaID
 	k.id = keyID(tok.label, u.Object, ckaID)
-	k.idle <- sh
+	k.idle <- session{sh: sh, stamp: st}
 	for i := 1; i < o.sessions; i++ {
 		k.vacant <- struct{}{}
 	}
 	k.logger.InfoContext(ctx, "pkcs11 root key opened",
-		"id", k.id, "module", mod.path, "slot", tok.slot.Load(), "sessions", o.sessions)
+		"id", k.id, "module", mod.path, "slot", tok.slotID(), "sessions", o.sessions)
 	return k, nil
 }
 
@@ -138,11 +165,12 @@ func findObjects(c cryptoki, sh p11.SessionHandle, tmpl []*p11.Attribute, max in
 
 // findKey finds the one AES key labelled object (with CKA_ID id, if given),
 // checks it is a 256-bit key allowed to encrypt and decrypt, and returns its
-// handle and CKA_ID.
-func findKey(c cryptoki, sh p11.SessionHandle, tokenLabel, object string, id []byte) (p11.ObjectHandle, []byte, error) {
+// handle and CKA_ID. again says the key was found before (at Open). Its
+// errors are not classified.
+func findKey(c cryptoki, sh p11.SessionHandle, tokenLabel, object string, id []byte, again bool) (p11.ObjectHandle, []byte, error) {
 	objs, err := findObjects(c, sh, keyTemplate(object, id), 2)
 	if err != nil {
-		return 0, nil, fmt.Errorf("pkcs11: token %q: looking for key %q: %w", tokenLabel, object, classify(err))
+		return 0, nil, fmt.Errorf("pkcs11: token %q: looking for key %q: %w", tokenLabel, object, err)
 	}
 	what := fmt.Sprintf("labelled %q", object)
 	if len(id) > 0 {
@@ -150,6 +178,9 @@ func findKey(c cryptoki, sh p11.SessionHandle, tokenLabel, object string, id []b
 	}
 	switch len(objs) {
 	case 0:
+		if again {
+			return 0, nil, fmt.Errorf("%w: token %q is present but no longer has the AES secret key %s (was it deleted?)", ErrKeyNotFound, tokenLabel, what)
+		}
 		return 0, nil, fmt.Errorf("%w: token %q has no AES secret key %s (create it with CreateRootKey)", ErrKeyNotFound, tokenLabel, what)
 	case 1:
 	default:
@@ -163,7 +194,7 @@ func findKey(c cryptoki, sh p11.SessionHandle, tokenLabel, object string, id []b
 		p11.NewAttribute(p11.CKA_DECRYPT, nil),
 	})
 	if err != nil {
-		return 0, nil, fmt.Errorf("pkcs11: token %q: key %q: C_GetAttributeValue: %w", tokenLabel, object, classify(err))
+		return 0, nil, fmt.Errorf("pkcs11: token %q: key %q: C_GetAttributeValue: %w", tokenLabel, object, err)
 	}
 	var ckaID []byte
 	for _, a := range attrs {
@@ -206,77 +237,253 @@ func (k *RootKey) Stats() Stats {
 	return Stats{
 		Wraps: k.wraps.Load(), Unwraps: k.unwraps.Load(),
 		SessionsOpened: k.opened.Load(), SessionsDiscarded: k.discarded.Load(),
+		Recoveries: k.recoveries.Load(),
 	}
+}
+
+// stamp returns the current module generation and token epoch.
+func (k *RootKey) stamp() stamp {
+	return stamp{gen: k.mod.gen.Load(), epoch: k.tok.epoch.Load()}
+}
+
+// call runs op on a session of the pool. It fails at once with
+// kms.ErrUnavailable while the token is down (after trying to recover it, if
+// an attempt is due) or the module is being re-initialized.
+func (k *RootKey) call(ctx context.Context, op func(session) error) error {
+	if !k.life.TryRLock() {
+		return kms.ErrClosed // Close is waiting for the calls in flight
+	}
+	defer k.life.RUnlock()
+	if k.closed.Load() {
+		return kms.ErrClosed
+	}
+	if err := k.ready(); err != nil {
+		return err
+	}
+	if !k.mod.calls.TryRLock() {
+		return fmt.Errorf("%w: pkcs11: token %q: module %s is being re-initialized to recover a token; retry later",
+			kms.ErrUnavailable, k.tok.label, k.mod.path)
+	}
+	defer k.mod.calls.RUnlock()
+	s, err := k.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	return k.release(s, op(s))
+}
+
+// ready returns nil if the token is available. While it is down, it returns
+// the outage's error, except that one call at a time, at most once per
+// backoff, tries to recover the token first (see [WithRecoveryBackoff]).
+func (k *RootKey) ready() error {
+	t := k.tok
+	d := t.down.Load()
+	if d == nil {
+		return nil
+	}
+	if !t.recoverMu.TryLock() {
+		return t.unavailable(d.cause) // another call is recovering it
+	}
+	defer t.recoverMu.Unlock()
+	if d = t.down.Load(); d == nil {
+		return nil
+	}
+	now := time.Now()
+	if now.Before(d.next) {
+		return t.unavailable(d.cause)
+	}
+	tokenUp, err := k.recover()
+	if tokenUp {
+		if t.markUp() != nil {
+			k.recoveries.Add(1)
+			k.logger.Info("pkcs11: token available again", "id", k.id, "token", t.label, "slot", t.slotID(),
+				"down_for", time.Since(d.since).Round(time.Millisecond), "attempts", d.attempts+1)
+		}
+		return err // nil, or the key is missing from a token that is present
+	}
+	next := &outage{since: d.since, cause: err, attempts: d.attempts + 1}
+	next.next = now.Add(k.backoff(next.attempts))
+	t.updateOutage(d, next)
+	k.logger.Warn("pkcs11: token still unavailable", "id", k.id, "token", t.label, "attempts", next.attempts,
+		"next_attempt_in", next.next.Sub(now).Round(time.Millisecond), "err", err)
+	return t.unavailable(err)
+}
+
+// backoff is the wait after the n-th failed recovery attempt.
+func (k *RootKey) backoff(n int) time.Duration {
+	d := k.minBackoff
+	for i := 1; i < n && d < k.maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, k.maxBackoff)
+}
+
+// recover looks for the token on a fresh slot list, logs in and finds the
+// key again. If the token is not found, it re-initializes the module (once
+// for every root key on it that saw the same generation fail) and looks
+// again. tokenUp reports whether the token answered; err may then still say
+// the key is missing.
+func (k *RootKey) recover() (tokenUp bool, err error) {
+	seen := k.mod.gen.Load()
+	tokenUp, err = k.reconnect()
+	if tokenUp || !deviceGone(err) {
+		return tokenUp, err
+	}
+	if rerr := k.mod.reinit(seen, k.logger); rerr != nil {
+		return false, fmt.Errorf("%w; re-initializing the module failed: %w", err, rerr)
+	}
+	return k.reconnect()
+}
+
+// reconnect finds the token's slot, opens a session and logs in, and finds
+// the key; the session joins the pool if it has room.
+func (k *RootKey) reconnect() (tokenUp bool, err error) {
+	k.mod.calls.RLock()
+	defer k.mod.calls.RUnlock()
+	gen := k.mod.gen.Load()
+	if _, err := k.tok.findSlot(k.p11, gen); err != nil {
+		return false, err
+	}
+	sh, err := k.tok.openSession(k.p11, p11.CKF_SERIAL_SESSION, gen)
+	if err != nil {
+		return false, err
+	}
+	k.opened.Add(1)
+	st := stamp{gen: gen, epoch: k.tok.epoch.Load()}
+	h, ckaID, err := findKey(k.p11, sh, k.tok.label, k.object, k.keyID, true)
+	switch {
+	case err == nil && !bytes.Equal(ckaID, k.keyID):
+		err = fmt.Errorf("%w: token %q: key %q now has another CKA_ID; refusing to use a different key", ErrKeyNotFound, k.tok.label, k.object)
+	case err == nil:
+		k.obj.Store(&objRef{h: h, stamp: st})
+	}
+	if err != nil {
+		_ = k.p11.CloseSession(sh)
+		k.discarded.Add(1)
+		if deviceGone(err) || (isUnavailable(err) && k.tok.probe(k.p11) != nil) {
+			return false, err
+		}
+		return true, fmt.Errorf("%w: %w", kms.ErrUnavailable, err)
+	}
+	select {
+	case <-k.vacant:
+		k.idle <- session{sh: sh, stamp: st}
+	default:
+		_ = k.p11.CloseSession(sh)
+	}
+	return true, nil
 }
 
 // acquire takes a session from the pool, opening one if needed. It waits
-// for a free session, honoring ctx.
-func (k *RootKey) acquire(ctx context.Context) (p11.SessionHandle, error) {
-	var sh p11.SessionHandle
+// for a free session, honoring ctx. The caller holds mod.calls for reading.
+func (k *RootKey) acquire(ctx context.Context) (session, error) {
+	var s session
 	select {
-	case sh = <-k.idle:
+	case s = <-k.idle:
 	default:
 		select {
-		case sh = <-k.idle:
+		case s = <-k.idle:
 		case <-k.vacant:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return session{}, ctx.Err()
 		case <-k.done:
-			return 0, kms.ErrClosed
+			return session{}, kms.ErrClosed
 		}
 	}
 	if k.closed.Load() {
-		k.put(sh)
-		return 0, kms.ErrClosed
+		k.put(s)
+		return session{}, kms.ErrClosed
 	}
-	if sh == 0 {
-		var err error
-		if sh, err = k.tok.openSession(k.p11, p11.CKF_SERIAL_SESSION); err != nil {
+	cur := k.stamp()
+	if s.sh != 0 && s.stamp != cur {
+		// Opened before the token went away or the module was
+		// re-initialized: it is dead, or no longer ours to close.
+		if s.gen == cur.gen {
+			_ = k.p11.CloseSession(s.sh)
+		}
+		k.discarded.Add(1)
+		s = session{}
+	}
+	if s.sh == 0 {
+		sh, err := k.tok.openSession(k.p11, p11.CKF_SERIAL_SESSION, cur.gen)
+		if err != nil {
 			k.vacant <- struct{}{}
+			if deviceGone(err) {
+				return session{}, k.tokenDown(cur, err)
+			}
 			if !errors.Is(err, kms.ErrUnavailable) {
 				err = fmt.Errorf("%w: %w", kms.ErrUnavailable, err)
 			}
-			return 0, err
+			return session{}, err
 		}
 		k.opened.Add(1)
+		s = session{sh: sh, stamp: cur}
 	}
-	return sh, nil
+	return s, nil
 }
 
-// put returns a session, or a vacancy for 0, to the pool.
-func (k *RootKey) put(sh p11.SessionHandle) {
-	if sh == 0 {
+// tokenDown marks the token unavailable after a call on something of stamp
+// s failed with cause, and returns the call's error.
+func (k *RootKey) tokenDown(s stamp, cause error) error {
+	if k.tok.markDown(s, cause) {
+		k.logger.Warn("pkcs11: token unavailable; calls fail until it is recovered", "id", k.id, "token", k.tok.label,
+			"module", k.mod.path, "err", cause)
+	}
+	return k.tok.unavailable(cause)
+}
+
+// put returns a session, or a vacancy, to the pool.
+func (k *RootKey) put(s session) {
+	if s.sh == 0 {
 		k.vacant <- struct{}{}
 	} else {
-		k.idle <- sh
+		k.idle <- s
 	}
 }
 
 // release returns a session to the pool, or discards it if err says it is
-// broken.
-func (k *RootKey) release(sh p11.SessionHandle, err error) {
-	if err != nil && isUnavailable(err) {
-		if staleHandle(err) {
-			k.obj.Store(0)
-		}
-		_ = k.p11.CloseSession(sh)
-		k.discarded.Add(1)
-		k.logger.Warn("pkcs11: discarding a broken session", "id", k.id, "err", err)
-		sh = 0
-		if deviceGone(err) {
-			k.drainIdle()
+// broken, and returns the call's error. If err says the token itself is
+// gone, or may be and the token no longer answers, the token is marked
+// unavailable. The caller holds mod.calls for reading.
+func (k *RootKey) release(s session, err error) error {
+	if err == nil {
+		k.put(s)
+		return nil
+	}
+	gone := deviceGone(err)
+	if !gone && suspect(err) {
+		if perr := k.tok.probe(k.p11); perr != nil {
+			gone, err = true, fmt.Errorf("%w, and the token no longer answers: %w", err, perr)
 		}
 	}
-	k.put(sh)
+	if gone || isUnavailable(err) {
+		if staleHandle(err) {
+			k.obj.Store(nil)
+		}
+		_ = k.p11.CloseSession(s.sh)
+		k.discarded.Add(1)
+		k.logger.Warn("pkcs11: discarding a broken session", "id", k.id, "err", err)
+		s.sh = 0
+	}
+	k.put(s)
+	if gone {
+		k.drainIdle()
+		return k.tokenDown(s.stamp, err)
+	}
+	return err
 }
 
 // drainIdle closes every idle session: after the token itself went away
-// they are all dead, and each would otherwise fail one more call.
+// they are all dead, and each would otherwise fail one more call. The
+// caller holds mod.calls for reading.
 func (k *RootKey) drainIdle() {
+	gen := k.mod.gen.Load()
 	for {
 		select {
-		case sh := <-k.idle:
-			_ = k.p11.CloseSession(sh)
+		case s := <-k.idle:
+			if s.gen == gen {
+				_ = k.p11.CloseSession(s.sh)
+			}
 			k.discarded.Add(1)
 			k.vacant <- struct{}{}
 		default:
@@ -286,24 +493,32 @@ func (k *RootKey) drainIdle() {
 }
 
 // handle returns the key's handle, finding it again after the token reported
-// the cached one invalid. A key found again must have the CKA_ID seen at Open.
-func (k *RootKey) handle(sh p11.SessionHandle) (p11.ObjectHandle, error) {
-	if h := k.obj.Load(); h != 0 {
-		return p11.ObjectHandle(h), nil
+// the cached one invalid, or after an outage. A key found again must have
+// the CKA_ID seen at Open. If it is not found and the token no longer
+// answers, the token is gone, not the key.
+func (k *RootKey) handle(s session) (p11.ObjectHandle, error) {
+	if r := k.obj.Load(); r != nil && r.stamp == s.stamp {
+		return r.h, nil
 	}
 	k.findMu.Lock()
 	defer k.findMu.Unlock()
-	if h := k.obj.Load(); h != 0 {
-		return p11.ObjectHandle(h), nil
+	if r := k.obj.Load(); r != nil && r.stamp == s.stamp {
+		return r.h, nil
 	}
-	h, ckaID, err := findKey(k.p11, sh, k.tok.label, k.object, k.keyID)
+	h, ckaID, err := findKey(k.p11, s.sh, k.tok.label, k.object, k.keyID, true)
 	if err != nil {
+		if deviceGone(err) || isUnavailable(err) {
+			return 0, err
+		}
+		if perr := k.tok.probe(k.p11); perr != nil {
+			return 0, &tokenGoneError{fmt.Errorf("the token no longer answers: %w", perr)}
+		}
 		return 0, fmt.Errorf("%w: %w", kms.ErrUnavailable, err)
 	}
 	if !bytes.Equal(ckaID, k.keyID) {
 		return 0, fmt.Errorf("%w: pkcs11: token %q: key %q now has another CKA_ID; refusing to use a different key", kms.ErrUnavailable, k.tok.label, k.object)
 	}
-	k.obj.Store(uint64(h))
+	k.obj.Store(&objRef{h: h, stamp: s.stamp})
 	return h, nil
 }
 
@@ -320,13 +535,15 @@ func (k *RootKey) Wrap(ctx context.Context, plaintext, associatedData []byte) ([
 	if _, err := rand.Read(iv[:]); err != nil {
 		return nil, fmt.Errorf("pkcs11: wrap: %w", err)
 	}
-	sh, err := k.acquire(ctx)
+	var ct, usedIV []byte
+	err := k.call(ctx, func(s session) (err error) {
+		ct, usedIV, err = k.encrypt(s, iv[:], plaintext, associatedData)
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	ct, usedIV, err := k.encrypt(sh, iv[:], plaintext, associatedData)
-	k.release(sh, err)
-	if err != nil {
+		if passThrough(err) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("pkcs11: wrap: %w", classify(err))
 	}
 	if len(usedIV) != ivSize || len(ct) != len(plaintext)+tagSize {
@@ -339,36 +556,43 @@ func (k *RootKey) Wrap(ctx context.Context, plaintext, associatedData []byte) ([
 	return append(out, ct...), nil
 }
 
-func (k *RootKey) encrypt(sh p11.SessionHandle, iv, plaintext, aad []byte) (ct, usedIV []byte, err error) {
+func (k *RootKey) encrypt(s session, iv, plaintext, aad []byte) (ct, usedIV []byte, err error) {
 	params := p11.NewGCMParams(iv, aad, tagSize*8)
 	defer params.Free()
 	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
 	k.wraps.Add(1)
 	for retry := true; ; retry = false {
-		obj, err := k.handle(sh)
+		obj, err := k.handle(s)
 		if err != nil {
 			return nil, nil, err
 		}
-		err = k.p11.EncryptInit(sh, mech, obj)
+		err = k.p11.EncryptInit(s.sh, mech, obj)
 		if retry && staleHandle(err) {
 			// The token forgot the handle (it logged out when its last
 			// session closed, or it was reset): find the key again.
-			k.obj.CompareAndSwap(uint64(obj), 0)
+			k.forget(obj)
 			continue
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("C_EncryptInit: %w", err)
 		}
 		break
 	}
-	if ct, err = k.p11.Encrypt(sh, plaintext); err != nil {
-		return nil, nil, err
+	if ct, err = k.p11.Encrypt(s.sh, plaintext); err != nil {
+		return nil, nil, fmt.Errorf("C_Encrypt: %w", err)
 	}
 	// Some tokens choose the IV themselves and write it back.
 	if usedIV = params.IV(); usedIV == nil {
 		usedIV = iv
 	}
 	return ct, usedIV, nil
+}
+
+// forget drops the cached key handle h.
+func (k *RootKey) forget(h p11.ObjectHandle) {
+	if r := k.obj.Load(); r != nil && r.h == h {
+		k.obj.CompareAndSwap(r, nil)
+	}
 }
 
 // staleHandle reports whether err says the cached key handle is invalid.
@@ -388,14 +612,16 @@ func (k *RootKey) Unwrap(ctx context.Context, wrapped, associatedData []byte) ([
 	if len(wrapped) < overhead || wrapped[0] != formatV1 {
 		return nil, fmt.Errorf("pkcs11: %w", kms.ErrUnwrap)
 	}
-	sh, err := k.acquire(ctx)
+	var pt []byte
+	err := k.call(ctx, func(s session) (err error) {
+		pt, err = k.decrypt(s, wrapped[1:1+ivSize], wrapped[1+ivSize:], associatedData)
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	pt, err := k.decrypt(sh, wrapped[1:1+ivSize], wrapped[1+ivSize:], associatedData)
-	k.release(sh, err)
-	if err != nil {
-		if isUnavailable(err) || errors.Is(err, kms.ErrUnavailable) {
+		switch {
+		case passThrough(err):
+			return nil, err
+		case isUnavailable(err) || errors.Is(err, kms.ErrUnavailable):
 			return nil, fmt.Errorf("pkcs11: unwrap: %w", classify(err))
 		}
 		return nil, fmt.Errorf("pkcs11: %w", kms.ErrUnwrap)
@@ -403,26 +629,36 @@ func (k *RootKey) Unwrap(ctx context.Context, wrapped, associatedData []byte) ([
 	return pt, nil
 }
 
-func (k *RootKey) decrypt(sh p11.SessionHandle, iv, ct, aad []byte) ([]byte, error) {
+func (k *RootKey) decrypt(s session, iv, ct, aad []byte) ([]byte, error) {
 	params := p11.NewGCMParams(iv, aad, tagSize*8)
 	defer params.Free()
 	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
 	k.unwraps.Add(1)
 	for retry := true; ; retry = false {
-		obj, err := k.handle(sh)
+		obj, err := k.handle(s)
 		if err != nil {
 			return nil, err
 		}
-		err = k.p11.DecryptInit(sh, mech, obj)
+		err = k.p11.DecryptInit(s.sh, mech, obj)
 		if retry && staleHandle(err) {
-			k.obj.CompareAndSwap(uint64(obj), 0)
+			k.forget(obj)
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("C_DecryptInit: %w", err)
 		}
-		return k.p11.Decrypt(sh, ct)
+		pt, err := k.p11.Decrypt(s.sh, ct)
+		if err != nil {
+			return nil, fmt.Errorf("C_Decrypt: %w", err)
+		}
+		return pt, nil
 	}
+}
+
+// passThrough reports whether a call's error is returned as is: the root
+// key was closed, or the caller's context ended while waiting for a session.
+func passThrough(err error) bool {
+	return errors.Is(err, kms.ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Close closes the root key's sessions, waiting for calls in flight, and
@@ -433,16 +669,24 @@ func (k *RootKey) Close() error {
 	k.closeOnce.Do(func() {
 		k.closed.Store(true)
 		close(k.done)
+		k.life.Lock() // wait for every call in flight, recoveries included
+		defer k.life.Unlock()
 		var errs []error
-		for range cap(k.idle) { // wait for every session in flight
+		k.mod.calls.RLock()
+		gen := k.mod.gen.Load()
+		for range cap(k.idle) {
 			select {
-			case sh := <-k.idle:
-				if err := k.p11.CloseSession(sh); err != nil && !isUnavailable(err) {
+			case s := <-k.idle:
+				if s.gen != gen {
+					continue // the module was re-initialized: the session is gone
+				}
+				if err := k.p11.CloseSession(s.sh); err != nil && !isUnavailable(err) {
 					errs = append(errs, fmt.Errorf("pkcs11: C_CloseSession: %w", err))
 				}
 			case <-k.vacant:
 			}
 		}
+		k.mod.calls.RUnlock()
 		k.tok.release()
 		errs = append(errs, k.mod.release())
 		err = errors.Join(errs...)
