@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -97,6 +96,7 @@ type TokenConfig struct {
 type Authenticator struct {
 	requireToken bool
 	tv           *tokenVerifier // nil when tokens are not accepted
+	certs        certCache
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -167,11 +167,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, cert *x509.Certificate
 	if cert == nil {
 		return nil, ErrNoCertificate
 	}
-	workload, err := WorkloadID(cert)
+	workload, thumbprint, err := a.certs.identity(cert)
 	if err != nil {
 		return nil, err
 	}
-	p := &Principal{Workload: workload, CertThumbprint: Thumbprint(cert), Strength: StrengthMTLS}
+	p := &Principal{Workload: workload, CertThumbprint: thumbprint, Strength: StrengthMTLS}
 	raw, err := bearer(authorization)
 	if err != nil {
 		return nil, err
@@ -197,8 +197,29 @@ func (a *Authenticator) Authenticate(ctx context.Context, cert *x509.Certificate
 		p.Strength = StrengthBoundToken
 	}
 	p.Subject, p.Issuer, p.TokenID, p.TokenExpiry = v.subject, v.issuer, v.jti, v.exp
-	p.Roles, p.Scopes = slices.Clone(v.roles), slices.Clone(v.scopes)
+	p.Roles, p.Scopes = cloneLists(v.roles, v.scopes)
 	return p, nil
+}
+
+// cloneLists returns copies of roles and scopes in one allocation, each
+// capped at its length (an append to one never writes into the other), nil
+// for an empty list as slices.Clone gives.
+func cloneLists(roles, scopes []string) ([]string, []string) {
+	n := len(roles) + len(scopes)
+	if n == 0 {
+		return nil, nil
+	}
+	buf := make([]string, n)
+	copy(buf, roles)
+	copy(buf[len(roles):], scopes)
+	var r, s []string
+	if len(roles) > 0 {
+		r = buf[:len(roles):len(roles)]
+	}
+	if len(scopes) > 0 {
+		s = buf[len(roles):]
+	}
+	return r, s
 }
 
 // maxTokenSize bounds the bearer tokens looked at.
@@ -313,5 +334,25 @@ func newTokenVerifier(tc TokenConfig, logger *slog.Logger) (*tokenVerifier, erro
 	}, nil
 }
 
-// tokenHash is the cache key of a raw token.
-func tokenHash(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }
+// tokenKey splits a raw token for the token cache: its signing input
+// (header.payload) and the cache key, the SHA-256 of its signature part. ok
+// is false for a token without a '.', which is never cached.
+//
+// A cached entry keeps the signing input of its token, so a hit (the same
+// signature hash and the same signing input) is the same token, as surely as
+// with a hash of the whole token, while only the short signature part is
+// hashed on every call.
+func tokenKey(raw string) (signed string, key [32]byte, ok bool) {
+	i := strings.LastIndexByte(raw, '.')
+	if i < 0 {
+		return "", key, false
+	}
+	sig := raw[i+1:]
+	// Copy into a stack buffer: []byte(sig) would allocate. 512 bytes hold
+	// the signatures of EC and EdDSA keys and of RSA keys up to 3072 bits.
+	var buf [512]byte
+	if len(sig) <= len(buf) {
+		return raw[:i], sha256.Sum256(buf[:copy(buf[:], sig)]), true
+	}
+	return raw[:i], sha256.Sum256([]byte(sig)), true
+}

@@ -31,6 +31,9 @@ var supportedAlgs = map[string]jose.SignatureAlgorithm{
 // verifiedToken is what a verified token contributes to a Principal; it is
 // what the cache keeps. It holds no part of the token's signature.
 type verifiedToken struct {
+	// signed is the token's signing input (header.payload, a copy that
+	// does not keep the raw token alive): a cache hit must match it.
+	signed               string
 	subject, issuer, jti string
 	roles, scopes        []string
 	exp                  time.Time
@@ -62,19 +65,25 @@ type tokenVerifier struct {
 
 // verified returns the verified claims of raw, from the cache when it can.
 func (tv *tokenVerifier) verified(ctx context.Context, raw string) (*verifiedToken, error) {
-	key := tokenHash(raw)
+	signed, key, cacheable := tokenKey(raw)
 	now := tv.cfg.Now()
-	if v := tv.cache.get(key); v != nil {
+	if !cacheable {
+		return tv.verify(ctx, raw, now) // malformed
+	}
+	if v := tv.cache.get(key); v != nil && v.signed == signed {
 		if now.Before(v.exp) && v.keys == tv.keys.Load() {
 			return v, nil
 		}
 		tv.cache.remove(key)
 	}
+	// An entry under key for another token (the same signature part, another
+	// signing input) is left alone; it is replaced only if raw verifies.
 	v, err := tv.verify(ctx, raw, now)
 	if err != nil {
 		return nil, err
 	}
 	if now.Before(v.exp) {
+		v.signed = strings.Clone(signed)
 		tv.cache.put(key, v)
 	}
 	return v, nil

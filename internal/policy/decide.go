@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
+	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
 	"github.com/cedar-policy/cedar-go/x/exp/schema/resolved"
 	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
 )
@@ -29,35 +31,119 @@ const (
 // fit the action, or the request is malformed (no workload, no time, no
 // source address, an unknown auth strength, an invalid tier or transaction
 // value). A forbid that fails to evaluate denies too (Cedar would skip it).
+//
+// Cedar's evaluator is the deepest point of a call's goroutine stack; when
+// it passes the end of the stack, the runtime copies the whole stack to a
+// larger one, which costs a server call more than the evaluation. So the
+// frames under it are kept small: Decide builds the Cedar request in
+// prepare and the Decision in decision, which return before or run after
+// the evaluation, and All and requestEntities.Get keep their larger parts
+// out of line.
 func (e *Engine) Decide(r Request) Decision {
+	st, reason := e.prepare(&r)
+	if st == nil {
+		return refused(reason)
+	}
+	return e.decision(cedar.Authorize(st, &st.ents, cedar.Request{
+		Principal: st.ents.principal.UID,
+		Action:    st.action,
+		Resource:  st.ents.resource.UID,
+		Context:   st.context,
+	}))
+}
+
+// evalState is what cedar.Authorize is given for one request. It is on the
+// heap (Authorize keeps the entity store as an interface), in one piece.
+type evalState struct {
+	policies *policyList
+	ents     requestEntities
+	action   types.EntityUID
+	context  types.Record
+}
+
+// All yields the action's policies (evalState is the cedar.PolicyIterator
+// of its request) less those whose principal scope names a role the
+// principal does not have.
+//
+// Leaving those out decides exactly as Cedar would with them: Cedar
+// evaluates the principal scope first, so such a policy is false and cannot
+// fail, whatever its other scopes and conditions say. And `principal in R`
+// (or `principal is T in R`) for a role R is true exactly when R is one of
+// the principal entity's parents: the principal is the only entity with
+// roles for parents, and no role is itself an entity of the request (the
+// store holds the principal, a key or the service, and the schema's
+// actions), so Cedar's walk up the hierarchy stops at the parents. It
+// spares the evaluation of role scopes, such as a forbid for key admins
+// that every caller's Encrypt and Decrypt evaluate, which is also the
+// deepest point of a call's stack.
+func (st *evalState) All() iter.Seq2[types.PolicyID, *cedar.Policy] {
+	return func(yield func(types.PolicyID, *cedar.Policy) bool) {
+		for _, p := range *st.policies {
+			if st.outOfScope(p.policy) {
+				continue
+			}
+			if !yield(p.id, p.policy) {
+				return
+			}
+		}
+	}
+}
+
+// outOfScope reports whether p's principal scope is `principal in R` or
+// `principal is T in R` for a role R the principal does not have. (Not
+// inlined: All's frame stays small, under every policy's evaluation.)
+//
+//go:noinline
+func (st *evalState) outOfScope(p *cedar.Policy) bool {
+	var r types.EntityUID
+	switch s := (*xast.Policy)(p.AST()).Principal.(type) {
+	case xast.ScopeTypeIn:
+		r = s.Entity
+	case xast.ScopeTypeIsIn:
+		r = s.Entity
+	default:
+		return false
+	}
+	return r.Type == typeRole && !st.ents.principal.Parents.Contains(r)
+}
+
+// prepare checks r and builds its Cedar request; for a request Decide
+// refuses it returns nil and the reason.
+//
+//go:noinline
+func (e *Engine) prepare(r *Request) (*evalState, string) {
 	a, ok := e.actions[r.Action]
 	if !ok {
-		return refused(fmt.Sprintf("action %q is not declared in the schema", r.Action))
+		return nil, fmt.Sprintf("action %q is not declared in the schema", r.Action)
 	}
 	switch {
 	case r.Resource.Kind == ResourceKey && !a.key, r.Resource.Kind == ResourceService && !a.service:
-		return refused(fmt.Sprintf("action %s does not apply to a %s", r.Action, r.Resource.Kind))
+		return nil, fmt.Sprintf("action %s does not apply to a %s", r.Action, r.Resource.Kind)
 	}
-	var ents requestEntities
-	var err error
-	if ents.principal, err = e.principal(r.Principal); err != nil {
-		return refused(err.Error())
+	principal, err := e.principal(r.Principal)
+	if err != nil {
+		return nil, err.Error()
 	}
-	if ents.resource, err = e.resource(r.Resource); err != nil {
-		return refused(err.Error())
+	resource, err := e.resource(r.Resource)
+	if err != nil {
+		return nil, err.Error()
 	}
 	ctx, err := e.contextRecord(r.Context)
 	if err != nil {
-		return refused(err.Error())
+		return nil, err.Error()
 	}
-	ents.actions = e.entities
+	return &evalState{
+		policies: &a.policies,
+		ents:     requestEntities{principal: principal, resource: resource, actions: e.entities},
+		action:   a.uid,
+		context:  ctx,
+	}, ""
+}
 
-	dec, diag := cedar.Authorize(a.policies, &ents, cedar.Request{
-		Principal: ents.principal.UID,
-		Action:    a.uid,
-		Resource:  ents.resource.UID,
-		Context:   ctx,
-	})
+// decision turns Cedar's answer into a Decision.
+//
+//go:noinline
+func (e *Engine) decision(dec cedar.Decision, diag cedar.Diagnostic) Decision {
 	d := Decision{Allow: dec == cedar.Allow}
 	if len(diag.Reasons) > 0 {
 		d.Policies = make([]string, len(diag.Reasons), len(diag.Reasons)+len(diag.Errors))
@@ -78,6 +164,9 @@ func (e *Engine) Decide(r Request) Decision {
 	return d
 }
 
+// refused is out of line, as prepare and decision are (see Decide).
+//
+//go:noinline
 func refused(reason string) Decision { return Decision{Errors: []string{reason}} }
 
 // errorClass reduces a Cedar evaluation error to its kind, since the message
@@ -105,15 +194,30 @@ type requestEntities struct {
 	actions             map[types.EntityUID]types.Entity
 }
 
+// Get is called from deep in Cedar's evaluator, so it keeps a small frame
+// (see Decide): the map lookup, which needs a larger one, is in action.
 func (r *requestEntities) Get(uid types.EntityUID) (types.Entity, bool) {
-	switch uid {
-	case r.principal.UID:
+	if uid == r.principal.UID {
 		return r.principal, true
-	case r.resource.UID:
+	}
+	if uid == r.resource.UID {
 		return r.resource, true
 	}
-	ent, ok := r.actions[uid]
-	return ent, ok
+	p := r.action(uid)
+	if p == nil {
+		return types.Entity{}, false
+	}
+	return *p, true
+}
+
+// action returns a copy of the action entity uid, nil if there is none.
+//
+//go:noinline
+func (r *requestEntities) action(uid types.EntityUID) *types.Entity {
+	if ent, ok := r.actions[uid]; ok {
+		return &ent
+	}
+	return nil
 }
 
 // principalEntity returns Tresor::Principal::"<workload>#<subject>", in
@@ -204,37 +308,55 @@ func (e *Engine) contextRecord(c Context) (types.Record, error) {
 	ip := c.SourceIP.Unmap().WithZone("")
 	local := c.Time.In(e.loc)
 	_, offset := local.Zone()
-	weekday := int64(local.Weekday()+6)%7 + 1 // Monday 1 .. Sunday 7
+	in := contextInputs{
+		ip:               ip,
+		millis:           c.Time.UnixMilli(),
+		weekday:          int64(local.Weekday()+6)%7 + 1, // Monday 1 .. Sunday 7
+		sensitivity:      c.Sensitivity,
+		auth:             c.AuthStrength,
+		transactionValue: c.TransactionValue,
+		purpose:          c.Purpose,
+	}
+	in.localMillis = in.millis + int64(offset)*int64(time.Second/time.Millisecond)
+	slot := contextMemo.slot(&in)
+	if ent := slot.Load(); ent != nil && ent.in == in {
+		return ent.rec, nil
+	}
+	rec, err := newContextRecord(&in)
+	if err != nil {
+		return types.Record{}, err
+	}
+	slot.Store(&contextEntry{in: in, rec: rec})
+	return rec, nil
+}
 
+// newContextRecord builds the context record of in.
+func newContextRecord(in *contextInputs) (types.Record, error) {
 	n := 7
-	if c.TransactionValue != "" {
+	if in.transactionValue != "" {
 		n++
 	}
-	if c.Purpose != "" {
+	if in.purpose != "" {
 		n++
 	}
 	m := make(types.RecordMap, n) // an exact size keeps the usual (<= 8) maps in one group
 
-	m["source_ip"] = types.IPAddr(netip.PrefixFrom(ip, ip.BitLen()))
-	m["time"] = types.NewDatetime(c.Time)
-	m["local_time"] = types.NewDatetimeFromMillis(c.Time.UnixMilli() + int64(offset)*int64(time.Second/time.Millisecond))
-	m["weekday"] = types.Long(weekday)
-	m["auth"] = types.String(c.AuthStrength)
-	sensitivity := ""
-	if c.Sensitivity != 0 {
-		sensitivity = c.Sensitivity.String()
-	}
-	m["sensitivity"] = types.String(sensitivity)
-	m["sensitivity_level"] = types.Long(c.Sensitivity)
-	if c.TransactionValue != "" {
-		d, err := parseTransactionValue(c.TransactionValue)
+	m["source_ip"] = types.IPAddr(netip.PrefixFrom(in.ip, in.ip.BitLen()))
+	m["time"] = types.NewDatetimeFromMillis(in.millis)
+	m["local_time"] = types.NewDatetimeFromMillis(in.localMillis)
+	m["weekday"] = types.Long(in.weekday)
+	m["auth"] = authValue(in.auth)
+	m["sensitivity"] = sensitivityValues[in.sensitivity]
+	m["sensitivity_level"] = types.Long(in.sensitivity)
+	if in.transactionValue != "" {
+		d, err := parseTransactionValue(in.transactionValue)
 		if err != nil {
 			return types.Record{}, fmt.Errorf("context transaction value: %w", err)
 		}
 		m["transaction_value"] = d
 	}
-	if c.Purpose != "" {
-		m["purpose"] = types.String(c.Purpose)
+	if in.purpose != "" {
+		m["purpose"] = types.String(in.purpose)
 	}
 	return types.NewRecord(m), nil
 }

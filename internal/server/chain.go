@@ -519,7 +519,14 @@ const readKeyAction = "GetKey"
 
 func (c *chain) decideOne(cl *call, preq policy.Request) error {
 	d := c.authz.Decide(preq)
-	cl.rec.Policies = append(cl.rec.Policies, d.Policies...)
+	if cl.rec.Policies == nil && len(d.Policies) > 0 {
+		// The usual single decision: keep its list rather than copy it.
+		// Clipped, so that a later decision's append copies it instead
+		// of writing into the Decision's array.
+		cl.rec.Policies = slices.Clip(d.Policies)
+	} else {
+		cl.rec.Policies = append(cl.rec.Policies, d.Policies...)
+	}
 	if !d.Allow {
 		cl.rec.Decision = "deny"
 		c.metrics.denied(preq.Action)
