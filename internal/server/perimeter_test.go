@@ -945,3 +945,36 @@ func TestListKeysShowsOnlyReadableKeys(t *testing.T) {
 		t.Errorf("ListKeys by payments = %v, %v; want keys/mine only", resp, err)
 	}
 }
+
+// TestRESTAuthenticatesBeforeParsing: over REST, as over gRPC, a caller
+// that cannot authenticate gets 401 whatever its body; only an
+// authenticated caller hears about a malformed body.
+func TestRESTAuthenticatesBeforeParsing(t *testing.T) {
+	ts := startServer(t, 0)
+	for _, tt := range []struct {
+		name  string
+		token string
+		body  string
+		want  int
+	}{
+		{"no token, malformed body", "", `{"plaintext":`, 401},
+		{"no token, unknown field", "", `{"surprise":1}`, 401},
+		{"token, malformed body", ts.token, `{"plaintext":`, 400},
+		{"token, unknown field", ts.token, `{"surprise":1}`, 400},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := ts.httpClient(ts.client, tt.token).Post(ts.base+"/v1/keys/k:encrypt", "application/json", strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("POST with %s = %d %s, want %d", tt.name, resp.StatusCode, raw, tt.want)
+			}
+			if tt.want == 401 && (!strings.Contains(string(raw), `"code":16`) || resp.Header.Get("WWW-Authenticate") == "") {
+				t.Errorf("401 body %s, WWW-Authenticate %q; want code 16 and a Bearer challenge", raw, resp.Header.Get("WWW-Authenticate"))
+			}
+		})
+	}
+}

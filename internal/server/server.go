@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,11 +24,13 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tresorkms/tresor/envelope"
@@ -246,9 +249,27 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		if r.TLS != nil {
 			p.AuthInfo = credentials.TLSInfo{State: *r.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
 		}
-		gateway.ServeHTTP(w, r.WithContext(peer.NewContext(r.Context(), p)))
+		ctx := peer.NewContext(r.Context(), p)
+		// Authentication comes before the body is parsed, as in the chain:
+		// a caller that cannot authenticate learns nothing about its body.
+		// (The chain authenticates the call again; the token is cached.)
+		if err := s.chain.authenticateHTTP(ctx, r.Header.Get("Authorization")); err != nil {
+			writeUnauthenticated(w, err)
+			return
+		}
+		gateway.ServeHTTP(w, r.WithContext(ctx))
 	})
 	return mux
+}
+
+// writeUnauthenticated answers 401 with a Bearer challenge and the body the
+// gateway gives every error.
+func writeUnauthenticated(w http.ResponseWriter, err error) {
+	body, _ := json.Marshal(map[string]any{"code": codes.Unauthenticated, "message": status.Convert(err).Message(), "details": []any{}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("WWW-Authenticate", `Bearer realm="tresor"`)
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = w.Write(body)
 }
 
 // Handler returns the REST handler (gateway and /healthz), for tests.
