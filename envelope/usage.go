@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
 
@@ -21,7 +22,17 @@ import (
 // version holds an atomic count of uses reserved but not yet spent; an
 // encryption takes one with a compare-and-swap. When the count runs out,
 // one caller reserves the next block (Options.UsageBlock) while the others
-// for the same version wait for it. A replica that stops holding uses
+// for the same version wait for it. To keep that wait off the hot path too,
+// an encryption that leaves fewer than a quarter of a block starts a
+// prefetch: one goroutine per version at a time reserves the next block in
+// the background, with a context of its own bounded by prefetchTimeout, and
+// adds it to the count when it lands. The synchronous reservation stays as
+// the fallback for a count that runs out first (the caller then waits for
+// the prefetch in flight, or reserves itself). A prefetch the store grants
+// nothing marks the version spent; the uses still counted are spent first,
+// and only then does the key rotate. A prefetch that fails is not retried
+// until a synchronous reservation succeeds, so an unreachable store is not
+// called once per encryption. A replica that stops holding uses
 // (a crash, an evicted cache entry) wastes at most a block, counted as used:
 // the error is always on the safe side.
 //
@@ -41,6 +52,10 @@ import (
 // concurrency ever take more than one.
 const reserveAttempts = 32
 
+// prefetchTimeout bounds one background reservation, so that no prefetch
+// outlives its key's cache entry by more than that.
+const prefetchTimeout = 10 * time.Second
+
 // versionUsage counts the uses of one key version reserved from the store
 // and not yet spent.
 type versionUsage struct {
@@ -50,17 +65,26 @@ type versionUsage struct {
 	remaining atomic.Int64
 	mu        sync.Mutex // serializes reservations from the store
 	spent     bool       // the store granted nothing: the version is spent
+	// prefetching is set while a background reservation runs (at most one).
+	prefetching atomic.Bool
+	// noPrefetch stops prefetches: the version is spent, or the last
+	// prefetch failed and no synchronous reservation has succeeded since.
+	noPrefetch atomic.Bool
+	// waits counts the encryptions that found no use reserved and waited
+	// for the store.
+	waits atomic.Int64
 }
 
-// take spends one reserved use, if there is one.
-func (u *versionUsage) take() bool {
+// take spends one reserved use, if there is one, and returns how many are
+// left.
+func (u *versionUsage) take() (left int64, ok bool) {
 	for {
 		n := u.remaining.Load()
 		if n <= 0 {
-			return false
+			return 0, false
 		}
 		if u.remaining.CompareAndSwap(n, n-1) {
-			return true
+			return n - 1, true
 		}
 	}
 }
@@ -102,14 +126,20 @@ func (r *Keyring) reserve(ctx context.Context, lk *loadedKey) (*loadedKey, error
 			return nil, err
 		}
 		u := lk.usage
-		if u == nil || u.take() {
+		if u == nil {
 			return lk, nil
 		}
-		ok, err := r.refill(ctx, lk.meta.Name, u)
+		if left, ok := u.take(); ok {
+			r.maybePrefetch(lk.meta.Name, u, left)
+			return lk, nil
+		}
+		u.waits.Add(1)
+		left, ok, err := r.refill(ctx, lk.meta.Name, u)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
+			r.maybePrefetch(lk.meta.Name, u, left)
 			return lk, nil
 		}
 		next, err := r.rotateSpent(ctx, lk.meta.Name, u.version)
@@ -122,28 +152,74 @@ func (r *Keyring) reserve(ctx context.Context, lk *loadedKey) (*loadedKey, error
 }
 
 // refill reserves the next block of uses of u's version from the store
-// and takes one of them. It returns false when the version is spent.
-func (r *Keyring) refill(ctx context.Context, name string, u *versionUsage) (bool, error) {
+// and takes one of them, returning how many are left. It returns false
+// when the version is spent.
+func (r *Keyring) refill(ctx context.Context, name string, u *versionUsage) (int64, bool, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.take() {
-		return true, nil // another caller refilled meanwhile
+	if left, ok := u.take(); ok {
+		return left, true, nil // another caller or a prefetch refilled meanwhile
 	}
 	if u.spent {
-		return false, nil
+		return 0, false, nil
 	}
 	granted, err := r.store.ReserveUses(ctx, name, u.version, r.opts.UsageBlock, u.limit)
 	if err != nil {
-		return false, storeErr(name, err)
+		return 0, false, storeErr(name, err)
 	}
 	if granted <= 0 {
 		u.spent = true
-		return false, nil
+		u.noPrefetch.Store(true)
+		return 0, false, nil
 	}
 	// Under u.mu no one else adds, and take never goes below 0: remaining
 	// is 0 here.
 	u.remaining.Store(granted - 1)
-	return true, nil
+	u.noPrefetch.Store(false) // the store answers again
+	return granted - 1, true, nil
+}
+
+// prefetchBelow is how few reserved uses start a prefetch of the next
+// block: a quarter of a block (none for blocks under 4).
+func (r *Keyring) prefetchBelow() int64 { return r.opts.UsageBlock / 4 }
+
+// maybePrefetch starts a background reservation of u's next block when
+// left, the uses still reserved, is below prefetchBelow and none runs.
+func (r *Keyring) maybePrefetch(name string, u *versionUsage, left int64) {
+	if left >= r.prefetchBelow() || u.noPrefetch.Load() || !u.prefetching.CompareAndSwap(false, true) {
+		return
+	}
+	go r.prefetch(name, u)
+}
+
+// prefetch reserves the next block of u's version and adds it to the uses
+// reserved. It holds u.mu while the store answers, so a caller that runs
+// out meanwhile waits for this block rather than reserving another.
+func (r *Keyring) prefetch(name string, u *versionUsage) {
+	defer u.prefetching.Store(false)
+	// Detached from any caller: the block serves every caller of the
+	// version, and ends within prefetchTimeout whatever happens to the key.
+	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+	defer cancel()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.spent || u.remaining.Load() >= r.prefetchBelow() {
+		return // a synchronous reservation came first
+	}
+	granted, err := r.store.ReserveUses(ctx, name, u.version, r.opts.UsageBlock, u.limit)
+	if err != nil {
+		u.noPrefetch.Store(true)
+		r.opts.Logger.Warn("envelope: reserving the next block of uses in the background failed; encryptions will reserve it themselves", "key", name, "version", u.version, "err", err)
+		return
+	}
+	if granted <= 0 {
+		// Spent: the uses still counted are spent first, then refill
+		// reports the version spent and the key rotates.
+		u.spent = true
+		u.noPrefetch.Store(true)
+		return
+	}
+	u.remaining.Add(granted)
 }
 
 // rotateSpent rotates key name because its primary version, version, is

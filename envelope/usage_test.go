@@ -3,7 +3,9 @@ package envelope
 import (
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -324,5 +326,286 @@ func TestUsageOptionsValidated(t *testing.T) {
 		if _, err := ring.CreateKey(ctx, spec); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("CreateKey(%+v) err = %v, want ErrInvalidArgument", spec, err)
 		}
+	}
+}
+
+// countingStore counts ReserveUses calls and what they grant, per version,
+// after delaying each by delay, as a remote database would.
+type countingStore struct {
+	store.Store
+	delay time.Duration
+	// block, when set, holds every ReserveUses whose context has a deadline
+	// (a background prefetch) until it is closed or the context ends.
+	block chan struct{}
+
+	mu        sync.Mutex
+	calls     int
+	granted   map[uint32]int64
+	deadlines []time.Duration // time left on each call's context, if any
+}
+
+func (s *countingStore) ReserveUses(ctx context.Context, name string, version uint32, n, limit int64) (int64, error) {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline && s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if s.delay > 0 {
+		time.Sleep(s.delay)
+	}
+	g, err := s.Store.ReserveUses(ctx, name, version, n, limit)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.granted == nil {
+		s.granted = map[uint32]int64{}
+	}
+	s.granted[version] += g
+	if hasDeadline {
+		s.deadlines = append(s.deadlines, time.Until(dl))
+	}
+	return g, err
+}
+
+func (s *countingStore) grants() (int, map[uint32]int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls, maps.Clone(s.granted)
+}
+
+// countingFixture is newFixture over a countingStore.
+func countingFixture(t *testing.T, cs *countingStore, opts Options) *Keyring {
+	t.Helper()
+	s, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	cs.Store = s
+	ring, err := New(cs, newAEADKEK(t, "test-root-1"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ring
+}
+
+// waitPrefetches waits until no prefetch of key name's cached version runs.
+func waitPrefetches(t *testing.T, ring *Keyring, name string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		lk, ok := ring.cache.get(name)
+		if !ok || lk.usage == nil || !lk.usage.prefetching.Load() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a prefetch still runs after 15s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestUsagePrefetch: with a store that takes half a millisecond more per
+// reservation, blocks are reserved ahead in the background, so encryptions
+// almost never wait for the store; every use sealed was granted, and the
+// store counts exactly what it granted.
+func TestUsagePrefetch(t *testing.T) {
+	ctx := context.Background()
+	const workers, each, block = 16, 625, 100
+	cs := &countingStore{delay: 500 * time.Microsecond}
+	ring := countingFixture(t, cs, Options{UsageBlock: block})
+	if _, err := ring.CreateKey(ctx, KeySpec{Name: "k", Type: store.KeyTypeAES256GCM}); err != nil {
+		t.Fatal(err)
+	}
+	// The first reservation has nothing to prefetch ahead of.
+	if _, _, err := ring.Encrypt(ctx, "k", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				if _, ref, err := ring.Encrypt(ctx, "k", []byte("x"), nil); err != nil || ref.Version != 1 {
+					t.Errorf("Encrypt() = version %d, %v; want version 1, nil", ref.Version, err)
+					return
+				}
+				// Under 4,000 encryptions a second in all: a quarter
+				// block lasts over 6 ms, many reservations' time.
+				time.Sleep(4 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	waitPrefetches(t, ring, "k")
+	lk, ok := ring.cache.get("k")
+	if !ok || lk.usage == nil {
+		t.Fatal("key k is not cached with a usage counter")
+	}
+	const total, blocks = workers*each + 1, workers * each / block
+	calls, granted := cs.grants()
+	waits := lk.usage.waits.Load() - 1 // the first encryption's
+	t.Logf("%d encryptions, %d reservations, %d encryptions waited for the store", total, calls, waits)
+	// Without prefetch every block runs out, and each time several of the
+	// workers wait (over 1,000 in all). A disk stall beyond a quarter block's
+	// time (fsync on a loaded machine) can still hold up every worker once:
+	// allow that for 5% of the blocks.
+	if limit := int64(workers * blocks / 20); waits >= limit {
+		t.Errorf("%d encryptions waited for the store, want fewer than %d (all %d workers held up in 5%% of %d blocks): prefetch should keep ahead", waits, limit, workers, blocks)
+	}
+	if granted[1] < total {
+		t.Errorf("granted %d uses, want at least the %d encryptions", granted[1], total)
+	}
+	if left := lk.usage.remaining.Load(); granted[1]-left != total {
+		t.Errorf("granted %d uses with %d left, want exactly %d spent", granted[1], left, total)
+	}
+	uses, err := ring.Uses(ctx, "k")
+	if err != nil || uses[1] != granted[1] {
+		t.Errorf("Uses(k) = %v, %v; want version 1 at the %d granted", uses, err, granted[1])
+	}
+}
+
+// TestUsagePrefetchConcurrentLimit: under concurrency with prefetch and a
+// small limit, no version seals more than it was granted or its limit, and
+// the store's count per version is what it granted.
+func TestUsagePrefetchConcurrentLimit(t *testing.T) {
+	ctx := context.Background()
+	const limit, workers, each, block = 1000, 16, 300, 100
+	cs := &countingStore{delay: 200 * time.Microsecond}
+	ring := countingFixture(t, cs, Options{UsageBlock: block})
+	if _, err := ring.CreateKey(ctx, KeySpec{Name: "k", Type: store.KeyTypeAES256GCM, UsageLimit: limit}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	sealed := map[uint32]int64{}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				_, ref, err := ring.Encrypt(ctx, "k", []byte("x"), nil)
+				if err != nil {
+					t.Errorf("Encrypt() err = %v, want nil", err)
+					return
+				}
+				mu.Lock()
+				sealed[ref.Version]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	waitPrefetches(t, ring, "k")
+	_, granted := cs.grants()
+	uses, err := ring.Uses(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for v, n := range sealed {
+		total += n
+		if n > granted[v] || n > limit {
+			t.Errorf("version %d sealed %d messages, granted %d, limit %d", v, n, granted[v], limit)
+		}
+	}
+	if total != workers*each {
+		t.Errorf("sealed %d messages, want %d", total, workers*each)
+	}
+	for v, g := range granted {
+		if uses[v] != g || g > limit {
+			t.Errorf("version %d: store counts %d uses, granted %d, limit %d; want equal and within the limit", v, uses[v], g, limit)
+		}
+	}
+}
+
+// TestUsagePrefetchSpent: a prefetch the store grants nothing marks the
+// version spent, yet the uses still reserved are sealed before the key
+// rotates.
+func TestUsagePrefetchSpent(t *testing.T) {
+	ctx := context.Background()
+	cs := &countingStore{}
+	ring := countingFixture(t, cs, Options{UsageBlock: 100})
+	if _, err := ring.CreateKey(ctx, KeySpec{Name: "k", Type: store.KeyTypeAES256GCM, UsageLimit: 150}); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[uint32]int{}
+	for i := range 151 {
+		_, ref, err := ring.Encrypt(ctx, "k", []byte("x"), nil)
+		if err != nil {
+			t.Fatalf("Encrypt() #%d err = %v, want nil", i, err)
+		}
+		counts[ref.Version]++
+		if i == 140 {
+			// The prefetch at 24 left in the second grant (50) finds
+			// the version spent.
+			waitPrefetches(t, ring, "k")
+			lk, _ := ring.cache.get("k")
+			lk.usage.mu.Lock()
+			spent := lk.usage.spent
+			lk.usage.mu.Unlock()
+			if !spent || lk.usage.remaining.Load() != 9 {
+				t.Fatalf("after 141 of 150 uses: spent %v, %d left; want spent with 9 left", spent, lk.usage.remaining.Load())
+			}
+		}
+	}
+	waitPrefetches(t, ring, "k")
+	if counts[1] != 150 || counts[2] != 1 {
+		t.Errorf("ciphertexts per version = %v, want 150 under version 1, then 1 under version 2", counts)
+	}
+	uses, err := ring.Uses(ctx, "k")
+	if err != nil || uses[1] != 150 || uses[2] != 100 {
+		t.Errorf("Uses(k) = %v, %v; want version 1 at 150, version 2 at 100", uses, err)
+	}
+}
+
+// TestUsagePrefetchDetached: a prefetch runs on a context of its own,
+// bounded by prefetchTimeout and not ended by the caller's, and its
+// goroutine ends once the store answers, cached key or not.
+func TestUsagePrefetchDetached(t *testing.T) {
+	cs := &countingStore{block: make(chan struct{})}
+	ring := countingFixture(t, cs, Options{UsageBlock: 8})
+	if _, err := ring.CreateKey(context.Background(), KeySpec{Name: "k", Type: store.KeyTypeAES256GCM}); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	for i := range 7 { // 8 granted; a prefetch starts at 1 left
+		if _, _, err := ring.Encrypt(ctx, "k", []byte("x"), nil); err != nil {
+			t.Fatalf("Encrypt() #%d err = %v, want nil", i, err)
+		}
+	}
+	lk, _ := ring.cache.get("k")
+	if !lk.usage.prefetching.Load() {
+		t.Fatal("no prefetch runs with 1 of 8 uses left")
+	}
+	cancel()
+	ring.cache.invalidate("k", lk.meta.Revision+1) // the key leaves the cache
+	time.Sleep(10 * time.Millisecond)
+	if !lk.usage.prefetching.Load() {
+		t.Fatal("the prefetch ended with the caller's context")
+	}
+	close(cs.block)
+	waitUntil(t, func() bool { return !lk.usage.prefetching.Load() })
+	waitUntil(t, func() bool { return runtime.NumGoroutine() <= before })
+	calls, granted := cs.grants()
+	if calls != 2 || granted[1] != 16 || lk.usage.remaining.Load() != 9 {
+		t.Errorf("reservations %d granting %v, %d left; want 2 granting 16, 9 left", calls, granted, lk.usage.remaining.Load())
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if len(cs.deadlines) != 1 || cs.deadlines[0] > prefetchTimeout || cs.deadlines[0] < prefetchTimeout/2 {
+		t.Errorf("prefetch context deadlines = %v, want one within %v", cs.deadlines, prefetchTimeout)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -63,6 +63,9 @@ const (
 	// wrapped by the old root key just before the switch may take to be
 	// written to the store.
 	inFlightAllowance = 2 * time.Second
+	// stragglerCheckPolls is how many poll intervals apart the lease holder
+	// looks again for keysets left under a done job's old root key.
+	stragglerCheckPolls = 10
 )
 
 // RootKeyStore is the part of the key store root-key rotation uses;
@@ -161,6 +164,11 @@ type RootKeyRotator struct {
 	repaired bool                   // the check for keys left behind by a done job ran
 	closed   bool
 	active   atomic.Pointer[string] // id of the active key last logged
+	// checkedAt is when keysets left behind by a done job were last looked
+	// for; unopenable is the done job whose old root key could not be
+	// opened for them, so that it is logged once.
+	checkedAt  time.Time
+	unopenable string
 }
 
 // NewRootKeyRotator returns a rotator for the root keys of a keyring,
@@ -439,39 +447,107 @@ func (r *RootKeyRotator) step(ctx context.Context) error {
 // repair looks once per process for keysets a done job left behind under
 // its old root key (a write that raced the job's last sweep) and, finding
 // some, starts a job from the same old key to the same new key for them.
+// Afterwards it looks again every stragglerCheckPolls poll intervals, on
+// the replica that takes the lease, for keysets written under the old key
+// since (a replica that missed the switch beyond the grace period).
 func (r *RootKeyRotator) repair(ctx context.Context, job store.RootKeyRotation) error {
 	r.mu.Lock()
 	checked := r.repaired
 	r.mu.Unlock()
 	if checked {
-		return nil
+		return r.checkStragglers(ctx, job)
 	}
 	n, err := r.st.CountKeysByRootKey(ctx, job.FromID)
 	if err != nil {
 		return fmt.Errorf("rotation: key store: %w", err)
 	}
 	if n > 0 {
-		r.logger.WarnContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job; re-wrapping them", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "keysets", n)
 		if err := r.ensure(ctx, job.FromID, job.FromURI); err != nil {
 			return err
 		}
-		_, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
-			ID:      "rkr-" + randomHex(8),
-			FromURI: job.FromURI, ToURI: job.ToURI,
-			FromID: job.FromID, ToID: job.ToID,
-			Total: n,
-		})
-		if err != nil && !errors.Is(err, store.ErrConflict) {
-			return fmt.Errorf("rotation: key store: %w", err)
-		}
-		select {
-		case r.kick <- struct{}{}:
-		default:
+		if err := r.startFollowUp(ctx, job, n); err != nil {
+			return err
 		}
 	}
 	r.mu.Lock()
 	r.repaired = true
+	r.checkedAt = time.Now()
 	r.mu.Unlock()
+	return nil
+}
+
+// checkStragglers is repair's periodic check: due every
+// stragglerCheckPolls poll intervals, run by the replica that takes the
+// lease, and only while the old root key can still be opened (a key
+// retired since cannot re-wrap anything; the keysets left under it are
+// reported once).
+func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyRotation) error {
+	r.mu.Lock()
+	due := time.Since(r.checkedAt) >= stragglerCheckPolls*r.opts.PollInterval
+	if due {
+		r.checkedAt = time.Now()
+	}
+	r.mu.Unlock()
+	if !due {
+		return nil
+	}
+	ok, err := r.st.AcquireLease(ctx, RootKeyLease, r.opts.Holder, r.opts.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("rotation: lease: %w", err)
+	}
+	if !ok {
+		return nil // another replica checks, or works on a job
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := r.st.ReleaseLease(rctx, RootKeyLease, r.opts.Holder); err != nil {
+			r.logger.WarnContext(ctx, "root-key rotation: release lease", "err", err)
+		}
+	}()
+	n, err := r.st.CountKeysByRootKey(ctx, job.FromID)
+	if err != nil {
+		return fmt.Errorf("rotation: key store: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := r.ensure(ctx, job.FromID, job.FromURI); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.mu.Lock()
+		first := r.unopenable != job.ID
+		r.unopenable = job.ID
+		r.mu.Unlock()
+		if first {
+			r.logger.ErrorContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job, which cannot be opened to re-wrap them", "job", job.ID, "from_root_key", job.FromID, "keysets", n, "err", err)
+		}
+		return nil
+	}
+	r.mu.Lock()
+	r.unopenable = ""
+	r.mu.Unlock()
+	return r.startFollowUp(ctx, job, n)
+}
+
+// startFollowUp starts a job re-wrapping the n keysets left under done
+// job's old root key to its new one, and wakes Run to work on it.
+func (r *RootKeyRotator) startFollowUp(ctx context.Context, job store.RootKeyRotation, n int64) error {
+	r.logger.WarnContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job; re-wrapping them", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "keysets", n)
+	_, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
+		ID:      "rkr-" + randomHex(8),
+		FromURI: job.FromURI, ToURI: job.ToURI,
+		FromID: job.FromID, ToID: job.ToID,
+		Total: n,
+	})
+	if err != nil && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("rotation: key store: %w", err)
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
