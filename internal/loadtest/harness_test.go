@@ -83,7 +83,18 @@ func TestUnknownFieldsRefused(t *testing.T) {
 		addr string
 	}{{"tresor", h.REST, h.HTTPAddr}, {"baseline", h.Baseline, h.BaselineAddr}} {
 		for _, body := range []string{`{"plaintext":"cA==","surprise":1}`, `{"plaintext":`} {
-			resp, err := target.c.Post("https://"+target.addr+"/v1/keys/"+KeyName+":encrypt", "application/json", bytes.NewReader([]byte(body)))
+			req, err := http.NewRequest("POST", "https://"+target.addr+"/v1/keys/"+KeyName+":encrypt", bytes.NewReader([]byte(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			// tresor authenticates before it reads the body: send the token.
+			auth, err := h.tokens.authorization()
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", auth)
+			resp, err := target.c.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
