@@ -26,19 +26,16 @@ type contextEntry struct {
 	rec types.Record
 }
 
-// contextMemoSlots is the number of records contextMemo remembers.
+// contextMemoSlots is the number of records a memo remembers.
 const contextMemoSlots = 64
 
-// contextMemo remembers recently built context records, so that the calls
-// made within the same millisecond with the same source, authentication
-// and declared values (a busy client's calls) share one record instead of
-// each building one (Cedar copies, sorts and hashes a record's attributes).
-// A slot holds one entry; a record is returned only for inputs equal to its
-// own, and Cedar records are immutable, so a hit is exactly what building
-// would return. It is shared by every Engine: the time zone is part of the
-// inputs through local_time and weekday.
-var contextMemo memo
-
+// memo remembers an Engine's recently built context records, so that the
+// calls made within the same millisecond with the same source,
+// authentication and declared values (a busy client's calls) share one
+// record instead of each building one (Cedar copies, sorts and hashes a
+// record's attributes). A slot holds one entry; a record is returned only
+// for inputs equal to its own, and Cedar records are immutable, so a hit is
+// exactly what building would return.
 type memo [contextMemoSlots]atomic.Pointer[contextEntry]
 
 // slot returns in's slot. The hash only spreads inputs over the slots; an

@@ -318,7 +318,7 @@ func (e *Engine) contextRecord(c Context) (types.Record, error) {
 		purpose:          c.Purpose,
 	}
 	in.localMillis = in.millis + int64(offset)*int64(time.Second/time.Millisecond)
-	slot := contextMemo.slot(&in)
+	slot := e.contexts.slot(&in)
 	if ent := slot.Load(); ent != nil && ent.in == in {
 		return ent.rec, nil
 	}

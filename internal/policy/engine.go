@@ -48,6 +48,7 @@ type Engine struct {
 	ids      []string                // every policy id, in load order
 
 	principals, resources entityCache
+	contexts              memo // recent context records
 }
 
 // action is a callable action: one the schema declares with appliesTo.
