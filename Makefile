@@ -81,7 +81,9 @@ test: test-deps
 
 ## bench: the benchmarks the README reports.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./kms/pkcs11 ./internal/loadtest
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./kms/pkcs11 ./internal/loadtest ./internal/policy ./internal/authn
+	$(GO) test -run '^$$' -bench 'Encrypt1KiB' -benchtime 5s -count 3 ./internal/server
+	$(GO) test -run '^$$' -bench RewrapSoftHSM -benchtime 20000x -count 3 ./rotation
 
 ## lint: gofmt, go vet, buf lint, go.mod tidiness.
 lint: lint-proto
