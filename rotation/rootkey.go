@@ -117,7 +117,8 @@ type RootKeyOptions struct {
 	// Grace is how long after a replica first sees a job it waits before
 	// the sweep that may finish it, so that every replica has switched to
 	// the new root key and no keyset wrapped by the old one is still on its
-	// way to the store. 0 means 2*PollInterval + 2s.
+	// way to the store. 0 means 2*PollInterval + MaxBackoff + 2s: a replica
+	// that failed to follow the job at once retries within MaxBackoff.
 	Grace time.Duration
 	// MinBackoff and MaxBackoff bound the exponential backoff after a
 	// failure (a root key or the store unavailable); 0 means the defaults.
@@ -191,9 +192,6 @@ func NewRootKeyRotator(st RootKeyStore, roots *envelope.RootKeys, open Opener, o
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = DefaultLeaseTTL
 	}
-	if opts.Grace <= 0 {
-		opts.Grace = 2*opts.PollInterval + inFlightAllowance
-	}
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = DefaultMinBackoff
 	}
@@ -201,6 +199,12 @@ func NewRootKeyRotator(st RootKeyStore, roots *envelope.RootKeys, open Opener, o
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	if opts.Grace <= 0 {
+		// A replica that cannot follow a new job at once retries with
+		// backoff; until it follows, it still wraps under the old key. The
+		// job waits that long before its final pass.
+		opts.Grace = 2*opts.PollInterval + opts.MaxBackoff + inFlightAllowance
+	}
 	if opts.Holder == "" {
 		host, _ := os.Hostname()
 		opts.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), randomHex(4))

@@ -205,9 +205,23 @@ func (s *Scheduler) Tick(ctx context.Context) (TickReport, error) {
 		if err != nil {
 			return rep, fmt.Errorf("rotation: scheduler: list keys: %w", err)
 		}
+		renewed := s.opts.Now()
 		for _, k := range keys {
 			if err := ctx.Err(); err != nil {
 				return rep, err
+			}
+			// Slow keys (an HSM call each) must not outlast the lease:
+			// renew it once a third of its TTL has passed.
+			if s.opts.Now().Sub(renewed) > s.opts.LeaseTTL/3 {
+				held, err := s.opts.Store.AcquireLease(ctx, SchedulerLease, s.opts.Holder, s.opts.LeaseTTL)
+				if err != nil {
+					return rep, fmt.Errorf("rotation: scheduler lease: %w", err)
+				}
+				if !held {
+					s.logger.WarnContext(ctx, "scheduler: lost the lease during a tick; stopping", "holder", s.opts.Holder)
+					return rep, nil
+				}
+				renewed = s.opts.Now()
 			}
 			rep.Scanned++
 			s.visit(ctx, k, &rep)

@@ -467,3 +467,60 @@ func TestNewSchedulerValidates(t *testing.T) {
 		})
 	}
 }
+
+// slowKeyring is fakeKeyring whose rotations each take a while on the
+// scheduler's clock, as an HSM call can.
+type slowKeyring struct {
+	fakeKeyring
+	clock *schedClock
+	each  time.Duration
+}
+
+func (s *slowKeyring) RotateIfDue(ctx context.Context, name string) (store.Key, bool, error) {
+	s.clock.Advance(s.each)
+	return s.fakeKeyring.RotateIfDue(ctx, name)
+}
+
+// TestSchedulerRenewsTheLeaseWithinATick: a page of slow keys does not
+// outlast the lease; the scheduler renews it as the tick goes, and stops
+// when it is lost.
+func TestSchedulerRenewsTheLeaseWithinATick(t *testing.T) {
+	clock := &schedClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	var keys []store.Key
+	for i := range 10 {
+		keys = append(keys, dueKey(fmt.Sprintf("k%d", i), clock.Now().Add(-2*time.Hour)))
+	}
+	kr := &slowKeyring{fakeKeyring: fakeKeyring{keys: keys}, clock: clock, each: 5 * time.Second}
+	leaser := &fakeLeaser{}
+	s, err := NewScheduler(SchedulerOptions{Keyring: kr, Store: leaser, Holder: "h", Interval: time.Minute, LeaseTTL: 30 * time.Second, Now: clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := tick(t, s)
+	// 10 keys x 5 s = 50 s of work under a 30 s lease, renewed before a
+	// key once more than 10 s (a third of the TTL) has passed: before the
+	// 4th, 7th and 10th key, so the lease never goes 15 s unrenewed.
+	if rep.Rotated != 10 || leaser.acquired != 4 {
+		t.Errorf("Tick() = %+v with %d lease acquisitions, want 10 rotated and 4 acquisitions (the lease renewed within the tick)", rep, leaser.acquired)
+	}
+	// A lease lost in the middle of a tick stops it.
+	leaser.acquired, kr.rotates = 0, 0
+	lost := &losingLeaser{grants: 2}
+	s2, err := NewScheduler(SchedulerOptions{Keyring: kr, Store: lost, Holder: "h", Interval: time.Minute, LeaseTTL: 30 * time.Second, Now: clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := tick(t, s2); rep.Rotated != 6 {
+		t.Errorf("Tick() with the lease lost at the second renewal = %+v, want 6 rotated and then a stop", rep)
+	}
+}
+
+// losingLeaser grants the lease grants times, then refuses it.
+type losingLeaser struct{ grants int }
+
+func (l *losingLeaser) AcquireLease(context.Context, string, string, time.Duration) (bool, error) {
+	l.grants--
+	return l.grants >= 0, nil
+}
+
+func (l *losingLeaser) ReleaseLease(context.Context, string, string) error { return nil }

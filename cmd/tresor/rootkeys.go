@@ -62,7 +62,17 @@ func openRootKeys(ctx context.Context, cfg config.Config, st store.Store, logger
 	if rk.set, err = envelope.NewRootKeys(active); err != nil {
 		return nil, err
 	}
-	if found && latest.State == store.RotationRunning {
+	// While a job runs, and after it is done as long as keysets remain
+	// under its old root key (a replica that missed the switch wrote
+	// them; the rotator's straggler check re-wraps them), the old key
+	// must unwrap too.
+	stragglers := int64(0)
+	if found && latest.State == store.RotationDone {
+		if stragglers, err = st.CountKeysByRootKey(ctx, latest.FromID); err != nil {
+			return nil, fmt.Errorf("counting keysets under the old root key %s: %w", latest.FromID, err)
+		}
+	}
+	if found && (latest.State == store.RotationRunning || stragglers > 0) {
 		from, err := open(ctx, latest.FromURI)
 		if err != nil {
 			return nil, fmt.Errorf("the old root key %s of the running root-key rotation %s: %w", latest.FromID, latest.ID, err)
@@ -74,7 +84,11 @@ func openRootKeys(ctx context.Context, cfg config.Config, st store.Store, logger
 		if err := rk.set.Add(from); err != nil {
 			return nil, err
 		}
-		logger.InfoContext(ctx, "root-key rotation running: serving with both root keys until it is done", "job", latest.ID, "from_root_key", latest.FromID, "to_root_key", latest.ToID, "rewrapped", latest.Rewrapped, "total", latest.Total)
+		if latest.State == store.RotationRunning {
+			logger.InfoContext(ctx, "root-key rotation running: serving with both root keys until it is done", "job", latest.ID, "from_root_key", latest.FromID, "to_root_key", latest.ToID, "rewrapped", latest.Rewrapped, "total", latest.Total)
+		} else {
+			logger.WarnContext(ctx, "keysets remain under the old root key of a finished rotation: serving with both root keys until they are re-wrapped", "job", latest.ID, "from_root_key", latest.FromID, "keysets", stragglers)
+		}
 	}
 	if found && cfg.RootKey.URI != latest.ToURI {
 		warnConfigRootKey(ctx, cfg.RootKey.URI, latest, open, logger)

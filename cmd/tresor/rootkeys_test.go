@@ -443,6 +443,21 @@ func TestOpenRootKeysPrefersTheStore(t *testing.T) {
 	if _, logs := open(t); strings.Contains(logs, warning) {
 		t.Errorf("root_key.uri naming the active key: logs %q, want no warning", logs)
 	}
+	// A keyset written under the old root key after the job finished (a
+	// replica that missed the switch): the old key opens too, until the
+	// straggler check re-wraps it.
+	if _, err := st.CreateKey(ctx, store.Key{
+		Name: "straggler", Type: store.KeyTypeAES256GCM, State: store.KeyStateEnabled,
+		PrimaryVersion: 1, MinDecryptionVersion: 1,
+		Versions:      []store.Version{{Number: 1, TinkKeyID: 1, CreateTime: time.Now()}},
+		WrappedKeyset: []byte("wrapped under the old root key"), RootKeyID: id1,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rk, logs = open(t)
+	if got := rk.set.IDs(); rk.set.ID() != id2 || len(got) != 2 || !strings.Contains(logs, "keysets remain under the old root key") {
+		t.Errorf("done rotation with a keyset left under the old key: root keys %q, active %q, logs %q; want both, %q active, and a warning", got, rk.set.ID(), logs, id2)
+	}
 	// A rotation's key that no longer opens stops the start.
 	if err := os.Remove(strings.TrimPrefix(u2, "local-file://")); err != nil {
 		t.Fatal(err)
