@@ -421,10 +421,12 @@ type flightCall struct {
 	err  error
 }
 
-// do runs load once for all concurrent callers with the same name. A caller
-// whose ctx ends stops waiting; the load itself goes on for the others. A
-// panic in load becomes an error for every caller, and the next call loads
-// afresh.
+// do runs load once for all concurrent callers with the same name. Every
+// caller whose ctx ends stops waiting, the one that started the load
+// included; the load itself goes on (load must use a context of its own,
+// bounded, detached from any caller's) and fills the cache for the next
+// callers. A panic in load becomes an error for every caller, and the next
+// call loads afresh.
 func (f *flight) do(ctx context.Context, name string, load func() (*loadedKey, error)) (*loadedKey, error) {
 	f.mu.Lock()
 	if f.calls == nil {
@@ -443,7 +445,7 @@ func (f *flight) do(ctx context.Context, name string, load func() (*loadedKey, e
 	f.calls[name] = c
 	f.mu.Unlock()
 
-	func() {
+	go func() {
 		defer func() {
 			if r := recover(); r != nil {
 				c.lk, c.err = nil, fmt.Errorf("envelope: loading key %q panicked", name)
@@ -455,5 +457,10 @@ func (f *flight) do(ctx context.Context, name string, load func() (*loadedKey, e
 		}()
 		c.lk, c.err = load()
 	}()
-	return c.lk, c.err
+	select {
+	case <-c.done:
+		return c.lk, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
