@@ -3,7 +3,6 @@ package envelope
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,8 +62,12 @@ type versionUsage struct {
 	limit   int64
 	// remaining is taken one at a time with a compare-and-swap, never below 0.
 	remaining atomic.Int64
-	mu        sync.Mutex // serializes reservations from the store
-	spent     bool       // the store granted nothing: the version is spent
+	// reserving serializes reservations from the store: a one-slot
+	// semaphore, so that a caller waiting for it gives up when its
+	// context ends (a slow store must not hold encryptions past their
+	// deadlines).
+	reserving chan struct{}
+	spent     atomic.Bool // the store granted nothing: the version is spent
 	// prefetching is set while a background reservation runs (at most one).
 	prefetching atomic.Bool
 	// noPrefetch stops prefetches: the version is spent, or the last
@@ -107,16 +110,28 @@ func (r *Keyring) usageFor(k store.Key) *versionUsage {
 	}
 	limit := r.usageLimit(k)
 	if old, ok := r.cache.peek(k.Name); ok && old.usage != nil && old.usage.version == k.PrimaryVersion && old.usage.limit == limit {
-		u := old.usage
-		u.mu.Lock()
-		spent := u.spent
-		u.mu.Unlock()
-		if !spent {
+		if u := old.usage; !u.spent.Load() {
 			return u
 		}
 	}
-	return &versionUsage{version: k.PrimaryVersion, limit: limit}
+	return newVersionUsage(k.PrimaryVersion, limit)
 }
+
+func newVersionUsage(version uint32, limit int64) *versionUsage {
+	return &versionUsage{version: version, limit: limit, reserving: make(chan struct{}, 1)}
+}
+
+// lock takes the reservation slot, or gives up when ctx ends.
+func (u *versionUsage) lock(ctx context.Context) error {
+	select {
+	case u.reserving <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (u *versionUsage) unlock() { <-u.reserving }
 
 // reserve takes one use of lk's primary version and returns the key to
 // seal with: lk, or the key as loaded after the spent version was rotated.
@@ -155,12 +170,14 @@ func (r *Keyring) reserve(ctx context.Context, lk *loadedKey) (*loadedKey, error
 // and takes one of them, returning how many are left. It returns false
 // when the version is spent.
 func (r *Keyring) refill(ctx context.Context, name string, u *versionUsage) (int64, bool, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+	if err := u.lock(ctx); err != nil {
+		return 0, false, err
+	}
+	defer u.unlock()
 	if left, ok := u.take(); ok {
 		return left, true, nil // another caller or a prefetch refilled meanwhile
 	}
-	if u.spent {
+	if u.spent.Load() {
 		return 0, false, nil
 	}
 	granted, err := r.store.ReserveUses(ctx, name, u.version, r.opts.UsageBlock, u.limit)
@@ -168,11 +185,11 @@ func (r *Keyring) refill(ctx context.Context, name string, u *versionUsage) (int
 		return 0, false, storeErr(name, err)
 	}
 	if granted <= 0 {
-		u.spent = true
+		u.spent.Store(true)
 		u.noPrefetch.Store(true)
 		return 0, false, nil
 	}
-	// Under u.mu no one else adds, and take never goes below 0: remaining
+	// Holding the reservation slot, no one else adds, and take never goes below 0: remaining
 	// is 0 here.
 	u.remaining.Store(granted - 1)
 	u.noPrefetch.Store(false) // the store answers again
@@ -193,7 +210,7 @@ func (r *Keyring) maybePrefetch(name string, u *versionUsage, left int64) {
 }
 
 // prefetch reserves the next block of u's version and adds it to the uses
-// reserved. It holds u.mu while the store answers, so a caller that runs
+// reserved. It holds the reservation slot while the store answers, so a caller that runs
 // out meanwhile waits for this block rather than reserving another.
 func (r *Keyring) prefetch(name string, u *versionUsage) {
 	defer u.prefetching.Store(false)
@@ -201,9 +218,11 @@ func (r *Keyring) prefetch(name string, u *versionUsage) {
 	// version, and ends within prefetchTimeout whatever happens to the key.
 	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 	defer cancel()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.spent || u.remaining.Load() >= r.prefetchBelow() {
+	if err := u.lock(ctx); err != nil {
+		return
+	}
+	defer u.unlock()
+	if u.spent.Load() || u.remaining.Load() >= r.prefetchBelow() {
 		return // a synchronous reservation came first
 	}
 	granted, err := r.store.ReserveUses(ctx, name, u.version, r.opts.UsageBlock, u.limit)
@@ -215,7 +234,7 @@ func (r *Keyring) prefetch(name string, u *versionUsage) {
 	if granted <= 0 {
 		// Spent: the uses still counted are spent first, then refill
 		// reports the version spent and the key rotates.
-		u.spent = true
+		u.spent.Store(true)
 		u.noPrefetch.Store(true)
 		return
 	}

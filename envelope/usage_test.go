@@ -541,9 +541,7 @@ func TestUsagePrefetchSpent(t *testing.T) {
 			// the version spent.
 			waitPrefetches(t, ring, "k")
 			lk, _ := ring.cache.get("k")
-			lk.usage.mu.Lock()
-			spent := lk.usage.spent
-			lk.usage.mu.Unlock()
+			spent := lk.usage.spent.Load()
 			if !spent || lk.usage.remaining.Load() != 9 {
 				t.Fatalf("after 141 of 150 uses: spent %v, %d left; want spent with 9 left", spent, lk.usage.remaining.Load())
 			}
@@ -607,5 +605,26 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRefillGivesUpWithItsContext: an encryption waiting for a block of
+// uses that another reservation (a slow store) is fetching gives up when
+// its own context ends.
+func TestRefillGivesUpWithItsContext(t *testing.T) {
+	r := &Keyring{}
+	u := newVersionUsage(1, 100)
+	if err := u.lock(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer u.unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, _, err := r.refill(ctx, "k", u); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("refill() while another reservation holds the slot err = %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("refill() returned after %v, want soon after its deadline", d)
 	}
 }
