@@ -854,3 +854,21 @@ func TestCacheExpiresOnTheRealClock(t *testing.T) {
 		t.Errorf("Encrypt after expiry made %d root-key calls, want 1 unwrap", got)
 	}
 }
+
+func TestColdDecryptCountsOneMiss(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{})
+	f.createKey(t, "cold", store.KeyTypeAES256GCM)
+	ct, _, err := f.ring.Encrypt(ctx, "cold", []byte("payload"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ring.Cache().invalidate("cold", 0)
+	before := f.ring.Cache().Stats().Misses
+	if _, _, err := f.ring.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.ring.Cache().Stats().Misses - before; got != 1 {
+		t.Errorf("a Decrypt of a key not in the cache counted %d misses, want 1", got)
+	}
+}

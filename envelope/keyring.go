@@ -149,26 +149,20 @@ func (r *Keyring) MaxPlaintextSize() int { return r.opts.MaxPlaintextSize }
 // ValidKeyName reports whether name follows the naming rule: 1 to 63
 // characters, a lowercase letter first, then lowercase letters, digits and
 // hyphens.
-func ValidKeyName(name string) bool {
+func ValidKeyName(name string) bool { return validName(name, false) }
+
+// validKeyNameBytes is ValidKeyName for bytes, without a conversion.
+func validKeyNameBytes(name []byte) bool { return validName(name, false) }
+
+// validName reports whether name is 1 to 63 characters, a lowercase letter
+// first, then lowercase letters, digits, hyphens and, if underscore, '_'.
+func validName[T string | []byte](name T, underscore bool) bool {
 	if len(name) == 0 || len(name) > maxKeyNameLen || name[0] < 'a' || name[0] > 'z' {
 		return false
 	}
 	for i := 1; i < len(name); i++ {
 		c := name[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-// validKeyNameBytes is ValidKeyName for bytes, without a conversion.
-func validKeyNameBytes(name []byte) bool {
-	if len(name) == 0 || len(name) > maxKeyNameLen || name[0] < 'a' || name[0] > 'z' {
-		return false
-	}
-	for _, c := range name[1:] {
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && (!underscore || c != '_') {
 			return false
 		}
 	}
@@ -182,18 +176,7 @@ func checkKeyName(name string) error {
 	return nil
 }
 
-func validLabelKey(k string) bool {
-	if len(k) == 0 || len(k) > maxKeyNameLen || k[0] < 'a' || k[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(k); i++ {
-		c := k[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
-			return false
-		}
-	}
-	return true
-}
+func validLabelKey(k string) bool { return validName(k, true) }
 
 func checkLabels(labels map[string]string) error {
 	if len(labels) > maxLabels {
@@ -320,7 +303,7 @@ func (r *Keyring) loadBytes(ctx context.Context, name []byte) (*loadedKey, error
 	if lk, ok := r.cache.getBytes(name); ok {
 		return lk, nil
 	}
-	return r.load(ctx, string(name))
+	return r.loadMissed(ctx, string(name))
 }
 
 // load returns the named key with its primitive, from the cache when it
@@ -329,6 +312,12 @@ func (r *Keyring) load(ctx context.Context, name string) (*loadedKey, error) {
 	if lk, ok := r.cache.get(name); ok {
 		return lk, nil
 	}
+	return r.loadMissed(ctx, name)
+}
+
+// loadMissed is load after the cache lookup missed (and counted the miss
+// once): a recent stale entry in an outage, else one shared load.
+func (r *Keyring) loadMissed(ctx context.Context, name string) (*loadedKey, error) {
 	if lk, ok := r.cache.staleRecent(name); ok {
 		return lk, nil
 	}
