@@ -197,3 +197,49 @@ func decodePageToken(token string) (string, error) {
 	}
 	return last, nil
 }
+
+// prepareKey validates k for CreateKey or UpdateKey and returns it
+// normalized, with its labels as stored. On an error it returns k as given.
+func prepareKey(k Key) (Key, string, error) {
+	if err := validateKey(k); err != nil {
+		return k, "", err
+	}
+	n := normalizeKey(k)
+	labels, err := encodeLabels(n.Labels)
+	if err != nil {
+		return k, "", err
+	}
+	return n, labels, nil
+}
+
+// decodeKeyColumns sets the fields of k that both schemas store alike from
+// the columns of its row: type, state, labels, the wrapped keyset (empty is
+// nil) and the durations. k.Name is set; the errors name it.
+func decodeKeyColumns(k *Key, typ, state, labels string, rotation, retire int64) error {
+	var err error
+	if k.Type, err = ParseKeyType(typ); err != nil {
+		return fmt.Errorf("key %q: %w", k.Name, err)
+	}
+	if k.State, err = ParseKeyState(state); err != nil {
+		return fmt.Errorf("key %q: %w", k.Name, err)
+	}
+	if k.Labels, err = decodeLabels(labels); err != nil {
+		return fmt.Errorf("key %q: %w", k.Name, err)
+	}
+	if len(k.WrappedKeyset) == 0 {
+		k.WrappedKeyset = nil
+	}
+	k.RotationPeriod = time.Duration(rotation)
+	k.RetireAfter = time.Duration(retire)
+	return nil
+}
+
+// pageKeys cuts keys, read with a limit of n+1, to a page of n and returns
+// the token of the next page, or "" when there is none.
+func pageKeys(keys []Key, n int) ([]Key, string) {
+	if len(keys) > n {
+		keys = keys[:n:n]
+		return keys, encodePageToken(keys[n-1].Name)
+	}
+	return keys, ""
+}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,9 +39,7 @@ type PostgresStore struct {
 	pool *pgxpool.Pool
 	now  func() time.Time
 
-	// nextSweep is when (Unix microseconds, store clock) ConsumeBudget
-	// next deletes the counts of ended windows.
-	nextSweep atomic.Int64
+	sweeps sweepSchedule // when ConsumeBudget next deletes ended windows
 }
 
 var _ Store = (*PostgresStore)(nil)
@@ -115,16 +112,12 @@ func (s *PostgresStore) CreateKey(ctx context.Context, k Key) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
 	}
-	if err := validateKey(k); err != nil {
-		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
-	}
-	k = normalizeKey(k)
-	now := storeTime(s.now())
-	k.CreateTime, k.UpdateTime, k.Revision = now, now, 1
-	labels, err := encodeLabels(k.Labels)
+	k, labels, err := prepareKey(k)
 	if err != nil {
 		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
 	}
+	now := storeTime(s.now())
+	k.CreateTime, k.UpdateTime, k.Revision = now, now, 1
 	numbers, tinkIDs, times := pgVersionArrays(k.Versions)
 	_, err = s.pool.Exec(ctx, pgCreateKeySQL,
 		k.Name, k.Type.String(), k.State.String(), int64(k.PrimaryVersion),
@@ -169,15 +162,11 @@ func (s *PostgresStore) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
 	}
-	if err := validateKey(k); err != nil {
-		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
-	}
-	k = normalizeKey(k)
-	k.UpdateTime = storeTime(s.now())
-	labels, err := encodeLabels(k.Labels)
+	k, labels, err := prepareKey(k)
 	if err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
 	}
+	k.UpdateTime = storeTime(s.now())
 	numbers, tinkIDs, times := pgVersionArrays(k.Versions)
 	var (
 		created       *time.Time
@@ -282,11 +271,7 @@ func (s *PostgresStore) ListKeys(ctx context.Context, size int, token string) ([
 	if err != nil {
 		return nil, "", fmt.Errorf("list keys: %w", err)
 	}
-	next := ""
-	if len(keys) > n {
-		keys = keys[:n:n]
-		next = encodePageToken(keys[n-1].Name)
-	}
+	keys, next := pageKeys(keys, n)
 	return keys, next, nil
 }
 
@@ -315,20 +300,9 @@ func (s *PostgresStore) queryKeys(ctx context.Context, query string, args ...any
 			&numbers, &tinkIDs, &times); err != nil {
 			return nil, s.fail(err)
 		}
-		if k.Type, err = ParseKeyType(typ); err != nil {
-			return nil, fmt.Errorf("key %q: %w", k.Name, err)
+		if err := decodeKeyColumns(&k, typ, state, labels, rotation, retire); err != nil {
+			return nil, err
 		}
-		if k.State, err = ParseKeyState(state); err != nil {
-			return nil, fmt.Errorf("key %q: %w", k.Name, err)
-		}
-		if k.Labels, err = decodeLabels(labels); err != nil {
-			return nil, fmt.Errorf("key %q: %w", k.Name, err)
-		}
-		if len(k.WrappedKeyset) == 0 {
-			k.WrappedKeyset = nil
-		}
-		k.RotationPeriod = time.Duration(rotation)
-		k.RetireAfter = time.Duration(retire)
 		k.RetireAfterVersions = uint32(retireVer)
 		if deletion != nil {
 			k.DeletionTime = deletion.UTC()
@@ -494,12 +468,11 @@ func (s *PostgresStore) ConsumeBudget(ctx context.Context, n int64, windows []Bu
 // by now, when a sweep is due. It is best effort: on an error the next call
 // tries again.
 func (s *PostgresStore) sweepBudgets(ctx context.Context, now time.Time) {
-	if now.UnixMicro() < s.nextSweep.Load() {
+	if !s.sweeps.due(now) {
 		return
 	}
-	tag, err := s.pool.Exec(ctx, pgSweepBudgetsSQL, now, budgetSweepBatch)
-	if err == nil && tag.RowsAffected() < budgetSweepBatch {
-		s.nextSweep.Store(now.Add(budgetSweepInterval).UnixMicro())
+	if tag, err := s.pool.Exec(ctx, pgSweepBudgetsSQL, now, budgetSweepBatch); err == nil {
+		s.sweeps.swept(now, tag.RowsAffected())
 	}
 }
 
@@ -707,8 +680,7 @@ func (s *PostgresStore) StartRootKeyRotation(ctx context.Context, r RootKeyRotat
 		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
 	}
 	now := storeTime(s.now())
-	r.State, r.Rewrapped = RotationRunning, 0
-	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
+	r = startedRotation(r, now)
 	tag, err := s.pool.Exec(ctx, pgStartRotationSQL,
 		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now)
 	var pe *pgconn.PgError
@@ -881,8 +853,7 @@ func (s *PostgresStore) FinishRootKeyRotation(ctx context.Context, jobID string)
 	if err != nil {
 		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, s.fail(err))
 	}
-	job.State, job.UpdateTime, job.EndTime = RotationDone, now, now
-	return job, nil
+	return finishedRotation(job, now), nil
 }
 
 // Errors.

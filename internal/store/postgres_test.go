@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +24,7 @@ func openPostgres(t testing.TB, url string, opts ...store.Option) *store.Postgre
 	t.Helper()
 	s, err := store.OpenPostgres(t.Context(), url, opts...)
 	if err != nil {
-		t.Fatalf("OpenPostgres(ctx, %q) err = %v, want nil", url, err)
+		t.Fatalf("OpenPostgres(test database) err = %v, want nil", err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
@@ -36,7 +35,7 @@ func rawPostgres(t testing.TB, url string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
-		t.Fatalf("pgx.Connect(ctx, %q) err = %v", url, err)
+		t.Fatalf("pgx.Connect(test database) err = %v", err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
@@ -132,7 +131,7 @@ func TestOpenPostgresRefusesNewerSchema(t *testing.T) {
 		if s != nil {
 			s.Close()
 		}
-		t.Fatalf("OpenPostgres(ctx, %q) with a newer schema err = %v, want ErrSchemaTooNew", url, err)
+		t.Fatalf("OpenPostgres(test database) with a newer schema err = %v, want ErrSchemaTooNew", err)
 	}
 }
 
@@ -145,10 +144,10 @@ func TestOpenPostgresRefusesForeignMigration(t *testing.T) {
 	s, err := store.OpenPostgres(t.Context(), url)
 	if err == nil {
 		s.Close()
-		t.Fatalf("OpenPostgres(ctx, %q) with a renamed migration err = nil, want an error", url)
+		t.Fatalf("OpenPostgres(test database) with a renamed migration err = nil, want an error")
 	}
 	if !strings.Contains(err.Error(), "other.sql") {
-		t.Errorf("OpenPostgres(ctx, %q) with a renamed migration err = %v, want it to name other.sql", url, err)
+		t.Errorf("OpenPostgres(test database) with a renamed migration err = %v, want it to name other.sql", err)
 	}
 }
 
@@ -550,39 +549,9 @@ func TestPostgresMigratesForward(t *testing.T) {
 }
 
 func TestPostgresClock(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2030, 1, 2, 3, 4, 5, 678901234, time.FixedZone("CET", 3600))
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	s := openPostgres(t, pgtest.NewDatabase(t), store.WithClock(clock))
-	wantCreate := time.Date(2030, 1, 2, 2, 4, 5, 678901000, time.UTC)
-	created, err := s.CreateKey(t.Context(), testKey("k"))
-	if err != nil {
-		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	if created.CreateTime != wantCreate || created.UpdateTime != wantCreate {
-		t.Errorf("CreateKey(ctx, %q) times = %v, %v; want %v for both", "k", created.CreateTime, created.UpdateTime, wantCreate)
-	}
-	mu.Lock()
-	now = now.Add(time.Hour + time.Nanosecond)
-	mu.Unlock()
-	updated, err := s.UpdateKey(t.Context(), created)
-	if err != nil {
-		t.Fatalf("UpdateKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	got, err := s.GetKey(t.Context(), "k")
-	if err != nil {
-		t.Fatalf("GetKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	wantUpdate := wantCreate.Add(time.Hour)
-	for _, k := range []store.Key{updated, got} {
-		if k.CreateTime != wantCreate || k.UpdateTime != wantUpdate {
-			t.Errorf("key %q times = %v, %v; want %v, %v", "k", k.CreateTime, k.UpdateTime, wantCreate, wantUpdate)
-		}
-	}
+	testClock(t, func(opts ...store.Option) store.Store {
+		return openPostgres(t, pgtest.NewDatabase(t), opts...)
+	})
 }
 
 // TestPostgresTwoHandles opens one database twice, as two replicas would,
@@ -676,92 +645,18 @@ func budgetRowsPG(t *testing.T, conn *pgx.Conn) []string {
 	return got
 }
 
-// TestPostgresBudgetSweep checks that ConsumeBudget deletes the counts of
-// windows that ended by the store's clock, no more than once a minute, and
-// those of windows still open never.
 func TestPostgresBudgetSweep(t *testing.T) {
-	var mu sync.Mutex
-	t0 := time.Unix(1_900_000_000, 0).UTC()
-	now := t0
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	set := func(d time.Duration) {
-		mu.Lock()
-		defer mu.Unlock()
-		now = t0.Add(d)
-	}
 	url := pgtest.NewDatabase(t)
-	s := openPostgres(t, url, store.WithClock(clock))
 	raw := rawPostgres(t, url)
-	consume := func(counter string, start, length time.Duration) {
-		t.Helper()
-		w := store.BudgetWindow{Counter: counter, Start: t0.Add(start), End: t0.Add(start + length), Limit: 10}
-		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
-			t.Fatalf("ConsumeBudget(ctx, 1, [%s]) = %d, %v; want -1, nil", counter, got, err)
-		}
-	}
-	check := func(when string, want ...string) {
-		t.Helper()
-		if got := budgetRowsPG(t, raw); !slices.Equal(got, want) {
-			t.Errorf("budget_counts %s = %q, want %q", when, got, want)
-		}
-	}
-	at := func(counter string, start time.Duration) string {
-		return counter + "@" + strconv.FormatInt(t0.Add(start).Unix(), 10)
-	}
-
-	consume("second", 0, time.Second)
-	consume("day", 0, 24*time.Hour)
-	consume("ends-at-sweep", 0, 2*time.Minute)
-	set(2 * time.Second)
-	consume("second", 2*time.Second, time.Second)
-	check("before a minute passed", at("day", 0), at("ends-at-sweep", 0), at("second", 0), at("second", 2*time.Second))
-
-	set(2 * time.Minute)
-	consume("second", 2*time.Minute, time.Second)
-	check("after a minute", at("day", 0), at("second", 2*time.Minute))
-
-	consume("second", 0, time.Second)
-	check("after an ended window was given again", at("day", 0), at("second", 0), at("second", 2*time.Minute))
+	testBudgetSweep(t, func(opts ...store.Option) store.Store { return openPostgres(t, url, opts...) },
+		func() []string { return budgetRowsPG(t, raw) })
 }
 
-// TestPostgresBudgetSweepBatches checks that one call deletes at most a
-// batch of ended windows, and that calls go on deleting until none is left.
 func TestPostgresBudgetSweepBatches(t *testing.T) {
-	var mu sync.Mutex
-	t0 := time.Unix(1_900_000_000, 0).UTC()
-	now := t0
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
 	url := pgtest.NewDatabase(t)
-	s := openPostgres(t, url, store.WithClock(clock))
 	raw := rawPostgres(t, url)
-	const ended = 2500
-	windows := make([]store.BudgetWindow, ended)
-	for i := range windows {
-		windows[i] = store.BudgetWindow{Counter: "c" + strconv.Itoa(i), Start: t0, End: t0.Add(time.Second), Limit: 1}
-	}
-	if got, err := s.ConsumeBudget(t.Context(), 1, windows); err != nil || got != -1 {
-		t.Fatalf("ConsumeBudget(ctx, 1, %d windows) = %d, %v; want -1, nil", ended, got, err)
-	}
-	mu.Lock()
-	now = t0.Add(time.Hour)
-	mu.Unlock()
-	live := store.BudgetWindow{Counter: "live", Start: t0.Add(time.Hour), End: t0.Add(2 * time.Hour), Limit: 100}
-	for _, want := range []int{1501, 501, 1, 1, 1} {
-		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{live}); err != nil || got != -1 {
-			t.Fatalf("ConsumeBudget(ctx, 1, [live]) = %d, %v; want -1, nil", got, err)
-		}
-		if got := len(budgetRowsPG(t, raw)); got != want {
-			t.Fatalf("budget_counts has %d rows, want %d", got, want)
-		}
-	}
+	testBudgetSweepBatches(t, func(opts ...store.Option) store.Store { return openPostgres(t, url, opts...) },
+		func() []string { return budgetRowsPG(t, raw) })
 }
 
 // TestPostgresBudgetDuplicateWindows checks that a window given twice is
@@ -797,19 +692,7 @@ func TestPostgresBudgetTimeRange(t *testing.T) {
 }
 
 func TestPostgresClosed(t *testing.T) {
-	s := openPostgres(t, pgtest.NewDatabase(t))
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close() err = %v, want nil", err)
-	}
-	if _, err := s.GetKey(context.Background(), "k"); err == nil {
-		t.Errorf("GetKey(ctx, %q) after Close err = nil, want an error", "k")
-	}
-	if _, err := s.CreateKey(context.Background(), testKey("k")); err == nil {
-		t.Errorf("CreateKey(ctx, %q) after Close err = nil, want an error", "k")
-	}
-	if err := s.Close(); err != nil {
-		t.Errorf("second Close() err = %v, want nil", err)
-	}
+	testClosed(t, openPostgres(t, pgtest.NewDatabase(t)))
 }
 
 func BenchmarkPostgresGetKey(b *testing.B) {

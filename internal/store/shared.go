@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,6 +51,21 @@ const (
 	budgetSweepInterval = time.Minute
 	budgetSweepBatch    = 1000
 )
+
+// sweepSchedule is when (Unix microseconds, store clock) ConsumeBudget next
+// deletes the counts of ended windows.
+type sweepSchedule struct{ next atomic.Int64 }
+
+// due reports whether a sweep is due at now.
+func (s *sweepSchedule) due(now time.Time) bool { return now.UnixMicro() >= s.next.Load() }
+
+// swept records a sweep at now that deleted n counts: unless it found a
+// full batch, the next is due budgetSweepInterval later.
+func (s *sweepSchedule) swept(now time.Time, n int64) {
+	if n < budgetSweepBatch {
+		s.next.Store(now.Add(budgetSweepInterval).UnixMicro())
+	}
+}
 
 // validateBudget checks the arguments of ConsumeBudget against the rules of
 // [ErrInvalidBudget], and also refuses counter names that are not valid UTF-8
@@ -159,6 +175,19 @@ func validateRotation(r RootKeyRotation) error {
 		return fmt.Errorf("%w: negative Total %d", ErrInvalidRotation, r.Total)
 	}
 	return nil
+}
+
+// startedRotation returns r as StartRootKeyRotation records it at now.
+func startedRotation(r RootKeyRotation, now time.Time) RootKeyRotation {
+	r.State, r.Rewrapped = RotationRunning, 0
+	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
+	return r
+}
+
+// finishedRotation returns job as FinishRootKeyRotation leaves it at now.
+func finishedRotation(job RootKeyRotation, now time.Time) RootKeyRotation {
+	job.State, job.UpdateTime, job.EndTime = RotationDone, now, now
+	return job
 }
 
 // validateRewrap checks the keys given to RewrapKeys: named, each once,

@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -57,9 +56,7 @@ type SQLite struct {
 	rewrapKey, runningRotation                *sql.Stmt // on w
 	countRewrapped, addRewrapped              *sql.Stmt // on w
 
-	// nextSweep is when (Unix microseconds, store clock) ConsumeBudget
-	// next deletes the counts of ended windows.
-	nextSweep atomic.Int64
+	sweeps sweepSchedule // when ConsumeBudget next deletes ended windows
 }
 
 var _ Store = (*SQLite)(nil)
@@ -226,16 +223,12 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
 	}
-	if err := validateKey(k); err != nil {
-		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
-	}
-	k = normalizeKey(k)
-	now := storeTime(s.now())
-	k.CreateTime, k.UpdateTime, k.Revision = now, now, 1
-	labels, err := encodeLabels(k.Labels)
+	k, labels, err := prepareKey(k)
 	if err != nil {
 		return Key{}, fmt.Errorf("create key %q: %w", k.Name, err)
 	}
+	now := storeTime(s.now())
+	k.CreateTime, k.UpdateTime, k.Revision = now, now, 1
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.StmtContext(ctx, s.insertKey).ExecContext(ctx,
 			k.Name, k.Type.String(), k.State.String(), k.PrimaryVersion,
@@ -263,15 +256,11 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
 	}
-	if err := validateKey(k); err != nil {
-		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
-	}
-	k = normalizeKey(k)
-	k.UpdateTime = storeTime(s.now())
-	labels, err := encodeLabels(k.Labels)
+	k, labels, err := prepareKey(k)
 	if err != nil {
 		return Key{}, fmt.Errorf("update key %q: %w", k.Name, err)
 	}
+	k.UpdateTime = storeTime(s.now())
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		var created int64
 		err := tx.StmtContext(ctx, s.updateKey).QueryRowContext(ctx,
@@ -387,9 +376,10 @@ func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWin
 	if err := validateBudget(n, windows); err != nil {
 		return 0, fmt.Errorf("consume budget: %w", err)
 	}
-	now := storeTime(s.now()).UnixMicro()
-	sweep := now >= s.nextSweep.Load()
-	exceeded, swept := -1, 0
+	nowTime := storeTime(s.now())
+	now := nowTime.UnixMicro()
+	sweep := s.sweeps.due(nowTime)
+	exceeded, swept := -1, int64(0)
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		stmt := tx.StmtContext(ctx, s.consumeBudget)
 		for i, w := range windows {
@@ -419,7 +409,7 @@ func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWin
 		if err != nil {
 			return fmt.Errorf("delete ended windows: %w", sqliteErr(err))
 		}
-		swept = int(deleted)
+		swept = deleted
 		return nil
 	})
 	switch {
@@ -428,8 +418,8 @@ func (s *SQLite) ConsumeBudget(ctx context.Context, n int64, windows []BudgetWin
 	case err != nil:
 		return 0, fmt.Errorf("consume budget: %w", err)
 	}
-	if sweep && swept < budgetSweepBatch {
-		s.nextSweep.Store(now + budgetSweepInterval.Microseconds())
+	if sweep {
+		s.sweeps.swept(nowTime, swept)
 	}
 	return -1, nil
 }
@@ -642,8 +632,7 @@ func (s *SQLite) StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (R
 		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w", r.ID, err)
 	}
 	now := storeTime(s.now())
-	r.State, r.Rewrapped = RotationRunning, 0
-	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
+	r = startedRotation(r, now)
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		running, err := scanRotation(tx.StmtContext(ctx, s.runningRotation).QueryRowContext(ctx))
 		switch {
@@ -803,8 +792,7 @@ func (s *SQLite) FinishRootKeyRotation(ctx context.Context, jobID string) (RootK
 	if err != nil {
 		return RootKeyRotation{}, fmt.Errorf("finish root key rotation %q: %w", jobID, err)
 	}
-	job.State, job.UpdateTime, job.EndTime = RotationDone, now, now
-	return job, nil
+	return finishedRotation(job, now), nil
 }
 
 // Reading keys.
@@ -856,11 +844,7 @@ func (s *SQLite) ListKeys(ctx context.Context, size int, token string) ([]Key, s
 	if err != nil {
 		return nil, "", fmt.Errorf("list keys: %w", err)
 	}
-	next := ""
-	if len(keys) > n {
-		keys = keys[:n:n]
-		next = encodePageToken(keys[n-1].Name)
-	}
+	keys, next := pageKeys(keys, n)
 	return keys, next, nil
 }
 
@@ -889,20 +873,9 @@ func (s *SQLite) query(ctx context.Context, stmt *sql.Stmt, args ...any) ([]Key,
 			return nil, sqliteErr(err)
 		}
 		if len(keys) == 0 || keys[len(keys)-1].Name != k.Name {
-			if k.Type, err = ParseKeyType(typ); err != nil {
-				return nil, fmt.Errorf("key %q: %w", k.Name, err)
+			if err := decodeKeyColumns(&k, typ, state, labels, rotation, retire); err != nil {
+				return nil, err
 			}
-			if k.State, err = ParseKeyState(state); err != nil {
-				return nil, fmt.Errorf("key %q: %w", k.Name, err)
-			}
-			if k.Labels, err = decodeLabels(labels); err != nil {
-				return nil, fmt.Errorf("key %q: %w", k.Name, err)
-			}
-			if len(k.WrappedKeyset) == 0 {
-				k.WrappedKeyset = nil
-			}
-			k.RotationPeriod = time.Duration(rotation)
-			k.RetireAfter = time.Duration(retire)
 			k.DeletionTime = fromNullMicros(deletion)
 			k.DestroyTime = fromNullMicros(destroy)
 			k.CreateTime = time.UnixMicro(created).UTC()

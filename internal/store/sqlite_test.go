@@ -7,7 +7,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,41 +225,9 @@ func TestSQLiteSettings(t *testing.T) {
 }
 
 func TestSQLiteClock(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2030, 1, 2, 3, 4, 5, 678901234, time.FixedZone("CET", 3600))
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	s := openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"), store.WithClock(clock))
-	wantCreate := time.Date(2030, 1, 2, 2, 4, 5, 678901000, time.UTC)
-
-	created, err := s.CreateKey(t.Context(), testKey("k"))
-	if err != nil {
-		t.Fatalf("CreateKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	if created.CreateTime != wantCreate || created.UpdateTime != wantCreate {
-		t.Errorf("CreateKey(ctx, %q) times = %v, %v; want %v for both", "k", created.CreateTime, created.UpdateTime, wantCreate)
-	}
-
-	mu.Lock()
-	now = now.Add(time.Hour + time.Nanosecond)
-	mu.Unlock()
-	updated, err := s.UpdateKey(t.Context(), created)
-	if err != nil {
-		t.Fatalf("UpdateKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	got, err := s.GetKey(t.Context(), "k")
-	if err != nil {
-		t.Fatalf("GetKey(ctx, %q) err = %v, want nil", "k", err)
-	}
-	wantUpdate := wantCreate.Add(time.Hour)
-	for _, k := range []store.Key{updated, got} {
-		if k.CreateTime != wantCreate || k.UpdateTime != wantUpdate {
-			t.Errorf("key %q times = %v, %v; want %v, %v", "k", k.CreateTime, k.UpdateTime, wantCreate, wantUpdate)
-		}
-	}
+	testClock(t, func(opts ...store.Option) store.Store {
+		return openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"), opts...)
+	})
 }
 
 // TestSQLiteTwoHandles opens one database twice, as two processes would, and
@@ -310,19 +277,7 @@ func TestSQLiteTwoHandles(t *testing.T) {
 }
 
 func TestSQLiteClosed(t *testing.T) {
-	s := openSQLite(t, filepath.Join(t.TempDir(), "tresor.db"))
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close() err = %v, want nil", err)
-	}
-	if _, err := s.GetKey(context.Background(), "k"); err == nil {
-		t.Errorf("GetKey(ctx, %q) after Close err = nil, want an error", "k")
-	}
-	if _, err := s.CreateKey(context.Background(), testKey("k")); err == nil {
-		t.Errorf("CreateKey(ctx, %q) after Close err = nil, want an error", "k")
-	}
-	if err := s.Close(); err != nil {
-		t.Errorf("second Close() err = %v, want nil", err)
-	}
+	testClosed(t, openSQLite(t, filepath.Join(t.TempDir(), "tresor.db")))
 }
 
 // budgetRows returns the counters and window starts (Unix seconds) of the
@@ -349,92 +304,16 @@ func budgetRows(t *testing.T, path string) []string {
 	return got
 }
 
-// TestSQLiteBudgetSweep checks that ConsumeBudget deletes the counts of
-// windows that ended by the store's clock, no more than once a minute, and
-// those of windows still open never.
 func TestSQLiteBudgetSweep(t *testing.T) {
-	var mu sync.Mutex
-	t0 := time.Unix(1_900_000_000, 0).UTC()
-	now := t0
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	set := func(d time.Duration) {
-		mu.Lock()
-		defer mu.Unlock()
-		now = t0.Add(d)
-	}
 	path := filepath.Join(t.TempDir(), "tresor.db")
-	s := openSQLite(t, path, store.WithClock(clock))
-	consume := func(counter string, start, length time.Duration) {
-		t.Helper()
-		w := store.BudgetWindow{Counter: counter, Start: t0.Add(start), End: t0.Add(start + length), Limit: 10}
-		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{w}); err != nil || got != -1 {
-			t.Fatalf("ConsumeBudget(ctx, 1, [%s]) = %d, %v; want -1, nil", counter, got, err)
-		}
-	}
-	check := func(when string, want ...string) {
-		t.Helper()
-		if got := budgetRows(t, path); !slices.Equal(got, want) {
-			t.Errorf("budget_counts %s = %q, want %q", when, got, want)
-		}
-	}
-	at := func(counter string, start time.Duration) string {
-		return counter + "@" + strconv.FormatInt(t0.Add(start).Unix(), 10)
-	}
-
-	// The first call sweeps (nothing) and sets the next sweep a minute on.
-	consume("second", 0, time.Second)
-	consume("day", 0, 24*time.Hour)
-	consume("ends-at-sweep", 0, 2*time.Minute) // ends exactly when the sweep runs
-	set(2 * time.Second)
-	consume("second", 2*time.Second, time.Second)
-	check("before a minute passed", at("day", 0), at("ends-at-sweep", 0), at("second", 0), at("second", 2*time.Second))
-
-	set(2 * time.Minute)
-	consume("second", 2*time.Minute, time.Second)
-	check("after a minute", at("day", 0), at("second", 2*time.Minute))
-
-	// A window that was deleted counts from zero when given again.
-	consume("second", 0, time.Second)
-	check("after an ended window was given again", at("day", 0), at("second", 0), at("second", 2*time.Minute))
+	testBudgetSweep(t, func(opts ...store.Option) store.Store { return openSQLite(t, path, opts...) },
+		func() []string { return budgetRows(t, path) })
 }
 
-// TestSQLiteBudgetSweepBatches checks that one call deletes at most a batch
-// of ended windows, and that calls go on deleting until none is left.
 func TestSQLiteBudgetSweepBatches(t *testing.T) {
-	var mu sync.Mutex
-	t0 := time.Unix(1_900_000_000, 0).UTC()
-	now := t0
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
 	path := filepath.Join(t.TempDir(), "tresor.db")
-	s := openSQLite(t, path, store.WithClock(clock))
-	const ended = 2500
-	windows := make([]store.BudgetWindow, ended)
-	for i := range windows {
-		windows[i] = store.BudgetWindow{Counter: "c" + strconv.Itoa(i), Start: t0, End: t0.Add(time.Second), Limit: 1}
-	}
-	if got, err := s.ConsumeBudget(t.Context(), 1, windows); err != nil || got != -1 {
-		t.Fatalf("ConsumeBudget(ctx, 1, %d windows) = %d, %v; want -1, nil", ended, got, err)
-	}
-	mu.Lock()
-	now = t0.Add(time.Hour)
-	mu.Unlock()
-	live := store.BudgetWindow{Counter: "live", Start: t0.Add(time.Hour), End: t0.Add(2 * time.Hour), Limit: 100}
-	for _, want := range []int{1501, 501, 1, 1, 1} {
-		if got, err := s.ConsumeBudget(t.Context(), 1, []store.BudgetWindow{live}); err != nil || got != -1 {
-			t.Fatalf("ConsumeBudget(ctx, 1, [live]) = %d, %v; want -1, nil", got, err)
-		}
-		if got := len(budgetRows(t, path)); got != want {
-			t.Fatalf("budget_counts has %d rows, want %d", got, want)
-		}
-	}
+	testBudgetSweepBatches(t, func(opts ...store.Option) store.Store { return openSQLite(t, path, opts...) },
+		func() []string { return budgetRows(t, path) })
 }
 
 // TestSQLiteBudgetTwoHandles checks that budgets hold across two handles on

@@ -44,7 +44,7 @@ func NewDatabase(t testing.TB) string {
 	}
 	u, err := url.Parse(server)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		t.Fatalf("pgtest: %s=%q: want a postgres:// URL", EnvURL, server)
+		t.Fatalf("pgtest: %s: want a postgres:// URL", EnvURL) // the URL may hold a password
 	}
 	where := u.Redacted()
 
