@@ -90,13 +90,9 @@ func envOr(name, def string) string {
 func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if f.ca != "" {
-		pem, err := os.ReadFile(f.ca)
+		pool, err := readCertPool(f.ca)
 		if err != nil {
 			return nil, fmt.Errorf("--ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca %s holds no PEM certificate", f.ca)
 		}
 		cfg.RootCAs = pool
 	}
@@ -433,4 +429,17 @@ func newDataKeyCmd() *cobra.Command {
 	})
 	_ = cmd.MarkFlagRequired("key")
 	return cmd
+}
+
+// readCertPool reads a PEM bundle of CA certificates.
+func readCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }

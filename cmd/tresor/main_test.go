@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/server"
@@ -81,12 +83,34 @@ func startDev(t *testing.T, cfg config.Config) []string {
 			t.Errorf("serve() err = %v after shutdown, want nil", err)
 		}
 	})
+	f := devClient(t, cfg, addr, "cli-test")
+	return []string{"--addr", f.addr, "--ca", f.ca, "--cert", f.cert, "--key-file", f.key, "--token", f.token}
+}
+
+// devClient is the client flags of the development client of cfg's dev
+// state, with a 15-minute token for subject.
+func devClient(t *testing.T, cfg config.Config, addr, subject string) clientFlags {
+	t.Helper()
 	tlsDir := filepath.Dir(cfg.TLS.ClientCAFile)
-	tok, err := mintDevToken(filepath.Dir(tlsDir), devissuer.TokenRequest{Subject: "cli-test", Audience: devAudience, Lifetime: 15 * time.Minute}, filepath.Join(tlsDir, "client.pem"))
+	f := clientFlags{addr: addr, ca: filepath.Join(tlsDir, "ca.pem"), cert: filepath.Join(tlsDir, "client.pem"), key: filepath.Join(tlsDir, "client-key.pem")}
+	tok, err := mintDevToken(filepath.Dir(tlsDir), devissuer.TokenRequest{Subject: subject, Audience: devAudience, Lifetime: 15 * time.Minute}, f.cert)
 	if err != nil {
 		t.Fatalf("mintDevToken() err = %v, want nil", err)
 	}
-	return []string{"--addr", addr, "--ca", filepath.Join(tlsDir, "ca.pem"), "--cert", filepath.Join(tlsDir, "client.pem"), "--key-file", filepath.Join(tlsDir, "client-key.pem"), "--token", tok}
+	f.token = tok
+	return f
+}
+
+// devConn dials addr as the development client, the way the CLI does.
+func devConn(t *testing.T, cfg config.Config, addr, subject string) *grpc.ClientConn {
+	t.Helper()
+	f := devClient(t, cfg, addr, subject)
+	conn, err := f.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // run runs the CLI in process with stdin and returns stdout.

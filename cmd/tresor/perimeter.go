@@ -3,12 +3,10 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +38,7 @@ func policyOptions(c config.Policy) (policy.Options, error) {
 	return policy.Options{SchemaFile: c.SchemaFile, PolicyDir: c.Dir, Location: loc}, nil
 }
 
-// tokenConfig turns the auth section into authn.Config.
+// authnConfig turns the auth section into authn.Config.
 func authnConfig(c config.Auth) (authn.Config, error) {
 	ac := authn.Config{RequireToken: c.RequireToken}
 	t := c.Token
@@ -49,13 +47,9 @@ func authnConfig(c config.Auth) (authn.Config, error) {
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
+		pool, err := readCertPool(t.CAFile)
 		if err != nil {
 			return ac, fmt.Errorf("auth.token.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return ac, fmt.Errorf("auth.token.ca_file %s holds no PEM certificate", t.CAFile)
 		}
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}}
 	}
@@ -73,10 +67,10 @@ func authnConfig(c config.Auth) (authn.Config, error) {
 	return ac, nil
 }
 
-// newPerimeter builds the perimeter from the configuration and starts its
-// reload loops, which stop with ctx. budgetStore counts budgets (the key
-// store).
-func newPerimeter(ctx context.Context, cfg config.Config, budgetStore limits.BudgetStore, logger *slog.Logger) (*perimeter, error) {
+// newPerimeter builds the perimeter from the configuration, all but the
+// budgets (countBudgetsIn, once the key store is open), and starts its
+// reload loops, which stop with ctx.
+func newPerimeter(ctx context.Context, cfg config.Config, logger *slog.Logger) (*perimeter, error) {
 	p := &perimeter{}
 	var err error
 	p.tls, err = authn.NewServerTLS(authn.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}, logger)
@@ -112,23 +106,26 @@ func newPerimeter(ctx context.Context, cfg config.Config, budgetStore limits.Bud
 		p.authn.Close()
 		return nil, err
 	}
-	rules := make([]limits.BudgetRule, 0, len(cfg.Budgets))
-	for _, b := range cfg.Budgets {
+	interval := cfg.Policy.ReloadInterval
+	go p.tls.Run(ctx, interval)
+	go p.policy.Run(ctx, interval)
+	return p, nil
+}
+
+// countBudgetsIn sets up the decrypt budgets, counted in st (the key store,
+// so that they hold across replicas).
+func (p *perimeter) countBudgetsIn(st limits.BudgetStore, budgets []config.Budget) error {
+	rules := make([]limits.BudgetRule, 0, len(budgets))
+	for _, b := range budgets {
 		r := limits.BudgetRule{Action: b.Action, Tier: b.Tier}
 		for _, w := range b.Windows {
 			r.Windows = append(r.Windows, limits.Window{Period: w.Period, Limit: w.Limit})
 		}
 		rules = append(rules, r)
 	}
-	p.budgets, err = limits.NewBudgets(budgetStore, rules, time.Now)
-	if err != nil {
-		p.authn.Close()
-		return nil, err
-	}
-	interval := cfg.Policy.ReloadInterval
-	go p.tls.Run(ctx, interval)
-	go p.policy.Run(ctx, interval)
-	return p, nil
+	var err error
+	p.budgets, err = limits.NewBudgets(st, rules, time.Now)
+	return err
 }
 
 // serverOptions fills the perimeter's part of server.Options.

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -20,12 +18,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tresorkms/tresor/envelope"
-	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/internal/store"
@@ -469,28 +464,7 @@ func serveInProcess(t *testing.T, cfg config.Config, logger *slog.Logger) string
 // dialReplica dials a replica as the development client.
 func dialReplica(t *testing.T, addr string) (tresorv1.KeyServiceClient, tresorv1.CryptoServiceClient) {
 	t.Helper()
-	tlsDir := filepath.Dir(devCfg.TLS.ClientCAFile)
-	cert, err := tls.LoadX509KeyPair(filepath.Join(tlsDir, "client.pem"), filepath.Join(tlsDir, "client-key.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(tlsDir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	tok, err := mintDevToken(filepath.Dir(tlsDir), devissuer.TokenRequest{Subject: "replica-test", Audience: devAudience, Lifetime: 15 * time.Minute}, filepath.Join(tlsDir, "client.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
-		grpc.WithPerRPCCredentials(bearerCredentials(tok)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := devConn(t, devCfg, addr, "replica-test")
 	return tresorv1.NewKeyServiceClient(conn), tresorv1.NewCryptoServiceClient(conn)
 }
 

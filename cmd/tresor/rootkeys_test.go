@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -19,11 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	"github.com/tresorkms/tresor/envelope"
-	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/localkek"
@@ -139,28 +133,7 @@ func (e *crashEnv) tail() string {
 // admin dials the server as the development client.
 func (e *crashEnv) admin(t *testing.T) (tresorv1.AdminServiceClient, tresorv1.CryptoServiceClient) {
 	t.Helper()
-	tlsDir := filepath.Dir(e.cfg.TLS.ClientCAFile)
-	cert, err := tls.LoadX509KeyPair(filepath.Join(tlsDir, "client.pem"), filepath.Join(tlsDir, "client-key.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(tlsDir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	tok, err := mintDevToken(e.dir, devissuer.TokenRequest{Subject: "crash-test", Audience: devAudience, Lifetime: 15 * time.Minute}, filepath.Join(tlsDir, "client.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(e.grpcAddr,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
-		grpc.WithPerRPCCredentials(bearerCredentials(tok)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := devConn(t, e.cfg, e.grpcAddr, "crash-test")
 	return tresorv1.NewAdminServiceClient(conn), tresorv1.NewCryptoServiceClient(conn)
 }
 

@@ -112,20 +112,15 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	// TLS and policies first: a typo in a path must not leave a new empty
-	// key store behind.
-	if _, err := server.LoadTLS(server.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}); err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
-	popts, err := policyOptions(cfg.Policy)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The perimeter (TLS files, policies, token keys) first: a typo in a
+	// path must not leave a new empty key store behind.
+	per, err := newPerimeter(ctx, cfg, logger)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	if _, err := policy.Load(popts); err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	defer per.Close()
 	st, err := openStore(ctx, cfg.Store.URL)
 	if err != nil {
 		return fmt.Errorf("refusing to start: key store: %w", err)
@@ -151,11 +146,9 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err != nil {
 		return err
 	}
-	per, err := newPerimeter(ctx, cfg, st, logger)
-	if err != nil {
+	if err := per.countBudgetsIn(st, cfg.Budgets); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	defer per.Close()
 	opts := server.Options{
 		GRPCAddr:        cfg.Listen.GRPC,
 		HTTPAddr:        cfg.Listen.HTTP,

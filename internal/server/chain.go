@@ -280,18 +280,12 @@ func (c *chain) authenticate(ctx context.Context, cl *call) (context.Context, er
 		}
 	} else {
 		var err error
-		p, err = c.authn.Authenticate(ctx, cert, firstMetadata(ctx, "authorization"))
-		if err != nil {
-			c.metrics.authFailed(authFailureReason(err))
-			return ctx, status.Error(codes.Unauthenticated, authFailureMessage(err))
+		if p, err = c.authenticateCert(ctx, cert, firstMetadata(ctx, "authorization")); err != nil {
+			return ctx, err
 		}
 	}
-	if cert != nil && time.Now().After(cert.NotAfter) {
-		// The handshake checked the certificate when the connection was
-		// made; a long-lived connection must not outlive it. (Wall clock,
-		// as the handshake's; c.now is the policy's clock.)
-		c.metrics.authFailed("certificate_expired")
-		return ctx, status.Error(codes.Unauthenticated, "unauthenticated: client certificate expired; reconnect with a valid one")
+	if err := checkCertExpiry(c.metrics, cert); err != nil {
+		return ctx, err
 	}
 	cl.principal = p
 	cl.rec.Principal = p
@@ -299,18 +293,40 @@ func (c *chain) authenticate(ctx context.Context, cl *call) (context.Context, er
 }
 
 // authenticateHTTP authenticates a REST request before the gateway reads
-// its body. The call is authenticated again, in full, by the chain.
+// its body (see Server.httpHandler). The chain then authenticates the call
+// again, in full, from the metadata the gateway forwards: it is the one
+// place that builds the principal, for gRPC and REST alike, and it must not
+// trust a context value set outside it. The repetition is cheap: the
+// certificate's identity and the verified token are cache hits in
+// *authn.Authenticator (unless its token cache is disabled).
 func (c *chain) authenticateHTTP(ctx context.Context, authorization string) error {
 	if c.authn == nil {
 		return nil
 	}
 	cert := peerCertificate(ctx)
-	if _, err := c.authn.Authenticate(ctx, cert, authorization); err != nil {
-		c.metrics.authFailed(authFailureReason(err))
-		return status.Error(codes.Unauthenticated, authFailureMessage(err))
+	if _, err := c.authenticateCert(ctx, cert, authorization); err != nil {
+		return err
 	}
+	return checkCertExpiry(c.metrics, cert)
+}
+
+// authenticateCert asks the Authenticator for the principal, counting and
+// converting a refusal.
+func (c *chain) authenticateCert(ctx context.Context, cert *x509.Certificate, authorization string) (*authn.Principal, error) {
+	p, err := c.authn.Authenticate(ctx, cert, authorization)
+	if err != nil {
+		c.metrics.authFailed(authFailureReason(err))
+		return nil, status.Error(codes.Unauthenticated, authFailureMessage(err))
+	}
+	return p, nil
+}
+
+// checkCertExpiry refuses a client certificate that has expired since the
+// handshake checked it: a long-lived connection must not outlive it. (Wall
+// clock, as the handshake's; the chain's now is the policy's clock.)
+func checkCertExpiry(m *metrics, cert *x509.Certificate) error {
 	if cert != nil && time.Now().After(cert.NotAfter) {
-		c.metrics.authFailed("certificate_expired")
+		m.authFailed("certificate_expired")
 		return status.Error(codes.Unauthenticated, "unauthenticated: client certificate expired; reconnect with a valid one")
 	}
 	return nil
@@ -471,9 +487,8 @@ func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []ke
 	if err != nil {
 		return nil, err
 	}
-	p := cl.principal
 	preq := policy.Request{
-		Principal: policy.Principal{Workload: p.Workload, Subject: p.Subject, Roles: p.Roles, Scopes: p.Scopes},
+		Principal: policyPrincipal(cl.principal),
 		Action:    rule.action,
 		Context:   pctx,
 	}
@@ -517,9 +532,8 @@ func (c *chain) withVisibleKeys(ctx context.Context, cl *call) (context.Context,
 	if err != nil {
 		return ctx, err
 	}
-	p := cl.principal
 	base := policy.Request{
-		Principal: policy.Principal{Workload: p.Workload, Subject: p.Subject, Roles: p.Roles, Scopes: p.Scopes},
+		Principal: policyPrincipal(cl.principal),
 		Action:    readKeyAction,
 		Context:   pctx,
 	}
@@ -530,6 +544,11 @@ func (c *chain) withVisibleKeys(ctx context.Context, cl *call) (context.Context,
 		r.Context.Sensitivity = tier
 		return c.authz.Decide(r).Allow
 	}), nil
+}
+
+// policyPrincipal is the policy's view of an authenticated principal.
+func policyPrincipal(p *authn.Principal) policy.Principal {
+	return policy.Principal{Workload: p.Workload, Subject: p.Subject, Roles: p.Roles, Scopes: p.Scopes}
 }
 
 // readKeyAction is the action that lets a caller see a key in ListKeys.

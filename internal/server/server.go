@@ -9,14 +9,12 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -252,7 +250,7 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		ctx := peer.NewContext(r.Context(), p)
 		// Authentication comes before the body is parsed, as in the chain:
 		// a caller that cannot authenticate learns nothing about its body.
-		// (The chain authenticates the call again; the token is cached.)
+		// (The chain authenticates the call again: see authenticateHTTP.)
 		if err := s.chain.authenticateHTTP(ctx, r.Header.Get("Authorization")); err != nil {
 			writeUnauthenticated(w, err)
 			return
@@ -357,40 +355,4 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.grpc.Stop()
 	}
 	return err
-}
-
-// TLSFiles are the paths of the server's TLS material.
-type TLSFiles struct {
-	CertFile, KeyFile string
-	// ClientCAFile holds the CAs client certificates are verified against.
-	// Required: every caller presents a certificate (mutual TLS).
-	ClientCAFile string
-}
-
-// LoadTLS builds a server TLS configuration from files: TLS 1.2 or newer,
-// HTTP/2 and HTTP/1.1, client certificates required and verified.
-func LoadTLS(f TLSFiles) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("server: load TLS certificate %s and key %s: %w", f.CertFile, f.KeyFile, err)
-	}
-	cfg := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-	}
-	if f.ClientCAFile == "" {
-		return nil, errors.New("server: a client CA bundle is required: every caller presents a certificate (mutual TLS)")
-	}
-	pem, err := os.ReadFile(f.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("server: read client CA bundle: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("server: client CA bundle %s holds no PEM certificate", f.ClientCAFile)
-	}
-	cfg.ClientCAs = pool
-	cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	return cfg, nil
 }
