@@ -113,6 +113,12 @@ const (
 	KeyTypeAES256GCM
 	// KeyTypeAES256SIV is deterministic AEAD, AES-256-SIV.
 	KeyTypeAES256SIV
+	// KeyTypeHMACSHA256 is a MAC key, HMAC-SHA256 with a 32-byte key: blind
+	// indexes of protected fields.
+	KeyTypeHMACSHA256
+	// KeyTypeFF1AES256 is an AES-256 key for format-preserving tokenization
+	// with FF1 (NIST SP 800-38G). It has one version: a token carries none.
+	KeyTypeFF1AES256
 )
 
 // String returns the key type's stable name, as stored and shown.
@@ -122,6 +128,10 @@ func (t KeyType) String() string {
 		return "AES256_GCM"
 	case KeyTypeAES256SIV:
 		return "AES256_SIV"
+	case KeyTypeHMACSHA256:
+		return "HMAC_SHA256"
+	case KeyTypeFF1AES256:
+		return "FF1_AES256"
 	default:
 		return "UNSPECIFIED"
 	}
@@ -134,6 +144,10 @@ func ParseKeyType(s string) (KeyType, error) {
 		return KeyTypeAES256GCM, nil
 	case "AES256_SIV":
 		return KeyTypeAES256SIV, nil
+	case "HMAC_SHA256":
+		return KeyTypeHMACSHA256, nil
+	case "FF1_AES256":
+		return KeyTypeFF1AES256, nil
 	default:
 		return KeyTypeUnspecified, errors.New("store: unknown key type")
 	}
@@ -244,6 +258,9 @@ type Key struct {
 
 // Store is the key store. Every implementation passes storetest.Run.
 type Store interface {
+	AuditLog     // the audit log's events and checkpoints (audit.go)
+	FieldSchemas // classification schemas of FieldService (fieldschema.go)
+
 	// CreateKey stores a new key with Revision 1. It returns ErrAlreadyExists
 	// when the name is taken.
 	CreateKey(ctx context.Context, k Key) (Key, error)

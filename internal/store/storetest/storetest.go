@@ -90,6 +90,8 @@ func Run(t *testing.T, open func(t *testing.T, opts ...store.Option) store.Store
 		{"RotationNoAliasing", testRotationNoAliasing},
 		{"NewMethodsContextCanceled", testNewMethodsContextCanceled},
 	}
+	tests = append(tests, auditTests...)
+	tests = append(tests, fieldSchemaTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
