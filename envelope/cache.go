@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"context"
+	"crypto/cipher"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -23,6 +24,8 @@ type loadedKey struct {
 	// gcm holds each version's AES-256-GCM cipher, for AES256_GCM keys.
 	gcm   map[uint32]gcmVersion
 	daead tink.DeterministicAEAD // set for AES256_SIV keys
+	mac   map[uint32][]byte      // each version's HMAC key, for HMAC_SHA256 keys
+	ff1   cipher.Block           // the AES-256 cipher of an FF1_AES256 key
 	// tinkIDs maps a version number to its Tink key id.
 	tinkIDs  map[uint32]uint32
 	loadedAt time.Time

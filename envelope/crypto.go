@@ -55,6 +55,9 @@ func (r *Keyring) seal(ctx context.Context, lk *loadedKey, plaintext, aad []byte
 	if err := stateErr(lk.meta); err != nil {
 		return nil, KeyRef{}, err
 	}
+	if lk.gcm == nil && lk.daead == nil {
+		return nil, KeyRef{}, fmt.Errorf("%w: %q is an %s key, not an encryption key", ErrKeyTypeMismatch, lk.meta.Name, lk.meta.Type)
+	}
 	if lk.usage != nil {
 		var err error
 		if lk, err = r.reserve(ctx, lk); err != nil {
@@ -131,10 +134,14 @@ func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error
 	ad := associatedData(c.header, aad)
 	var pt []byte
 	var err error
-	if lk.gcm != nil {
+	switch {
+	case lk.gcm != nil:
 		pt, err = lk.gcm[c.version].open(c.body, ad)
-	} else {
+	case lk.daead != nil:
 		pt, err = lk.daead.DecryptDeterministically(c.body, ad)
+	default:
+		// A MAC or FF1 key seals nothing: no ciphertext can name it.
+		return nil, ErrDecrypt
 	}
 	if err != nil {
 		return nil, ErrDecrypt

@@ -51,6 +51,10 @@ var (
 	// ErrKeyTypeMismatch means an operation needs a key of another type, for
 	// example ReEncrypt from an AES-256-GCM key to an AES-256-SIV key.
 	ErrKeyTypeMismatch = errors.New("envelope: key type mismatch")
+	// ErrNotRotatable means the key's type has exactly one version: an FF1
+	// token carries no key version, so a second version could never be
+	// told apart from the first when a token is revealed.
+	ErrNotRotatable = errors.New("envelope: key type does not rotate")
 	// ErrConflict means the key changed concurrently too often to apply an update.
 	ErrConflict = errors.New("envelope: key changed concurrently")
 	// ErrDecrypt is the one opaque error for any failed decryption.

@@ -14,6 +14,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/daead"
 	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/mac"
 	tinkpb "github.com/tink-crypto/tink-go/v2/proto/tink_go_proto"
 
 	"github.com/tresorkms/tresor/internal/store"
@@ -199,6 +200,13 @@ func template(t store.KeyType) (*tinkpb.KeyTemplate, error) {
 		return aead.AES256GCMKeyTemplate(), nil
 	case store.KeyTypeAES256SIV:
 		return daead.AESSIVKeyTemplate(), nil
+	case store.KeyTypeHMACSHA256:
+		return mac.HMACSHA256Tag256KeyTemplate(), nil
+	case store.KeyTypeFF1AES256:
+		// Tink has no FF1 key; an AES-256-GCM key is the container of its
+		// 32 random bytes, which only the FF1 cipher uses (the key type
+		// keeps the two uses apart).
+		return aead.AES256GCMKeyTemplate(), nil
 	default:
 		return nil, fmt.Errorf("%w: key type %v", ErrInvalidArgument, t)
 	}
@@ -287,6 +295,10 @@ func (r *Keyring) build(k store.Key, h *keyset.Handle) (*loadedKey, error) {
 		lk.gcm, err = gcmVersions(h, k.Versions)
 	case store.KeyTypeAES256SIV:
 		lk.daead, err = daead.New(h)
+	case store.KeyTypeHMACSHA256:
+		lk.mac, err = macVersions(h, k.Versions)
+	case store.KeyTypeFF1AES256:
+		lk.ff1, err = ff1Cipher(h, primary.KeyID())
 	default:
 		err = fmt.Errorf("unknown key type %v", k.Type)
 	}
@@ -428,6 +440,9 @@ func (r *Keyring) CreateKey(ctx context.Context, spec KeySpec) (store.Key, error
 	}
 	if spec.RotationPeriod < 0 || spec.RotationPeriod > maxDuration {
 		return store.Key{}, fmt.Errorf("%w: rotation period %v: want 0 (on demand only) to %v", ErrInvalidArgument, spec.RotationPeriod, maxDuration)
+	}
+	if spec.RotationPeriod > 0 && !rotatable(spec.Type) {
+		return store.Key{}, fmt.Errorf("%w: an %s key does not rotate, so it takes no rotation period", ErrInvalidArgument, spec.Type)
 	}
 	if err := checkRetention(&spec.UsageLimit, &spec.RetireAfter, &spec.RetireAfterVersions); err != nil {
 		return store.Key{}, err
@@ -603,6 +618,9 @@ func (r *Keyring) addVersion(ctx context.Context, k *store.Key) (*keyset.Handle,
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: %q cannot be rotated", ErrKeyDisabled, name)
+	}
+	if !rotatable(k.Type) {
+		return nil, fmt.Errorf("%w: %q is an %s key", ErrNotRotatable, name, k.Type)
 	}
 	tmpl, err := template(k.Type)
 	if err != nil {
