@@ -37,7 +37,7 @@ when { resource.hasTag("team") && resource.getTag("team") == "team-%03d" };
 `, svc, i, i)
 		case 3: // a back-office tool reveals documents for one purpose, from its own subnet
 			fmt.Fprintf(&b, `@id("%s-kyc-reveal")
-permit (principal, action == Tresor::Action::"RevealDocument", resource is Tresor::Key)
+permit (principal, action == Tresor::Action::"Decrypt", resource is Tresor::Key)
 when { principal.workload == %q && context has purpose && context.purpose == "kyc-review" &&
        resource.tier_level <= 3 && context.source_ip.isInRange(ip("10.%d.0.0/16")) };
 `, svc, wl, 100+i)
@@ -88,7 +88,7 @@ func benchRequests() []benchCase {
 		{"analyst, Decrypt, restricted key", req(analyst, "Decrypt", ledgerSecret, office()), false},
 		{"svc-040, Encrypt, labelled key", req(svc40, "Encrypt", svc40Key, office()), true},
 		{"svc-040, GetKey, team key", req(svc40, "GetKey", svc40Key, office()), true},
-		{"svc-043, RevealDocument, kyc", req(kyc, "RevealDocument", svc40Key, kycCtx), true},
+		{"svc-043, Decrypt, kyc", req(kyc, "Decrypt", svc40Key, kycCtx), true},
 		{"key-admin, RotateKey, admin net", req(keyAdmin, "RotateKey", ledgerKey, bound(withIP(office(), adminNetAddress))), true},
 		{"key-admin, RotateKey, office net", req(keyAdmin, "RotateKey", ledgerKey, office()), false},
 		{"approver, Encrypt, 20000", req(approver, "Encrypt", paymentsRef, withValue(office(), "20000.00")), true},

@@ -69,6 +69,11 @@ func resourceKey(b []byte, r Resource) []byte {
 	b = append(b, '/')
 	b = appendField(b, r.Name)
 	b = appendField(b, r.Owner)
+	if r.Kind == ResourceField {
+		b = appendField(b, r.Schema)
+		b = appendField(b, r.Path)
+		b = appendField(b, r.Classification)
+	}
 	var arr [16]string
 	names := arr[:0]
 	for k := range r.Labels {

@@ -18,6 +18,7 @@ type contextInputs struct {
 	auth                string
 	transactionValue    string
 	purpose             string
+	risk                int64
 }
 
 // contextEntry is a built context record and its inputs. It is immutable.
@@ -47,6 +48,7 @@ func (m *memo) slot(in *contextInputs) *atomic.Pointer[contextEntry] {
 		h = h*31 + uint64(b)
 	}
 	h = h*31 + uint64(in.sensitivity)
+	h = h*31 + uint64(in.risk)
 	h = h*31 + uint64(len(in.auth)+len(in.transactionValue)<<8+len(in.purpose)<<16)
 	h *= 0x9e3779b97f4a7c15
 	return &m[h>>58] // the top 6 bits: contextMemoSlots is 64

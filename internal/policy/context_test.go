@@ -27,6 +27,7 @@ func wantContext(t *testing.T, c Context, loc *time.Location) types.Record {
 		"auth":              types.String(c.AuthStrength),
 		"sensitivity":       types.String(sensitivity),
 		"sensitivity_level": types.Long(c.Sensitivity),
+		"risk":              types.Long(min(max(c.Risk, 0), 100)),
 	}
 	if c.TransactionValue != "" {
 		d, err := types.ParseDecimal(c.TransactionValue)

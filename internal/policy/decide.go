@@ -22,6 +22,8 @@ const (
 	typeRole      types.EntityType = "Tresor::Role"
 	typeKey       types.EntityType = "Tresor::Key"
 	typeService   types.EntityType = "Tresor::Service"
+	typeField     types.EntityType = "Tresor::Field"
+	typeSchema    types.EntityType = "Tresor::Schema"
 	typeAction    types.EntityType = "Tresor::Action"
 )
 
@@ -116,8 +118,10 @@ func (e *Engine) prepare(r *Request) (*evalState, string) {
 	if !ok {
 		return nil, fmt.Sprintf("action %q is not declared in the schema", r.Action)
 	}
-	switch {
-	case r.Resource.Kind == ResourceKey && !a.key, r.Resource.Kind == ResourceService && !a.service:
+	if r.Resource.Kind < ResourceKey || r.Resource.Kind > ResourceSchema {
+		return nil, fmt.Sprintf("invalid resource kind %d", int(r.Resource.Kind))
+	}
+	if !a.appliesTo(r.Resource.Kind) {
 		return nil, fmt.Sprintf("action %s does not apply to a %s", r.Action, r.Resource.Kind)
 	}
 	principal, err := e.principal(r.Principal)
@@ -260,14 +264,7 @@ func resourceEntity(r Resource) (types.Entity, error) {
 		if !r.Tier.valid() {
 			return types.Entity{}, errors.New("key has no valid tier")
 		}
-		var tags types.Record
-		if len(r.Labels) > 0 {
-			m := make(types.RecordMap, len(r.Labels))
-			for k, v := range r.Labels {
-				m[types.String(k)] = types.String(v)
-			}
-			tags = types.NewRecord(m)
-		}
+		tags := labelTags(r.Labels)
 		return types.Entity{
 			UID: types.EntityUID{Type: typeKey, ID: types.String(r.Name)},
 			Attributes: types.NewRecord(types.RecordMap{
@@ -283,8 +280,46 @@ func resourceEntity(r Resource) (types.Entity, error) {
 			UID:        types.EntityUID{Type: typeService, ID: types.String(r.Name)},
 			Attributes: types.NewRecord(types.RecordMap{"name": types.String(r.Name)}),
 		}, nil
+	case ResourceSchema:
+		return types.Entity{
+			UID:        types.EntityUID{Type: typeSchema, ID: types.String(r.Name)},
+			Attributes: types.NewRecord(types.RecordMap{"name": types.String(r.Name)}),
+		}, nil
+	case ResourceField:
+		if !r.Tier.valid() {
+			return types.Entity{}, errors.New("field has no valid tier")
+		}
+		if r.Schema == "" || r.Path == "" {
+			return types.Entity{}, errors.New("field has no schema or path")
+		}
+		return types.Entity{
+			// The id is unambiguous: a schema name holds no ':'.
+			UID: types.EntityUID{Type: typeField, ID: types.String(r.Schema + ":" + r.Path)},
+			Attributes: types.NewRecord(types.RecordMap{
+				"name":           types.String(r.Name),
+				"tier":           types.String(r.Tier.String()),
+				"tier_level":     types.Long(r.Tier),
+				"owner":          types.String(r.Owner),
+				"schema":         types.String(r.Schema),
+				"path":           types.String(r.Path),
+				"classification": types.String(r.Classification),
+			}),
+			Tags: labelTags(r.Labels),
+		}, nil
 	}
 	return types.Entity{}, fmt.Errorf("invalid resource kind %d", int(r.Kind))
+}
+
+// labelTags returns a key's labels as Cedar tags.
+func labelTags(labels map[string]string) types.Record {
+	if len(labels) == 0 {
+		return types.Record{}
+	}
+	m := make(types.RecordMap, len(labels))
+	for k, v := range labels {
+		m[types.String(k)] = types.String(v)
+	}
+	return types.NewRecord(m)
 }
 
 // contextRecord returns the Cedar context. local_time is the wall clock in
@@ -316,6 +351,7 @@ func (e *Engine) contextRecord(c Context) (types.Record, error) {
 		auth:             c.AuthStrength,
 		transactionValue: c.TransactionValue,
 		purpose:          c.Purpose,
+		risk:             min(max(c.Risk, 0), 100),
 	}
 	in.localMillis = in.millis + int64(offset)*int64(time.Second/time.Millisecond)
 	slot := e.contexts.slot(&in)
@@ -332,7 +368,7 @@ func (e *Engine) contextRecord(c Context) (types.Record, error) {
 
 // newContextRecord builds the context record of in.
 func newContextRecord(in *contextInputs) (types.Record, error) {
-	n := 7
+	n := 8
 	if in.transactionValue != "" {
 		n++
 	}
@@ -348,6 +384,7 @@ func newContextRecord(in *contextInputs) (types.Record, error) {
 	m["auth"] = authValue(in.auth)
 	m["sensitivity"] = sensitivityValues[in.sensitivity]
 	m["sensitivity_level"] = types.Long(in.sensitivity)
+	m["risk"] = types.Long(in.risk)
 	if in.transactionValue != "" {
 		d, err := parseTransactionValue(in.transactionValue)
 		if err != nil {
@@ -366,7 +403,7 @@ func newContextRecord(in *contextInputs) (types.Record, error) {
 // callable action, a sample request with and without the optional context
 // attributes.
 func checkModel(v *validate.Validator, rs *resolved.Schema, e *Engine) error {
-	for _, et := range []types.EntityType{typePrincipal, typeRole, typeKey, typeService} {
+	for _, et := range []types.EntityType{typePrincipal, typeRole, typeKey, typeService, typeField, typeSchema} {
 		if _, ok := rs.Entities[et]; !ok {
 			return fmt.Errorf("%w: entity type %s is not declared", ErrInvalidSchema, et)
 		}
@@ -383,13 +420,22 @@ func checkModel(v *validate.Validator, rs *resolved.Schema, e *Engine) error {
 	if err != nil {
 		return err
 	}
-	for _, ent := range []types.Entity{p, key, svc} {
+	field, err := resourceEntity(Resource{Kind: ResourceField, Name: "k", Tier: TierRestricted, Owner: "o", Labels: map[string]string{"l": "v"},
+		Schema: "s", Path: "$.p", Classification: "c"})
+	if err != nil {
+		return err
+	}
+	schema, err := resourceEntity(Resource{Kind: ResourceSchema, Name: "s"})
+	if err != nil {
+		return err
+	}
+	for _, ent := range []types.Entity{p, key, svc, field, schema} {
 		if err := v.Entity(ent); err != nil {
 			return fmt.Errorf("%w: the %s entity tresor builds does not conform: %s", ErrInvalidSchema, ent.UID.Type, oneLine(err))
 		}
 	}
 	full, err := e.contextRecord(Context{SourceIP: netip.IPv4Unspecified(), Time: time.Unix(0, 0), AuthStrength: AuthToken,
-		TransactionValue: "1.0", Purpose: "p", Sensitivity: TierPublic})
+		TransactionValue: "1.0", Purpose: "p", Sensitivity: TierPublic, Risk: 50})
 	if err != nil {
 		return err
 	}
@@ -399,14 +445,15 @@ func checkModel(v *validate.Validator, rs *resolved.Schema, e *Engine) error {
 	}
 	for _, name := range e.names {
 		a := e.actions[name]
-		res := key.UID
-		if !a.key {
-			res = svc.UID
-		}
-		for _, ctx := range []types.Record{full, bare} {
-			req := types.Request{Principal: p.UID, Action: a.uid, Resource: res, Context: ctx}
-			if err := v.Request(req); err != nil {
-				return fmt.Errorf("%w: the request tresor builds for action %s does not conform: %s", ErrInvalidSchema, name, oneLine(err))
+		for kind, res := range map[ResourceKind]types.EntityUID{ResourceKey: key.UID, ResourceService: svc.UID, ResourceField: field.UID, ResourceSchema: schema.UID} {
+			if !a.appliesTo(kind) {
+				continue
+			}
+			for _, ctx := range []types.Record{full, bare} {
+				req := types.Request{Principal: p.UID, Action: a.uid, Resource: res, Context: ctx}
+				if err := v.Request(req); err != nil {
+					return fmt.Errorf("%w: the request tresor builds for action %s does not conform: %s", ErrInvalidSchema, name, oneLine(err))
+				}
 			}
 		}
 	}

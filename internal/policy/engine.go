@@ -54,9 +54,19 @@ type Engine struct {
 // action is a callable action: one the schema declares with appliesTo.
 type action struct {
 	uid      types.EntityUID
-	key      bool       // applies to Tresor::Key
-	service  bool       // applies to Tresor::Service
+	kinds    uint8      // bit 1<<k set when it applies to ResourceKind k
 	policies policyList // the policies whose action scope can match it
+}
+
+// appliesTo reports whether the action applies to resources of kind k.
+func (a *action) appliesTo(k ResourceKind) bool { return a.kinds&(1<<k) != 0 }
+
+// resourceKinds maps the Cedar resource types to the kinds Decide builds.
+var resourceKinds = map[types.EntityType]ResourceKind{
+	typeKey:     ResourceKey,
+	typeService: ResourceService,
+	typeField:   ResourceField,
+	typeSchema:  ResourceSchema,
 }
 
 type namedPolicy struct {
@@ -215,15 +225,12 @@ func newEngine(rs *resolved.Schema, loc *time.Location) (*Engine, error) {
 		}
 		ac := &action{uid: uid}
 		for _, rt := range a.AppliesTo.Resources {
-			switch rt {
-			case typeKey:
-				ac.key = true
-			case typeService:
-				ac.service = true
-			default:
-				return nil, fmt.Errorf("%w: action %s applies to resource type %s; this package builds only %s and %s",
-					ErrInvalidSchema, uid.ID, rt, typeKey, typeService)
+			kind, ok := resourceKinds[rt]
+			if !ok {
+				return nil, fmt.Errorf("%w: action %s applies to resource type %s; this package builds only %s, %s, %s and %s",
+					ErrInvalidSchema, uid.ID, rt, typeKey, typeService, typeField, typeSchema)
 			}
+			ac.kinds |= 1 << kind
 		}
 		if !slices.Contains(a.AppliesTo.Principals, typePrincipal) {
 			return nil, fmt.Errorf("%w: action %s does not apply to principal type %s", ErrInvalidSchema, uid.ID, typePrincipal)
@@ -249,10 +256,19 @@ func (e *Engine) index(all policyList) {
 			e.forbids[p.id] = true
 		}
 	}
+	responses := types.EntityUID{Type: typeAction, ID: "anomaly_response"}
 	for _, a := range e.actions {
+		response := e.actionIn(a.uid, responses)
 		for _, p := range all {
 			scope := p.policy.AST().Action
 			if !e.scopeMatches(scope, a.uid) {
+				continue
+			}
+			if _, any := scope.(xast.ScopeTypeAll); any && response {
+				// A permit on an anomaly response applies the response,
+				// so only policies that name the responses decide them:
+				// `permit (principal, action, resource)` for a trusted
+				// workload must not also block it.
 				continue
 			}
 			if _, eq := scope.(xast.ScopeTypeEq); !eq {

@@ -126,7 +126,7 @@ func TestExampleOwnerCrypto(t *testing.T) {
 		{"payments, Decrypt, own restricted key", req(payments, "Decrypt", paymentsPAN, office()), true, one(ownerCrypto)},
 		{"payments, GenerateDataKey, own key", req(paymentsM, "GenerateDataKey", paymentsRef, office()), true, one(ownerCrypto)},
 		{"payments, ReEncrypt, own key", req(payments, "ReEncryptTo", paymentsRef, office()), true, one(ownerCrypto)},
-		{"payments, RevealDocument, own key", req(payments, "RevealDocument", paymentsRef, office()), true, one(ownerCrypto)},
+		{"payments, ReEncryptFrom, own key", req(payments, "ReEncryptFrom", paymentsRef, office()), true, one(ownerCrypto)},
 		{"payments, Decrypt, ledger's key", req(payments, "Decrypt", ledgerKey, office()), false, nil},
 		{"payments, Encrypt, ledger's key", req(payments, "Encrypt", ledgerKey, office()), false, nil},
 		{"ledger, Decrypt, payments key", req(ledger, "Decrypt", paymentsRef, office()), false, nil},
@@ -138,9 +138,9 @@ func TestExampleOwnerCrypto(t *testing.T) {
 func TestExampleAnalysts(t *testing.T) {
 	runDecide(t, loadExamples(t), []decideCase{
 		{"analyst, Decrypt, confidential key", req(analyst, "Decrypt", ledgerKey, withSensitivity(office(), TierConfidential)), true, one(analystPermit)},
-		{"analyst, RevealDocument, internal key", req(analyst, "RevealDocument", ledgerPublic, office()), true, one(analystPermit)},
+		{"analyst, ReEncryptFrom, internal key", req(analyst, "ReEncryptFrom", ledgerPublic, office()), true, one(analystPermit)},
 		{"analyst, Decrypt, restricted key", req(analyst, "Decrypt", ledgerSecret, office()), false, one(analystForbid)},
-		{"analyst, RevealDocument, confidential key, restricted data", req(analyst, "RevealDocument", ledgerKey, withSensitivity(office(), TierRestricted)), false, one(analystForbid)},
+		{"analyst, ReEncryptFrom, confidential key, restricted data", req(analyst, "ReEncryptFrom", ledgerKey, withSensitivity(office(), TierRestricted)), false, one(analystForbid)},
 		{"analyst, Decrypt, own restricted key", req(analyst, "Decrypt", analyticsKey, office()), false, one(analystForbid)},
 		{"analyst, Encrypt, confidential key", req(analyst, "Encrypt", ledgerKey, office()), false, nil},
 		{"analyst, GetKey, confidential key", req(analyst, "GetKey", ledgerKey, office()), false, nil},
@@ -168,7 +168,7 @@ func TestExampleRestrictedHours(t *testing.T) {
 		{"Decrypt restricted on Saturday 10:00", req(payments, "Decrypt", paymentsPAN, at(saturday, AuthToken)), false, one(hoursForbid)},
 		{"Decrypt restricted on Sunday 10:00", req(payments, "Decrypt", paymentsPAN, at(sunday, AuthToken)), false, one(hoursForbid)},
 		{"Decrypt restricted on Saturday, bound_token", req(payments, "Decrypt", paymentsPAN, at(saturday, AuthBoundToken)), true, one(ownerCrypto)},
-		{"RevealDocument, restricted data at 20:00, token", req(payments, "RevealDocument", paymentsRef, withSensitivity(at(wednesday(20, 0), AuthToken), TierRestricted)), false, one(hoursForbid)},
+		{"ReEncryptFrom, restricted data at 20:00, token", req(payments, "ReEncryptFrom", paymentsRef, withSensitivity(at(wednesday(20, 0), AuthToken), TierRestricted)), false, one(hoursForbid)},
 		{"Decrypt confidential at 20:00, token", req(payments, "Decrypt", paymentsRef, at(wednesday(20, 0), AuthToken)), true, one(ownerCrypto)},
 		{"Encrypt restricted at 20:00, token", req(payments, "Encrypt", paymentsPAN, at(wednesday(20, 0), AuthToken)), true, one(ownerCrypto)},
 	})
@@ -352,9 +352,11 @@ when { context.sensitivity_level * 4611686018427387904 < 0 };`})
 
 func TestActions(t *testing.T) {
 	e := loadExamples(t)
-	want := []string{"CancelKeyDeletion", "CheckHealth", "CreateKey", "Decrypt", "DisableKey", "EnableKey", "Encrypt",
-		"GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GetKey", "GetRootKeyRotation", "ListKeys",
-		"ProtectDocument", "ReEncryptFrom", "ReEncryptTo", "RevealDocument", "RotateKey", "RotateRootKey", "ScheduleKeyDeletion",
+	want := []string{"AnomalyBlock", "AnomalyLog", "AnomalyStepUp", "AnomalyThrottle",
+		"CancelKeyDeletion", "CheckHealth", "CreateKey", "Decrypt", "DisableKey", "EnableKey", "Encrypt",
+		"GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GetKey", "GetRootKeyRotation", "GetSchema", "ListKeys",
+		"ListSchemaVersions", "ListSchemas", "ProtectDocument", "PutSchema", "QueryAudit", "ReEncryptFrom", "ReEncryptTo",
+		"RevealDocument", "RevealMasked", "RotateKey", "RotateRootKey", "ScheduleKeyDeletion",
 		"UpdateKey", "VerifyAudit"}
 	if got := e.Actions(); !slices.Equal(got, want) {
 		t.Errorf("Actions() = %q, want %q", got, want)
@@ -367,8 +369,8 @@ func TestActions(t *testing.T) {
 			t.Errorf("HasAction(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if got := len(e.PolicyIDs()); got != 13 {
-		t.Errorf("len(PolicyIDs()) = %d, want 13 example policies", got)
+	if got := len(e.PolicyIDs()); got != 18 {
+		t.Errorf("len(PolicyIDs()) = %d, want 18 example policies", got)
 	}
 }
 

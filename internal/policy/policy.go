@@ -103,6 +103,13 @@ const (
 	// ResourceService is the service itself, for calls that touch no key
 	// (Cedar type Tresor::Service).
 	ResourceService
+	// ResourceField is one classified field of a document (Cedar type
+	// Tresor::Field), decided on reveal: it carries its key's name, owner
+	// and labels, the tier its classification gives it, its schema and its
+	// path.
+	ResourceField
+	// ResourceSchema is a classification schema (Cedar type Tresor::Schema).
+	ResourceSchema
 )
 
 // String returns "key", "service", or ResourceKind(n).
@@ -112,6 +119,10 @@ func (k ResourceKind) String() string {
 		return "key"
 	case ResourceService:
 		return "service"
+	case ResourceField:
+		return "field"
+	case ResourceSchema:
+		return "schema"
 	}
 	return "ResourceKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -122,13 +133,20 @@ const ServiceName = "tresor"
 // Resource is what a call acts on.
 type Resource struct {
 	Kind ResourceKind
-	// Name is the key id, like "payments-pan", or ServiceName.
+	// Name is the key id, like "payments-pan", a field's key id, a schema's
+	// name, or ServiceName.
 	Name string
-	// Tier, Owner and Labels describe a key; they are ignored for the
-	// service. A key must have a valid tier: Decide denies one without.
+	// Tier, Owner and Labels describe a key or a field's key; they are
+	// ignored for the service and a schema. A key and a field must have a
+	// valid tier: Decide denies one without. A field's tier is the
+	// sensitivity its classification gives it.
 	Tier   Tier
 	Owner  string
 	Labels map[string]string
+	// Schema, Path and Classification describe a field: the schema's name,
+	// the path pattern that classified it (like "$.accounts[*].iban") and
+	// the schema's tier name for it (like "account").
+	Schema, Path, Classification string
 }
 
 // The values of Context.AuthStrength.
@@ -156,6 +174,9 @@ type Context struct {
 	// when the call touches no classified data (policies then see
 	// sensitivity "" and sensitivity_level 0).
 	Sensitivity Tier
+	// Risk is the anomaly score of the call, 0 (usual) to 100; policies see
+	// it as context.risk. Values outside 0..100 are clamped.
+	Risk int64
 }
 
 // Request is one call to decide on.
