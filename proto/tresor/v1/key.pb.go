@@ -41,6 +41,13 @@ const (
 	// deterministic authenticated encryption with associated data): the same
 	// plaintext and associated data always yield the same ciphertext.
 	KeyType_KEY_TYPE_AES256_SIV KeyType = 2
+	// HMAC-SHA256 with a 32-byte key: the blind indexes written beside
+	// protected fields (FieldService). It encrypts nothing.
+	KeyType_KEY_TYPE_HMAC_SHA256 KeyType = 3
+	// An AES-256 key for format-preserving tokenization with FF1 (NIST SP
+	// 800-38G), used by FieldService. It has exactly one version: a token
+	// carries no key version, so the key cannot be rotated.
+	KeyType_KEY_TYPE_FF1_AES256 KeyType = 4
 )
 
 // Enum value maps for KeyType.
@@ -49,11 +56,15 @@ var (
 		0: "KEY_TYPE_UNSPECIFIED",
 		1: "KEY_TYPE_AES256_GCM",
 		2: "KEY_TYPE_AES256_SIV",
+		3: "KEY_TYPE_HMAC_SHA256",
+		4: "KEY_TYPE_FF1_AES256",
 	}
 	KeyType_value = map[string]int32{
 		"KEY_TYPE_UNSPECIFIED": 0,
 		"KEY_TYPE_AES256_GCM":  1,
 		"KEY_TYPE_AES256_SIV":  2,
+		"KEY_TYPE_HMAC_SHA256": 3,
+		"KEY_TYPE_FF1_AES256":  4,
 	}
 )
 
@@ -1129,11 +1140,13 @@ const file_tresor_v1_key_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key\x12U\n" +
 	"\x0ewaiting_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x13\xbaH\x10\xaa\x01\r\"\x05\b\x80\x9a\x9e\x012\x04\b\x80\xf5$R\rwaitingPeriod\"N\n" +
 	"\x18CancelKeyDeletionRequest\x122\n" +
-	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key*U\n" +
+	"\x03key\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x182\x16^[a-z][a-z0-9-]{0,62}$R\x03key*\x88\x01\n" +
 	"\aKeyType\x12\x18\n" +
 	"\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13KEY_TYPE_AES256_GCM\x10\x01\x12\x17\n" +
-	"\x13KEY_TYPE_AES256_SIV\x10\x02*\x8f\x01\n" +
+	"\x13KEY_TYPE_AES256_SIV\x10\x02\x12\x18\n" +
+	"\x14KEY_TYPE_HMAC_SHA256\x10\x03\x12\x17\n" +
+	"\x13KEY_TYPE_FF1_AES256\x10\x04*\x8f\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATE_ENABLED\x10\x01\x12\x16\n" +
