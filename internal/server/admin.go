@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,6 +33,7 @@ type RootKeyRotations interface {
 type adminService struct {
 	tresorv1.UnimplementedAdminServiceServer
 	rotations RootKeyRotations // nil: root-key rotation is not offered
+	audit     AuditReader      // nil: audit verification is not offered
 	logger    *slog.Logger
 }
 
@@ -107,4 +109,67 @@ func rotationToProto(j store.RootKeyRotation) *tresorv1.RootKeyRotation {
 		p.EndTime = timestamppb.New(j.EndTime)
 	}
 	return p
+}
+
+// AuditReader verifies and queries the audit log held in the key store;
+// the AdminService serves it. cmd/tresor adapts package audit to it.
+type AuditReader interface {
+	// VerifyAudit checks the whole log. A tampered log is a report with
+	// OK false, not an error; errors are outages.
+	VerifyAudit(ctx context.Context) (AuditReport, error)
+	// QueryAudit returns the events matching q, oldest first, each as its
+	// JSON line.
+	QueryAudit(ctx context.Context, q AuditQuery) ([]string, error)
+}
+
+// AuditReport is the outcome of VerifyAudit.
+type AuditReport struct {
+	OK                                     bool
+	Events, Chains, Checkpoints, Uncovered int64
+	// BadChain, BadSeq and Problem name the first bad event or checkpoint.
+	BadChain string
+	BadSeq   uint64
+	Problem  string
+}
+
+// AuditQuery filters QueryAudit; empty fields match everything.
+type AuditQuery struct {
+	Principal, Action, Key string
+	From, To               time.Time
+	Limit                  int
+}
+
+func (s *adminService) VerifyAudit(ctx context.Context, req *tresorv1.VerifyAuditRequest) (*tresorv1.VerifyAuditResponse, error) {
+	if s.audit == nil {
+		return s.UnimplementedAdminServiceServer.VerifyAudit(ctx, req)
+	}
+	r, err := s.audit.VerifyAudit(ctx)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "audit log unreadable", "err", err)
+		return nil, status.Error(codes.Unavailable, "audit log unavailable; retry later")
+	}
+	return &tresorv1.VerifyAuditResponse{Ok: r.OK, Events: r.Events, Chains: r.Chains, Checkpoints: r.Checkpoints,
+		UncoveredEvents: r.Uncovered, FirstBadChain: r.BadChain, FirstBadSeq: r.BadSeq, Problem: r.Problem}, nil
+}
+
+func (s *adminService) QueryAudit(ctx context.Context, req *tresorv1.QueryAuditRequest) (*tresorv1.QueryAuditResponse, error) {
+	if s.audit == nil {
+		return s.UnimplementedAdminServiceServer.QueryAudit(ctx, req)
+	}
+	q := AuditQuery{Principal: req.GetPrincipal(), Action: req.GetAction(), Key: req.GetKey(), Limit: int(req.GetPageSize())}
+	if req.GetStartTime() != nil {
+		q.From = req.GetStartTime().AsTime()
+	}
+	if req.GetEndTime() != nil {
+		q.To = req.GetEndTime().AsTime()
+	}
+	if q.Limit == 0 {
+		q.Limit = 100
+	}
+	events, err := s.audit.QueryAudit(ctx, q)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "audit log unreadable", "err", err)
+		return nil, status.Error(codes.Unavailable, "audit log unavailable; retry later")
+	}
+	return &tresorv1.QueryAuditResponse{Events: events}, nil
 }

@@ -91,6 +91,31 @@ func BenchmarkEncrypt1KiB(b *testing.B) {
 	})
 }
 
+// BenchmarkEncrypt1KiBAudited measures gRPC Encrypt of 1 KiB through the
+// whole chain with the audit log (store sink, SQLite, every call waiting
+// until its event is committed) and anomaly scoring on (monitored), and
+// with both off (chain), in one run:
+//
+//	go test -run '^$' -bench Encrypt1KiBAudited -benchtime 5s -count 6 ./internal/server/ |
+//		sed -E 's#Audited/(monitored|chain)#Audited/server=\1#' > audit.txt
+//	benchstat -col '/server@(chain monitored)' audit.txt
+//
+// The monitor is told to expect a high rate (Options.PriorRate), as a
+// principal's learned baseline would after days at this load: otherwise
+// the benchmark's own burst is the anomaly and the policy throttles it.
+func BenchmarkEncrypt1KiBAudited(b *testing.B) {
+	b.Run("monitored", func(b *testing.B) {
+		sc := chainConfig(b)
+		sc.audited, sc.monitored = true, true
+		ts := startServerWith(b, sc)
+		benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
+	})
+	b.Run("chain", func(b *testing.B) {
+		ts := startServerWith(b, chainConfig(b))
+		benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
+	})
+}
+
 func benchEncrypt(b *testing.B, ts *testServer, conn *grpc.ClientConn) {
 	ctx := context.Background()
 	createBenchKeys(b, ts)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/authn"
+	"github.com/tresorkms/tresor/internal/monitor"
 	"github.com/tresorkms/tresor/internal/policy"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
@@ -97,9 +98,12 @@ type BudgetCounter interface {
 }
 
 // CallObserver sees every call once it has ended, refused calls included:
-// the post-call hook the audit log uses.
+// the post-call hook the audit log uses. It runs before the response is
+// sent: when it returns an error, a call that had succeeded fails with
+// UNAVAILABLE instead (the audit log fails closed), so no caller is given a
+// result whose record was not written.
 type CallObserver interface {
-	ObserveCall(ctx context.Context, rec *CallRecord)
+	ObserveCall(ctx context.Context, rec *CallRecord) error
 }
 
 // CallRecord describes a finished call. It never holds request or response
@@ -124,6 +128,21 @@ type CallRecord struct {
 	Message  string
 	Start    time.Time
 	Duration time.Duration
+	// KeyVersions are the key versions the call used, as "name:version".
+	KeyVersions []string
+	// Fields counts what a document call did to fields.
+	Fields FieldCounts
+	// Risk is the call's anomaly score (0 usual .. 100), and Response the
+	// anomaly response applied to it ("" none, "log", "step_up",
+	// "throttle", "block").
+	Risk     int
+	Response string
+}
+
+// FieldCounts counts the fields of the documents a call protected or
+// revealed, by outcome, and what inspection found.
+type FieldCounts struct {
+	Protected, Revealed, Masked, Withheld, Redacted, Findings int
 }
 
 // chain is the server's interceptor chain.
@@ -140,6 +159,7 @@ type chain struct {
 	limiter  RateLimiter
 	budgets  BudgetCounter
 	observer CallObserver
+	anomaly  AnomalyMonitor
 }
 
 // call is one call's state as it passes the chain.
@@ -148,6 +168,29 @@ type call struct {
 	start     time.Time
 	principal *authn.Principal
 	rec       CallRecord
+	// allowed remembers the schema versions a document stream was allowed
+	// to protect with.
+	allowed map[schemaVersion]bool
+	// screened is set once the anomaly monitor scored the call; observed
+	// and active are what it learns from when the call went ahead.
+	screened bool
+	observed *monitor.Observation
+	active   monitor.Response
+}
+
+// noteKeyVersion records a key version the call used.
+func (cl *call) noteKeyVersion(name string, version uint32) {
+	if version == 0 {
+		return
+	}
+	cl.rec.KeyVersions = appendOnce(cl.rec.KeyVersions, name+":"+strconv.FormatUint(uint64(version), 10))
+}
+
+// noteKeyUse records, on the call ctx belongs to, a key version it used.
+func noteKeyUse(ctx context.Context, ref envelope.KeyRef) {
+	if cl := callFrom(ctx); cl != nil {
+		cl.noteKeyVersion(ref.Name, ref.Version)
+	}
 }
 
 // unary runs the whole chain around a unary handler.
@@ -158,7 +201,9 @@ func (c *chain) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 			c.logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "request_id", cl.rec.RequestID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
-		c.end(ctx, cl, err)
+		if err = c.end(ctx, cl, err); err != nil {
+			resp = nil
+		}
 	}()
 	if ctx, err = c.authenticate(ctx, cl); err != nil {
 		return nil, err
@@ -189,7 +234,7 @@ func (c *chain) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 			c.logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "request_id", cl.rec.RequestID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			err = status.Error(codes.Internal, "internal error")
 		}
-		c.end(ctx, cl, err)
+		err = c.end(ctx, cl, err)
 	}()
 	if ctx, err = c.authenticate(ctx, cl); err != nil {
 		return err
@@ -227,14 +272,17 @@ func (c *chain) begin(ctx context.Context, method string) (context.Context, *cal
 	ctx = withRequestID(ctx)
 	cl := &call{method: method, start: now}
 	cl.rec = CallRecord{Method: method, RequestID: RequestID(ctx), Start: now}
+	ctx = context.WithValue(ctx, callKey{}, cl)
 	if p, ok := peer.FromContext(ctx); ok {
 		cl.rec.Source = addrOf(p.Addr)
 	}
 	return ctx, cl
 }
 
-// end logs the call, counts it and hands it to the observer.
-func (c *chain) end(ctx context.Context, cl *call, err error) {
+// end logs the call, counts it and hands it to the observer. It returns
+// the call's error, or UNAVAILABLE when the observer (the audit log) could
+// not record a call that had succeeded.
+func (c *chain) end(ctx context.Context, cl *call, err error) error {
 	st := status.Convert(err)
 	cl.rec.Duration = c.now().Sub(cl.start)
 	cl.rec.Code = st.Code().String()
@@ -242,6 +290,11 @@ func (c *chain) end(ctx context.Context, cl *call, err error) {
 		cl.rec.Message = st.Message()
 	}
 	c.metrics.observe(cl.method, st.Code(), cl.rec.Duration)
+	if st.Code() == codes.OK {
+		// Only calls that succeeded teach the baseline: a refused caller
+		// cannot train it.
+		c.learn(cl)
+	}
 	// Room for every attribute below: one allocation, no regrowth.
 	attrs := make([]slog.Attr, 0, 7)
 	attrs = append(attrs,
@@ -261,8 +314,14 @@ func (c *chain) end(ctx context.Context, cl *call, err error) {
 	}
 	c.logger.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
 	if c.observer != nil {
-		c.observer.ObserveCall(ctx, &cl.rec)
+		if oerr := c.observer.ObserveCall(ctx, &cl.rec); oerr != nil {
+			c.logger.ErrorContext(ctx, "call not audited", "method", cl.method, "request_id", cl.rec.RequestID, "err", oerr)
+			if err == nil {
+				return status.Error(codes.Unavailable, "audit log unavailable: the call's result was withheld; retry later")
+			}
+		}
 	}
+	return err
 }
 
 // authenticate establishes the caller's principal and puts it in ctx.
@@ -374,6 +433,30 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 		return status.Errorf(codes.PermissionDenied, "permission denied: method %s has no authorization rule", cl.method)
 	}
 	cl.rec.Action = rule.action
+	if rule.perDocument {
+		// Decided per document by the handler (documentGate); the anomaly
+		// screen and the rate limit apply here, to the call.
+		if c.authz != nil {
+			pctx, err := c.policyContext(ctx, cl, policy.TierInternal)
+			if err != nil {
+				return err
+			}
+			if err := c.screen(ctx, cl, &pctx, nil, policy.TierInternal, rule.budget == budgetDecrypt); err != nil {
+				return err
+			}
+		}
+		return c.limit(cl, rule)
+	}
+	if rule.schema != nil && req != nil {
+		name, err := rule.schema(req)
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		if err := c.decideSchema(ctx, cl, rule.action, name); err != nil {
+			return err
+		}
+		return c.limit(cl, rule)
+	}
 	var uses []keyUse
 	if rule.keys != nil && req != nil {
 		var err error
@@ -388,13 +471,10 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 	if err != nil {
 		return err
 	}
-	principalKey := principalKey(cl.principal)
-	if c.limiter != nil {
-		if ok, retry := c.limiter.Allow(principalKey, rule.class); !ok {
-			c.metrics.limited(rule.class)
-			return exhausted(fmt.Sprintf("rate limit of %s calls exceeded", rule.class), retry)
-		}
+	if err := c.limit(cl, rule); err != nil {
+		return err
 	}
+	principalKey := principalKey(cl.principal)
 	if rule.budget != "" && c.budgets != nil {
 		// Counted per tier on attempt, before any item is decrypted: a
 		// failed decryption still spends (it is an attempt to read), and a
@@ -423,6 +503,40 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 		}
 	}
 	return nil
+}
+
+// limit applies the principal's rate limit of the rule's class.
+func (c *chain) limit(cl *call, rule methodRule) error {
+	if c.limiter == nil {
+		return nil
+	}
+	if ok, retry := c.limiter.Allow(principalKey(cl.principal), rule.class); !ok {
+		c.metrics.limited(rule.class)
+		return exhausted(fmt.Sprintf("rate limit of %s calls exceeded", rule.class), retry)
+	}
+	return nil
+}
+
+// decideSchema decides action on the named classification schema.
+func (c *chain) decideSchema(ctx context.Context, cl *call, action, name string) error {
+	cl.rec.Keys = append(cl.rec.Keys, "schemas/"+name)
+	if c.authz == nil {
+		cl.rec.Decision = "allow"
+		return nil
+	}
+	pctx, err := c.policyContext(ctx, cl, policy.TierInternal)
+	if err != nil {
+		return err
+	}
+	if err := c.screen(ctx, cl, &pctx, nil, policy.TierInternal, false); err != nil {
+		return err
+	}
+	return c.decideOne(cl, policy.Request{
+		Principal: policyPrincipal(cl.principal),
+		Action:    action,
+		Resource:  policy.Resource{Kind: policy.ResourceSchema, Name: name},
+		Context:   pctx,
+	})
 }
 
 // principalKey names a principal for rate limits and budgets: the workload,
@@ -485,6 +599,9 @@ func (c *chain) decide(ctx context.Context, cl *call, rule methodRule, uses []ke
 	}
 	pctx, err := c.policyContext(ctx, cl, sensitivity)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.screen(ctx, cl, &pctx, cl.rec.Keys, sensitivity, rule.budget == budgetDecrypt); err != nil {
 		return nil, err
 	}
 	preq := policy.Request{
@@ -567,8 +684,11 @@ func (c *chain) decideOne(cl *call, preq policy.Request) error {
 	if !d.Allow {
 		cl.rec.Decision = "deny"
 		c.metrics.denied(preq.Action)
-		if preq.Resource.Kind == policy.ResourceKey {
+		switch preq.Resource.Kind {
+		case policy.ResourceKey:
 			return status.Errorf(codes.PermissionDenied, "permission denied: %s on keys/%s", preq.Action, preq.Resource.Name)
+		case policy.ResourceSchema:
+			return status.Errorf(codes.PermissionDenied, "permission denied: %s on schemas/%s", preq.Action, preq.Resource.Name)
 		}
 		return status.Errorf(codes.PermissionDenied, "permission denied: %s", preq.Action)
 	}

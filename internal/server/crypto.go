@@ -22,6 +22,7 @@ func (s *cryptoService) Encrypt(ctx context.Context, req *tresorv1.EncryptReques
 	if err != nil {
 		return nil, toStatus(ctx, s.logger, err)
 	}
+	noteKeyUse(ctx, ref)
 	return &tresorv1.EncryptResponse{Ciphertext: envelope.FormatCiphertext(ct), KeyVersion: ref.Version}, nil
 }
 
@@ -38,6 +39,7 @@ func (s *cryptoService) Decrypt(ctx context.Context, req *tresorv1.DecryptReques
 	if err != nil {
 		return nil, toStatus(ctx, s.logger, err)
 	}
+	noteKeyUse(ctx, ref)
 	return &tresorv1.DecryptResponse{Plaintext: pt, Key: ref.Name, KeyVersion: ref.Version}, nil
 }
 
@@ -64,6 +66,7 @@ func (s *cryptoService) GenerateDataKey(ctx context.Context, req *tresorv1.Gener
 	if err != nil {
 		return nil, toStatus(ctx, s.logger, err)
 	}
+	noteKeyUse(ctx, dk.Key)
 	return &tresorv1.GenerateDataKeyResponse{Plaintext: dk.Plaintext, Ciphertext: envelope.FormatCiphertext(dk.Ciphertext), KeyVersion: dk.Key.Version}, nil
 }
 
@@ -72,6 +75,7 @@ func (s *cryptoService) GenerateDataKeyWithoutPlaintext(ctx context.Context, req
 	if err != nil {
 		return nil, toStatus(ctx, s.logger, err)
 	}
+	noteKeyUse(ctx, dk.Key)
 	return &tresorv1.GenerateDataKeyWithoutPlaintextResponse{Ciphertext: envelope.FormatCiphertext(dk.Ciphertext), KeyVersion: dk.Key.Version}, nil
 }
 
@@ -88,6 +92,7 @@ func (s *cryptoService) BatchEncrypt(ctx context.Context, req *tresorv1.BatchEnc
 			resp.Results[i] = &tresorv1.BatchEncryptResult{Result: &tresorv1.BatchEncryptResult_Error{Error: status.Convert(toStatus(ctx, s.logger, err)).Proto()}}
 			continue
 		}
+		noteKeyUse(ctx, ref)
 		resp.Results[i] = &tresorv1.BatchEncryptResult{Result: &tresorv1.BatchEncryptResult_Encrypted{Encrypted: &tresorv1.EncryptedItem{Ciphertext: envelope.FormatCiphertext(ct), KeyVersion: ref.Version}}}
 	}
 	return resp, nil
@@ -101,6 +106,7 @@ func (s *cryptoService) BatchDecrypt(ctx context.Context, req *tresorv1.BatchDec
 			resp.Results[i] = &tresorv1.BatchDecryptResult{Result: &tresorv1.BatchDecryptResult_Error{Error: status.Convert(toStatus(ctx, s.logger, err)).Proto()}}
 			continue
 		}
+		noteKeyUse(ctx, ref)
 		resp.Results[i] = &tresorv1.BatchDecryptResult{Result: &tresorv1.BatchDecryptResult_Decrypted{Decrypted: &tresorv1.DecryptedItem{Plaintext: pt, Key: ref.Name, KeyVersion: ref.Version}}}
 	}
 	return resp, nil

@@ -48,7 +48,8 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 		errors.Is(err, envelope.ErrVersionNotAllowed),
 		errors.Is(err, envelope.ErrKeyDeletionScheduled),
 		errors.Is(err, envelope.ErrKeyDestroyed),
-		errors.Is(err, envelope.ErrKeyNotScheduled):
+		errors.Is(err, envelope.ErrKeyNotScheduled),
+		errors.Is(err, envelope.ErrNotRotatable):
 		return status.Error(codes.FailedPrecondition, publicMessage(err))
 	case errors.Is(err, envelope.ErrConflict):
 		return status.Error(codes.Aborted, publicMessage(err))

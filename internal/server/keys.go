@@ -140,6 +140,10 @@ func keyTypeFromProto(t tresorv1.KeyType) store.KeyType {
 		return store.KeyTypeAES256GCM
 	case tresorv1.KeyType_KEY_TYPE_AES256_SIV:
 		return store.KeyTypeAES256SIV
+	case tresorv1.KeyType_KEY_TYPE_HMAC_SHA256:
+		return store.KeyTypeHMACSHA256
+	case tresorv1.KeyType_KEY_TYPE_FF1_AES256:
+		return store.KeyTypeFF1AES256
 	default:
 		return store.KeyTypeUnspecified
 	}
@@ -151,6 +155,10 @@ func keyTypeToProto(t store.KeyType) tresorv1.KeyType {
 		return tresorv1.KeyType_KEY_TYPE_AES256_GCM
 	case store.KeyTypeAES256SIV:
 		return tresorv1.KeyType_KEY_TYPE_AES256_SIV
+	case store.KeyTypeHMACSHA256:
+		return tresorv1.KeyType_KEY_TYPE_HMAC_SHA256
+	case store.KeyTypeFF1AES256:
+		return tresorv1.KeyType_KEY_TYPE_FF1_AES256
 	default:
 		return tresorv1.KeyType_KEY_TYPE_UNSPECIFIED
 	}

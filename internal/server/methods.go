@@ -9,6 +9,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/fields"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -44,6 +45,17 @@ type methodRule struct {
 	// useActions are the actions decided instead of action, when every key
 	// use names its own (ReEncrypt); the schema must declare them.
 	useActions []string
+	// schema names the classification schema a FieldService call acts on:
+	// the call is decided on that Schema resource. An error refuses the
+	// call before any decision.
+	schema func(req any) (string, error)
+	// perDocument marks the document calls (ProtectDocument, RevealDocument
+	// and their streams): the chain authenticates, validates and
+	// rate-limits them, and the handler decides each document through
+	// documentGate, once it knows the schema: ProtectDocument on every key
+	// the schema uses, RevealDocument or RevealMasked on every field it
+	// would reveal.
+	perDocument bool
 }
 
 // keyUse is a key a request touches and on how many items.
@@ -232,9 +244,46 @@ var methodRules = map[string]methodRule{
 	tresorv1.CryptoService_BatchEncrypt_FullMethodName:                    {action: "Encrypt", class: classCrypto, keys: batchEncryptKey},
 	tresorv1.CryptoService_BatchDecrypt_FullMethodName:                    {action: "Decrypt", class: classCrypto, keys: batchDecryptKeys, budget: budgetDecrypt},
 
+	tresorv1.AdminService_VerifyAudit_FullMethodName: {action: "VerifyAudit", class: classAdmin},
+	tresorv1.AdminService_QueryAudit_FullMethodName:  {action: "QueryAudit", class: classAdmin},
+
+	tresorv1.FieldService_PutSchema_FullMethodName:          {action: "PutSchema", class: classAdmin, schema: putSchemaName},
+	tresorv1.FieldService_GetSchema_FullMethodName:          {action: "GetSchema", class: classRead, schema: namedSchema},
+	tresorv1.FieldService_ListSchemaVersions_FullMethodName: {action: "ListSchemaVersions", class: classRead, schema: namedSchema},
+	tresorv1.FieldService_ListSchemas_FullMethodName:        {action: "ListSchemas", class: classRead},
+	tresorv1.FieldService_ProtectDocument_FullMethodName:    {action: "ProtectDocument", class: classCrypto, perDocument: true},
+	tresorv1.FieldService_ProtectDocuments_FullMethodName:   {action: "ProtectDocument", class: classCrypto, perDocument: true},
+	tresorv1.FieldService_RevealDocument_FullMethodName:     {action: "RevealDocument", class: classCrypto, perDocument: true, budget: budgetDecrypt},
+	tresorv1.FieldService_RevealDocuments_FullMethodName:    {action: "RevealDocument", class: classCrypto, perDocument: true, budget: budgetDecrypt},
+
 	healthpb.Health_Check_FullMethodName: {action: "CheckHealth", class: classHealth},
 	healthpb.Health_Watch_FullMethodName: {action: "CheckHealth", class: classHealth},
 	healthpb.Health_List_FullMethodName:  {action: "CheckHealth", class: classHealth},
+}
+
+type schemaNamed interface{ GetSchema() string }
+
+// namedSchema is the schema a request names.
+func namedSchema(req any) (string, error) {
+	if r, ok := req.(schemaNamed); ok {
+		return r.GetSchema(), nil
+	}
+	return "", nil
+}
+
+// putSchemaName is the name inside the definition PutSchema stores: a
+// definition that does not parse is refused before any decision (its
+// message names the problem, and the definition holds no secret).
+func putSchemaName(req any) (string, error) {
+	r, ok := req.(*tresorv1.PutSchemaRequest)
+	if !ok {
+		return "", nil
+	}
+	s, err := fields.ParseSchema([]byte(r.GetDefinition()))
+	if err != nil {
+		return "", err
+	}
+	return s.Name(), nil
 }
 
 // keyAttributes is the keyring call the chain needs to authorize a key.

@@ -16,6 +16,7 @@ type metrics struct {
 	denials   *prometheus.CounterVec
 	limits    *prometheus.CounterVec
 	budgets   *prometheus.CounterVec
+	anomalies *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,11 +40,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		budgets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tresor_budget_exhausted_total", Help: "Calls refused by a usage budget, by action and tier.",
 		}, []string{"action", "tier"}),
+		anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tresor_anomaly_responses_total", Help: "Calls made under an anomaly response, by response (log, step_up, throttle, block).",
+		}, []string{"response"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.calls, m.latency, m.authFails, m.denials, m.limits, m.budgets} {
+	for _, c := range []prometheus.Collector{m.calls, m.latency, m.authFails, m.denials, m.limits, m.budgets, m.anomalies} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -57,6 +61,7 @@ func (m *metrics) observe(method string, code codes.Code, d time.Duration) {
 }
 
 func (m *metrics) authFailed(reason string)            { m.authFails.WithLabelValues(reason).Inc() }
+func (m *metrics) anomalyResponse(response string)     { m.anomalies.WithLabelValues(response).Inc() }
 func (m *metrics) denied(action string)                { m.denials.WithLabelValues(action).Inc() }
 func (m *metrics) limited(class string)                { m.limits.WithLabelValues(class).Inc() }
 func (m *metrics) budgetExhausted(action, tier string) { m.budgets.WithLabelValues(action, tier).Inc() }

@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +34,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/fields"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -77,6 +80,28 @@ type Options struct {
 	// RootKeys serves the AdminService's root-key rotation
 	// (rotation.RootKeyRotator); nil answers its calls with Unimplemented.
 	RootKeys RootKeyRotations
+	// Schemas serves FieldService's classification schemas; nil answers
+	// FieldService calls with Unimplemented. Documents holds its limits.
+	Schemas   *SchemaRegistry
+	Documents fields.Options
+	// Audit serves AdminService's VerifyAudit and QueryAudit; nil answers
+	// them with Unimplemented.
+	Audit AuditReader
+	// Anomaly, when set, scores every call; the risk enters the policy
+	// context and the policy chooses the response (anomaly.cedar).
+	Anomaly AnomalyMonitor
+	// Ready are the readiness checks (the root key provider, the store, the
+	// audit sink): the health service reports NOT_SERVING, and /readyz 503
+	// naming the failing checks, while any fails. They run every
+	// ReadyInterval (default 5s), each bounded by a second.
+	Ready         []ReadinessCheck
+	ReadyInterval time.Duration
+}
+
+// ReadinessCheck is one dependency readiness depends on.
+type ReadinessCheck struct {
+	Name  string
+	Check func(ctx context.Context) error
 }
 
 // Server is tresor's API server.
@@ -89,6 +114,7 @@ type Server struct {
 	chain   *chain
 
 	mu        sync.Mutex
+	failing   []string // readiness checks failing now
 	grpcLis   net.Listener
 	httpLis   net.Listener
 	listening chan struct{}
@@ -133,13 +159,19 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 		limiter:   opts.Limiter,
 		budgets:   opts.Budgets,
 		observer:  opts.Observer,
+		anomaly:   opts.Anomaly,
 	}
 	if opts.Unprotected {
 		ch.authn, ch.authz = nil, nil
 	}
 	keys := &keyService{ring: ring, logger: opts.Logger}
 	crypto := &cryptoService{ring: ring, logger: opts.Logger}
-	admin := &adminService{rotations: opts.RootKeys, logger: opts.Logger}
+	admin := &adminService{rotations: opts.RootKeys, audit: opts.Audit, logger: opts.Logger}
+	prot, err := fields.New(ring, opts.Documents)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	fieldSvc := &fieldService{schemas: opts.Schemas, prot: prot, gate: ch, logger: opts.Logger}
 
 	gopts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(ch.unary),
@@ -159,6 +191,9 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	tresorv1.RegisterKeyServiceServer(gs, keys)
 	tresorv1.RegisterCryptoServiceServer(gs, crypto)
 	tresorv1.RegisterAdminServiceServer(gs, admin)
+	if opts.Schemas != nil {
+		tresorv1.RegisterFieldServiceServer(gs, fieldSvc)
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 
@@ -166,6 +201,9 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	conn.register(&tresorv1.KeyService_ServiceDesc, keys)
 	conn.register(&tresorv1.CryptoService_ServiceDesc, crypto)
 	conn.register(&tresorv1.AdminService_ServiceDesc, admin)
+	if opts.Schemas != nil {
+		conn.register(&tresorv1.FieldService_ServiceDesc, fieldSvc)
+	}
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &gatewayJSON{JSONPb: runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
@@ -200,6 +238,11 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 	if err := tresorv1.RegisterAdminServiceHandlerClient(ctx, mux, tresorv1.NewAdminServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("server: gateway: %w", err)
 	}
+	if opts.Schemas != nil {
+		if err := tresorv1.RegisterFieldServiceHandlerClient(ctx, mux, tresorv1.NewFieldServiceClient(conn)); err != nil {
+			return nil, fmt.Errorf("server: gateway: %w", err)
+		}
+	}
 	s := &Server{opts: opts, grpc: gs, health: hs, chain: ch, listening: make(chan struct{})}
 	s.handler = s.httpHandler(mux)
 	var httpTLS *tls.Config
@@ -224,6 +267,16 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 // chain sees a REST caller as it sees a gRPC caller.
 func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		failing := s.failingChecks()
+		w.Header().Set("Content-Type", "text/plain")
+		if len(failing) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + strings.Join(failing, ", ") + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		resp, err := s.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -333,6 +386,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	rctx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	if len(s.opts.Ready) > 0 {
+		s.checkReady(rctx)
+		go s.watchReady(rctx)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -355,4 +414,53 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.grpc.Stop()
 	}
 	return err
+}
+
+// watchReady runs the readiness checks until ctx ends.
+func (s *Server) watchReady(ctx context.Context) {
+	every := s.opts.ReadyInterval
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.checkReady(ctx)
+		}
+	}
+}
+
+// checkReady runs every readiness check once and sets the health status.
+func (s *Server) checkReady(ctx context.Context) {
+	var failing []string
+	for _, c := range s.opts.Ready {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.Check(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failing = append(failing, c.Name)
+			s.opts.Logger.WarnContext(ctx, "not ready", "check", c.Name, "err", err)
+		}
+	}
+	s.mu.Lock()
+	s.failing = failing
+	s.mu.Unlock()
+	st := healthpb.HealthCheckResponse_SERVING
+	if len(failing) > 0 {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	s.health.SetServingStatus("", st)
+}
+
+func (s *Server) failingChecks() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.failing)
 }

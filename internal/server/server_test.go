@@ -30,7 +30,9 @@ import (
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
+	"github.com/tresorkms/tresor/internal/audit"
 	"github.com/tresorkms/tresor/internal/limits"
+	"github.com/tresorkms/tresor/internal/monitor"
 	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/localkek"
@@ -119,6 +121,9 @@ type serverConfig struct {
 	// CallObserver), as `tresor bench` does: for benchmarks, whose calls
 	// would otherwise grow the log buffer and the call log without bound.
 	quiet bool
+	// audited writes every call to an audit log in the store (the store
+	// sink), and monitored scores every call with the anomaly monitor.
+	audited, monitored bool
 	// ringOptions, when set, changes the keyring's options (its clock,
 	// cache ages, logger) before the keyring is made.
 	ringOptions func(*envelope.Options)
@@ -128,12 +133,14 @@ type serverConfig struct {
 type callLog struct {
 	mu   sync.Mutex
 	recs []CallRecord
+	err  error // returned by ObserveCall: an audit sink that fails
 }
 
-func (l *callLog) ObserveCall(_ context.Context, rec *CallRecord) {
+func (l *callLog) ObserveCall(_ context.Context, rec *CallRecord) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.recs = append(l.recs, *rec)
+	return l.err
 }
 
 func (l *callLog) last() CallRecord {
@@ -269,6 +276,7 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 		Unprotected:     sc.unprotected,
 		Now:             sc.now,
 		RootKeys:        rotations,
+		Schemas:         NewSchemaRegistry(st, KeyTypes(ring), nil),
 	}
 	if sc.metrics != nil {
 		opts.Metrics = sc.metrics
@@ -308,6 +316,16 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 			}
 			opts.Budgets = b
 		}
+	}
+	if sc.audited {
+		opts.Observer = newTestAuditLog(t, st, kek)
+	}
+	if sc.monitored {
+		m, err := monitor.New(monitor.Options{PriorRate: 1e6})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Anomaly = m
 	}
 	srv, err := New(ring, opts)
 	if err != nil {
@@ -789,4 +807,24 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	if !strings.Contains(ts.logs.String(), "CryptoService/Encrypt") {
 		t.Errorf("logs = %.300q, want a line per call (the test must see the log)", ts.logs.String())
 	}
+}
+
+// newTestAuditLog is an audit log in st, checkpoints MACed under kek, as
+// tresor serve opens it.
+func newTestAuditLog(t testing.TB, st store.Store, kek envelope.KEK) *AuditObserver {
+	t.Helper()
+	roots, err := envelope.NewRootKeys(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pz, err := audit.NewPseudonymizer(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := audit.New(context.Background(), audit.Options{Chain: "test", RootKeys: roots, Pseudonymizer: pz}, audit.NewStoreSink(st))
+	if err != nil {
+		t.Fatalf("audit.New() err = %v", err)
+	}
+	t.Cleanup(func() { _ = log.Close(context.Background()) })
+	return NewAuditObserver(log)
 }

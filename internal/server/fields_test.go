@@ -1,0 +1,363 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
+	"github.com/tresorkms/tresor/internal/limits"
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+)
+
+// customerSchema classifies a customer record; inspection is set per test.
+const customerSchema = `
+name: customer
+version: 1
+default_tier: public
+tiers:
+  restricted: {protection: aead, key: pii-aead, sensitivity: restricted, mask: {keep_last: 4, format: digits}}
+  account:    {protection: tokenize, key: acct-ff1, sensitivity: confidential}
+  searchable: {protection: deterministic, key: pii-siv, sensitivity: confidential}
+  indexed:    {protection: blind_index, key: pii-aead, index_key: pii-hmac, sensitivity: restricted}
+  card:       {protection: mask, mask: {keep_last: 4, format: card}}
+  public:     {protection: none}
+fields:
+  - {path: "$.tax_id", tier: restricted}
+  - {path: "$.account_number", tier: account}
+  - {path: "$.email", tier: searchable}
+  - {path: "$.accounts[*].iban", tier: indexed}
+  - {path: "$.card", tier: card}
+inspection:
+  action: %s
+`
+
+const customerDoc = `{"id":"c-1","name":"Ada","tax_id":"123-45-6789","account_number":"12345678901234",` +
+	`"email":"ada@example.com","accounts":[{"iban":"DE89370400440532013000","kind":"checking"}],` +
+	`"card":"4111 1111 1111 1111","notes":"call me"}`
+
+// fieldKeys creates the keys customerSchema names, owned by the payments
+// workload.
+func fieldKeys(t *testing.T, ts *testServer) {
+	t.Helper()
+	for name, typ := range map[string]tresorv1.KeyType{
+		"pii-aead": tresorv1.KeyType_KEY_TYPE_AES256_GCM,
+		"pii-siv":  tresorv1.KeyType_KEY_TYPE_AES256_SIV,
+		"pii-hmac": tresorv1.KeyType_KEY_TYPE_HMAC_SHA256,
+		"acct-ff1": tresorv1.KeyType_KEY_TYPE_FF1_AES256,
+		"spare":    tresorv1.KeyType_KEY_TYPE_AES256_GCM,
+	} {
+		if _, err := ts.keys.CreateKey(context.Background(), &tresorv1.CreateKeyRequest{KeyId: name, Type: typ,
+			Labels: map[string]string{"owner": paymentsID, "sensitivity": "restricted"}}); err != nil {
+			t.Fatalf("CreateKey(%s) err = %v", name, err)
+		}
+	}
+}
+
+func putSchema(t *testing.T, c tresorv1.FieldServiceClient, def string) *tresorv1.Schema {
+	t.Helper()
+	r, err := c.PutSchema(context.Background(), &tresorv1.PutSchemaRequest{Definition: def})
+	if err != nil {
+		t.Fatalf("PutSchema() err = %v, want nil", err)
+	}
+	return r.GetSchema()
+}
+
+func TestSchemas(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	fieldKeys(t, ts)
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	s := putSchema(t, fc, schemaWith("report"))
+	if s.GetName() != "customer" || s.GetVersion() != 1 || len(s.GetKeys()) != 4 {
+		t.Fatalf("PutSchema() = %s v%d keys %v, want customer v1 with 4 keys", s.GetName(), s.GetVersion(), s.GetKeys())
+	}
+	v2 := strings.Replace(schemaWith("report"), "version: 1", "version: 2", 1)
+	putSchema(t, fc, v2)
+	for _, tc := range []struct {
+		name string
+		def  string
+		want codes.Code
+	}{
+		{"not YAML or JSON", "{{{", codes.InvalidArgument},
+		{"unknown tier", strings.Replace(v2, "tier: card}", "tier: nope}", 1), codes.InvalidArgument},
+		{"tier without a key", strings.Replace(v2, "{protection: aead, key: pii-aead,", "{protection: aead,", 1), codes.InvalidArgument},
+		{"invalid path", strings.Replace(v2, `"$.tax_id"`, `"tax_id["`, 1), codes.InvalidArgument},
+		{"path listed twice", strings.Replace(v2, `"$.card"`, `"$.tax_id"`, 1), codes.InvalidArgument},
+		{"a key that does not exist", strings.Replace(strings.Replace(v2, "key: pii-siv", "key: nope", 1), "version: 2", "version: 3", 1), codes.FailedPrecondition},
+		{"a key of the wrong type", strings.Replace(strings.Replace(v2, "key: acct-ff1", "key: spare", 1), "version: 2", "version: 3", 1), codes.FailedPrecondition},
+		{"a version already stored", v2, codes.AlreadyExists},
+		{"a version that skips one", strings.Replace(v2, "version: 2", "version: 9", 1), codes.FailedPrecondition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := fc.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: tc.def})
+			if status.Code(err) != tc.want {
+				t.Errorf("PutSchema(%s) err = %v, want %v", tc.name, err, tc.want)
+			}
+		})
+	}
+	got, err := fc.GetSchema(ctx, &tresorv1.GetSchemaRequest{Schema: "customer"})
+	if err != nil || got.GetSchema().GetVersion() != 2 {
+		t.Fatalf("GetSchema(customer) = v%d, %v; want v2 (the latest, nothing else stored)", got.GetSchema().GetVersion(), err)
+	}
+	vs, err := fc.ListSchemaVersions(ctx, &tresorv1.ListSchemaVersionsRequest{Schema: "customer"})
+	if err != nil || len(vs.GetSchemas()) != 2 {
+		t.Fatalf("ListSchemaVersions(customer) = %d versions, %v; want 2", len(vs.GetSchemas()), err)
+	}
+	if _, err := fc.GetSchema(ctx, &tresorv1.GetSchemaRequest{Schema: "nobody"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetSchema(nobody) err = %v, want NotFound", err)
+	}
+}
+
+func TestProtectAndRevealDocument(t *testing.T) {
+	ctx := context.Background()
+	// Reveal in clear: the owner of the keys; masks only: role masked-reader.
+	maskedOnly := `permit (principal in Tresor::Role::"masked-reader", action == Tresor::Action::"RevealMasked", resource is Tresor::Field);`
+	ts := startServerWith(t, serverConfig{policies: map[string]string{permitPolicyKey: permitPayments, "masked.cedar": maskedOnly}})
+	fieldKeys(t, ts)
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	putSchema(t, fc, schemaWith("report"))
+
+	prot, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: customerDoc, DocumentId: "c-1"})
+	if err != nil {
+		t.Fatalf("ProtectDocument() err = %v, want nil", err)
+	}
+	for _, secret := range []string{"123-45-6789", "12345678901234", "ada@example.com", "DE89370400440532013000", "4111 1111 1111 1111"} {
+		if strings.Contains(prot.GetDocument(), secret) {
+			t.Errorf("ProtectDocument() output holds %q in clear", secret)
+		}
+	}
+	if !strings.Contains(prot.GetDocument(), `"name":"Ada"`) || !strings.Contains(prot.GetDocument(), "1111") {
+		t.Errorf("ProtectDocument() = %s, want public fields kept and the card masked to its last 4", prot.GetDocument())
+	}
+	if len(prot.GetFields()) < 5 {
+		t.Errorf("ProtectDocument() fields = %v, want an outcome per classified field", prot.GetFields())
+	}
+	if rec := ts.calls.last(); rec.Decision != "allow" || rec.Fields.Protected < 4 || len(rec.KeyVersions) == 0 {
+		t.Errorf("call record = decision %q, fields %+v, key versions %v; want allow, >= 4 protected, the versions used", rec.Decision, rec.Fields, rec.KeyVersions)
+	}
+
+	// The owner reveals everything in clear.
+	rev, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: prot.GetDocument(), DocumentId: "c-1"})
+	if err != nil {
+		t.Fatalf("RevealDocument() err = %v, want nil", err)
+	}
+	for _, clear := range []string{"123-45-6789", "12345678901234", "ada@example.com", "DE89370400440532013000"} {
+		if !strings.Contains(rev.GetDocument(), clear) {
+			t.Errorf("RevealDocument() = %s, want %q in clear", rev.GetDocument(), clear)
+		}
+	}
+
+	// A caller allowed only masks sees masks, never the clear values.
+	cert := ts.clientCert(t, "spiffe://bank.example/support")
+	support := tresorv1.NewFieldServiceClient(ts.dial(t, cert, ts.mint(t, tokenFor("support", cert, "masked-reader"))))
+	masked, err := support.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: prot.GetDocument(), DocumentId: "c-1"})
+	if err != nil {
+		t.Fatalf("RevealDocument(masks only) err = %v, want nil", err)
+	}
+	for _, clear := range []string{"123-45-6789", "12345678901234", "ada@example.com", "DE89370400440532013000"} {
+		if strings.Contains(masked.GetDocument(), clear) {
+			t.Errorf("RevealDocument(masks only) = %s, holds %q in clear", masked.GetDocument(), clear)
+		}
+	}
+	if !strings.Contains(masked.GetDocument(), "6789") {
+		t.Errorf("RevealDocument(masks only) = %s, want the tax id masked to its last 4", masked.GetDocument())
+	}
+	outcomes := map[string]string{}
+	for _, f := range masked.GetFields() {
+		outcomes[f.GetPath()] = f.GetOutcome()
+	}
+	if outcomes["$.tax_id"] != "masked" {
+		t.Errorf("RevealDocument(masks only) outcomes = %v, want $.tax_id masked", outcomes)
+	}
+	// A caller with no reveal at all gets the document as it was.
+	nobodyCert := ts.clientCert(t, "spiffe://bank.example/nobody")
+	nobody := tresorv1.NewFieldServiceClient(ts.dial(t, nobodyCert, ts.mint(t, tokenFor("nobody", nobodyCert))))
+	withheld, err := nobody.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: prot.GetDocument(), DocumentId: "c-1"})
+	if err != nil {
+		t.Fatalf("RevealDocument(no permission) err = %v, want nil with every field withheld", err)
+	}
+	if strings.Contains(withheld.GetDocument(), "123-45-6789") || strings.Contains(withheld.GetDocument(), "6789\"") {
+		t.Errorf("RevealDocument(no permission) = %s, want the fields left protected", withheld.GetDocument())
+	}
+
+	// Bad input: each a clear error that changes nothing.
+	moved := strings.Replace(prot.GetDocument(), `"tax_id"`, `"tax_id_x"`, 1)
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want codes.Code
+		text string
+	}{
+		{"malformed JSON", func() error {
+			_, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: `{"tax_id":`})
+			return err
+		}, codes.InvalidArgument, ""},
+		{"too deep", func() error {
+			_, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40)})
+			return err
+		}, codes.InvalidArgument, "deep"},
+		{"FF1 given an object", func() error {
+			_, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: `{"account_number":{"n":"1234567"}}`})
+			return err
+		}, codes.InvalidArgument, "$.account_number"},
+		{"unknown schema", func() error {
+			_, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "nobody", Document: `{}`})
+			return err
+		}, codes.NotFound, ""},
+		{"a field revealed with another document id", func() error {
+			_, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: prot.GetDocument(), DocumentId: "c-2"})
+			return err
+		}, codes.InvalidArgument, "decryption failed"},
+		{"a tampered field", func() error {
+			_, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: tamper(t, prot.GetDocument(), "tax_id"), DocumentId: "c-1"})
+			return err
+		}, codes.InvalidArgument, "decryption failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if status.Code(err) != tc.want || !strings.Contains(status.Convert(err).Message(), tc.text) {
+				t.Errorf("%s err = %v, want %v mentioning %q", tc.name, err, tc.want, tc.text)
+			}
+			for _, secret := range []string{"123-45-6789", "1234567"} {
+				if strings.Contains(status.Convert(err).Message(), secret) {
+					t.Errorf("%s error %q repeats a value", tc.name, err)
+				}
+			}
+		})
+	}
+	// A protected field moved to another path does not reveal there: it is
+	// not classified at its new path, and under the one it was sealed for
+	// it would not authenticate.
+	rev2, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: moved, DocumentId: "c-1"})
+	if err == nil && strings.Contains(rev2.GetDocument(), "123-45-6789") {
+		t.Errorf("RevealDocument(tax id moved to tax_id_x) revealed it: %s", rev2.GetDocument())
+	}
+
+	// REST: the same call through the gateway, and a malformed one.
+	code, body := ts.rest(t, http.MethodPost, "/v1/schemas/customer:protect", map[string]any{"document": customerDoc, "document_id": "c-1"})
+	if code != http.StatusOK || !strings.Contains(fmt.Sprint(body["document"]), "tresor:") {
+		t.Errorf("REST protect = %d %v, want 200 with a protected document", code, body)
+	}
+	code, body = ts.rest(t, http.MethodPost, "/v1/schemas/customer:protect", map[string]any{"document": `{"tax_id":`})
+	if code != http.StatusBadRequest {
+		t.Errorf("REST protect(malformed JSON) = %d %v, want 400", code, body)
+	}
+}
+
+// tamper flips one character of the named field's ciphertext.
+func tamper(t *testing.T, doc, field string) string {
+	t.Helper()
+	i := strings.Index(doc, `"`+field+`":"`)
+	if i < 0 {
+		t.Fatalf("no field %s in %s", field, doc)
+	}
+	j := i + len(field) + 4 + 30
+	b := []byte(doc)
+	if b[j] == 'A' {
+		b[j] = 'B'
+	} else {
+		b[j] = 'A'
+	}
+	return string(b)
+}
+
+func TestInspectionActions(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, 0)
+	fieldKeys(t, ts)
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	// A card number in a field the schema calls public.
+	doc := `{"name":"Ada","notes":"card 4111111111111111 please"}`
+	for i, tc := range []struct {
+		action string
+		want   codes.Code
+		clear  bool // the card number stays in clear
+	}{
+		{"report", codes.OK, true},
+		{"protect", codes.OK, false},
+		{"reject", codes.FailedPrecondition, false},
+	} {
+		t.Run(tc.action, func(t *testing.T) {
+			def := strings.Replace(schemaWith(tc.action), "name: customer", fmt.Sprintf("name: insp-%d", i), 1)
+			putSchema(t, fc, def)
+			r, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: fmt.Sprintf("insp-%d", i), Document: doc})
+			if status.Code(err) != tc.want {
+				t.Fatalf("ProtectDocument(inspection %s) err = %v, want %v", tc.action, err, tc.want)
+			}
+			if strings.Contains(status.Convert(err).Message(), "4111111111111111") {
+				t.Errorf("ProtectDocument(inspection %s) error repeats the card number", tc.action)
+			}
+			if err != nil {
+				if !strings.Contains(status.Convert(err).Message(), "$.notes") {
+					t.Errorf("reject error %q, want it to name the path", err)
+				}
+				return
+			}
+			if got := strings.Contains(r.GetDocument(), "4111111111111111"); got != tc.clear {
+				t.Errorf("ProtectDocument(inspection %s) card in clear = %v, want %v", tc.action, got, tc.clear)
+			}
+			if len(r.GetFindings()) != 1 || r.GetFindings()[0].GetPath() != "$.notes" || r.GetFindings()[0].GetDetector() != "card" {
+				t.Errorf("findings = %v, want one card finding at $.notes", r.GetFindings())
+			}
+		})
+	}
+}
+
+func TestDocumentStreamsAndBudgets(t *testing.T) {
+	ctx := context.Background()
+	budgets := []limits.BudgetRule{{Action: "decrypt", Tier: "restricted", Windows: []limits.Window{{Period: time.Hour, Limit: 3}}}}
+	ts := startServerWith(t, serverConfig{budgets: budgets})
+	fieldKeys(t, ts)
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	putSchema(t, fc, schemaWith("report"))
+	stream, err := fc.ProtectDocuments(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protected []string
+	for i := range 3 {
+		doc := fmt.Sprintf(`{"tax_id":"123-45-67%02d"}`, i)
+		if err := stream.Send(&tresorv1.ProtectDocumentsRequest{Request: &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: doc}}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("ProtectDocuments() document %d err = %v, want nil", i, err)
+		}
+		protected = append(protected, r.GetResponse().GetDocument())
+	}
+	_ = stream.CloseSend()
+	// The budget allows 3 restricted fields an hour: three one-field
+	// documents reveal, the fourth is refused before anything is read.
+	for i, doc := range append(protected, protected[0]) {
+		_, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: doc})
+		want := codes.OK
+		if i == 3 {
+			want = codes.ResourceExhausted
+		}
+		if status.Code(err) != want {
+			t.Errorf("RevealDocument #%d err = %v, want %v", i+1, err, want)
+		}
+	}
+}
+
+// tokenFor is a token request for subject, bound to cert, with roles.
+func tokenFor(subject string, cert tls.Certificate, roles ...string) devissuer.TokenRequest {
+	return devissuer.TokenRequest{Subject: subject, Roles: roles, BindTo: cert.Leaf}
+}
+
+// schemaWith is customerSchema with an inspection action.
+func schemaWith(action string) string {
+	if action == "protect" {
+		action += "\n  tier: restricted"
+	}
+	return fmt.Sprintf(customerSchema, action)
+}
