@@ -164,7 +164,7 @@ func newKeysCmd() *cobra.Command {
 	var usageLimit int64
 	var retireVersions uint32
 	create := clientCmd("create NAME", "Create a key (AES256_GCM by default)", cobra.ExactArgs(1), func(fs *pflag.FlagSet) {
-		fs.StringVar(&typ, "type", "AES256_GCM", "AES256_GCM (randomized) or AES256_SIV (deterministic)")
+		fs.StringVar(&typ, "type", "AES256_GCM", "AES256_GCM (randomized), AES256_SIV (deterministic), HMAC_SHA256 (blind indexes) or FF1_AES256 (tokenization; never rotates)")
 		fs.StringVar(&rotation, "rotation-period", "", "rotate automatically this often, e.g. 720h")
 		fs.StringSliceVar(&labels, "label", nil, "label key=value (repeatable); owner= and sensitivity= are read by policies")
 		fs.Int64Var(&usageLimit, "usage-limit", 0, "messages a version may encrypt before the key rotates (0: the server's default)")
@@ -177,8 +177,12 @@ func newKeysCmd() *cobra.Command {
 			req.Type = tresorv1.KeyType_KEY_TYPE_AES256_GCM
 		case "AES256_SIV":
 			req.Type = tresorv1.KeyType_KEY_TYPE_AES256_SIV
+		case "HMAC_SHA256":
+			req.Type = tresorv1.KeyType_KEY_TYPE_HMAC_SHA256
+		case "FF1_AES256":
+			req.Type = tresorv1.KeyType_KEY_TYPE_FF1_AES256
 		default:
-			return fmt.Errorf("--type %q: want AES256_GCM or AES256_SIV", typ)
+			return fmt.Errorf("--type %q: want AES256_GCM, AES256_SIV, HMAC_SHA256 or FF1_AES256", typ)
 		}
 		if rotation != "" {
 			d, err := time.ParseDuration(rotation)

@@ -141,6 +141,10 @@ func (e *crashEnv) admin(t *testing.T) (tresorv1.AdminServiceClient, tresorv1.Cr
 // to span many batches and the kills to land mid-job.
 const crashKeys = 6000
 
+// wantKeysets is what the job re-wraps: the test's keys and the audit
+// log's pseudonym key, which the server creates when it first starts.
+const wantKeysets = crashKeys + 1
+
 // TestRootKeyRotationSurvivesSIGKILL starts a root-key rotation of 6000
 // keysets in a real server process (SQLite, local-file root keys), kills
 // the process with SIGKILL at random points of the job, checks after each
@@ -251,8 +255,8 @@ func TestRootKeyRotationSurvivesSIGKILL(t *testing.T) {
 			}
 			token = next
 		}
-		if under1+under2 != crashKeys {
-			t.Fatalf("%d keys in the store, want %d", under1+under2, crashKeys)
+		if under1+under2 != wantKeysets {
+			t.Fatalf("%d keys in the store, want %d", under1+under2, wantKeysets)
 		}
 		return under1, under2
 	}
@@ -264,8 +268,8 @@ func TestRootKeyRotationSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("RotateRootKey() err = %v\n%s", err, e.tail())
 	}
 	job := resp.GetRotation()
-	if job.GetToRootKey() != rk2.ID() || job.GetTotal() != crashKeys {
-		t.Fatalf("RotateRootKey() = %v, want a job to %s over %d keysets", job, rk2.ID(), crashKeys)
+	if job.GetToRootKey() != rk2.ID() || job.GetTotal() != wantKeysets {
+		t.Fatalf("RotateRootKey() = %v, want a job to %s over %d keysets", job, rk2.ID(), wantKeysets)
 	}
 
 	// Kill the server 3 times at random points of the job: round r waits
@@ -312,8 +316,8 @@ func TestRootKeyRotationSurvivesSIGKILL(t *testing.T) {
 	for {
 		j, err := st.LatestRootKeyRotation(ctx)
 		if err == nil && j.State == store.RotationDone {
-			if j.Rewrapped != crashKeys {
-				t.Errorf("job done with %d re-wrapped, want %d (each keyset once)", j.Rewrapped, crashKeys)
+			if j.Rewrapped != wantKeysets {
+				t.Errorf("job done with %d re-wrapped, want %d (each keyset once)", j.Rewrapped, wantKeysets)
 			}
 			break
 		}
@@ -322,8 +326,8 @@ func TestRootKeyRotationSurvivesSIGKILL(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if under1, under2 := readable(t); under1 != 0 || under2 != crashKeys {
-		t.Errorf("after the job: %d keysets under the old root key, %d under the new; want 0 and %d", under1, under2, crashKeys)
+	if under1, under2 := readable(t); under1 != 0 || under2 != wantKeysets {
+		t.Errorf("after the job: %d keysets under the old root key, %d under the new; want 0 and %d", under1, under2, wantKeysets)
 	}
 	if !running {
 		e.start(t)

@@ -7,14 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/fields"
 	"github.com/tresorkms/tresor/internal/config"
-	"github.com/tresorkms/tresor/internal/policy"
+	"github.com/tresorkms/tresor/internal/monitor"
 	"github.com/tresorkms/tresor/internal/server"
 	"github.com/tresorkms/tresor/internal/store"
 )
@@ -42,33 +44,7 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
-func newCheckCmd() *cobra.Command {
-	var path string
-	cmd := &cobra.Command{
-		Use:   "check --config FILE",
-		Short: "Validate a configuration file and its policies without starting the server",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(path, nil)
-			if err != nil {
-				return err
-			}
-			popts, err := policyOptions(cfg.Policy)
-			if err != nil {
-				return err
-			}
-			eng, err := policy.Load(popts)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s\npolicies OK: %s, validated against %s (%d actions)\n", path, cfg.Policy.Dir, cfg.Policy.SchemaFile, len(eng.Actions()))
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&path, "config", "", "configuration file (YAML)")
-	_ = cmd.MarkFlagRequired("config")
-	return cmd
-}
+func newCheckCmd() *cobra.Command { return newGovernanceCheckCmd() }
 
 func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
 	var level slog.Level
@@ -166,6 +142,28 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		logger.InfoContext(ctx, "serving metrics", "addr", addr)
 	}
 	opts.RootKeys = rk.rotator
+	opts.Ready = append(opts.Ready,
+		server.ReadinessCheck{Name: "root_key", Check: rootKeyReady(rk.set)},
+		server.ReadinessCheck{Name: "store", Check: storeReady(st)})
+	opts.Schemas = server.NewSchemaRegistry(st, server.KeyTypes(ring), nil)
+	opts.Documents = fields.Options{MaxDocumentBytes: cfg.Fields.MaxDocumentBytes, MaxDepth: cfg.Fields.MaxDepth}
+	if err := loadSchemaDir(ctx, opts.Schemas, cfg.Fields.SchemaDir, logger); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	if cfg.Audit.Enabled {
+		auditLog, reader, closeAudit, err := openAudit(ctx, cfg.Audit, st, ring, rk.set, reg)
+		if err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+		defer closeAudit()
+		opts.Observer, opts.Audit = server.NewAuditObserver(auditLog), reader
+		opts.Ready = append(opts.Ready, server.ReadinessCheck{Name: "audit", Check: auditLog.Ready})
+	}
+	if cfg.Anomaly.Enabled && opts.Authorizer != nil {
+		if opts.Anomaly, err = newMonitor(cfg); err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+	}
 	srv, err := server.New(ring, opts)
 	if err != nil {
 		return err
@@ -189,4 +187,41 @@ func storeKind(url string) string {
 		return url[:i]
 	}
 	return "sqlite"
+}
+
+// rootKeyReady checks that the active root key wraps and unwraps.
+func rootKeyReady(roots *envelope.RootKeys) func(context.Context) error {
+	return func(ctx context.Context) error {
+		aad := []byte("tresor-readiness")
+		w, err := roots.Wrap(ctx, []byte("ready"), aad)
+		if err != nil {
+			return err
+		}
+		_, err = roots.Unwrap(ctx, w, aad)
+		return err
+	}
+}
+
+// storeReady checks that the key store answers a read.
+func storeReady(st store.Store) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := st.KeyRevisions(ctx, []string{"tresor-readiness"})
+		return err
+	}
+}
+
+// newMonitor builds the anomaly monitor the configuration describes.
+func newMonitor(cfg config.Config) (*monitor.Monitor, error) {
+	loc, err := time.LoadLocation(cfg.Policy.Timezone)
+	if err != nil {
+		return nil, fmt.Errorf("policy.timezone: %w", err)
+	}
+	var expiry [5]time.Duration
+	expiry[monitor.Log], expiry[monitor.StepUp] = cfg.Anomaly.LogFor, cfg.Anomaly.StepUpFor
+	expiry[monitor.Throttle], expiry[monitor.Block] = cfg.Anomaly.ThrottleFor, cfg.Anomaly.BlockFor
+	m, err := monitor.New(monitor.Options{Location: loc, MaxPrincipals: cfg.Anomaly.MaxPrincipals, PriorRate: cfg.Anomaly.ExpectedRate, Expiry: expiry})
+	if err != nil {
+		return nil, fmt.Errorf("anomaly: %w", err)
+	}
+	return m, nil
 }

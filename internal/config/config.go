@@ -74,6 +74,71 @@ type Config struct {
 	// Budgets count uses of sensitive data per principal in fixed windows,
 	// in the key store, so they hold across replicas.
 	Budgets []Budget `yaml:"budgets"`
+	// Audit is the tamper-evident audit log of every call.
+	Audit Audit `yaml:"audit"`
+	// Anomaly is the per-principal anomaly detection whose risk score the
+	// policy sees as context.risk.
+	Anomaly Anomaly `yaml:"anomaly"`
+	// Fields configures field protection (FieldService).
+	Fields Fields `yaml:"fields"`
+}
+
+// Audit configures the audit log. Every call, allowed or refused, is one
+// event in a hash chain; checkpoints are MACed under the root key.
+type Audit struct {
+	// Enabled turns the audit log on (the default).
+	Enabled bool `yaml:"enabled"`
+	// Store writes events to the key store (SQLite or PostgreSQL), where
+	// tresor audit verify and AdminService read them. On by default.
+	Store bool `yaml:"store"`
+	// File also appends events to this JSON lines file ("" none).
+	File string `yaml:"file"`
+	// Chain names this server's hash chain. Empty (the default): a new
+	// chain each time the server starts, named after the host with a
+	// random suffix. Set it to continue one chain across restarts; then no
+	// two processes may ever share it.
+	Chain string `yaml:"chain"`
+	// PseudonymKey names the HMAC_SHA256 key in the keyring (wrapped by the
+	// root key like every key) from which the key that HMACs token subjects
+	// and source addresses is derived. It is created at start-up when
+	// missing; replicas sharing a store share it, so pseudonyms match.
+	PseudonymKey string `yaml:"pseudonym_key"`
+	// FailOpen lets calls succeed when their event cannot be written
+	// (counted and logged). Off by default: the call fails (fail closed).
+	FailOpen bool `yaml:"fail_open"`
+	// CheckpointEvery and CheckpointInterval: a checkpoint is written after
+	// this many events or this long, whichever comes first.
+	CheckpointEvery    int           `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+}
+
+// Anomaly configures anomaly detection and the graduated response the
+// policy decides (examples/policies/anomaly.cedar).
+type Anomaly struct {
+	// Enabled scores every call (the default).
+	Enabled bool `yaml:"enabled"`
+	// MaxPrincipals bounds the baselines kept; the idlest are dropped.
+	MaxPrincipals int `yaml:"max_principals"`
+	// ExpectedRate is the request rate (per second) a new principal is
+	// compared with before it has a baseline of its own; 0 means the
+	// monitor's default (10/s).
+	ExpectedRate float64 `yaml:"expected_rate"`
+	// How long each response lasts once applied.
+	LogFor      time.Duration `yaml:"log_for"`
+	StepUpFor   time.Duration `yaml:"step_up_for"`
+	ThrottleFor time.Duration `yaml:"throttle_for"`
+	BlockFor    time.Duration `yaml:"block_for"`
+}
+
+// Fields configures FieldService.
+type Fields struct {
+	// SchemaDir holds classification schemas (*.yaml, *.yml, *.json) that
+	// are stored at start-up; "" none.
+	SchemaDir string `yaml:"schema_dir"`
+	// MaxDocumentBytes and MaxDepth bound a document; larger or deeper ones
+	// are refused before they are parsed further.
+	MaxDocumentBytes int `yaml:"max_document_bytes"`
+	MaxDepth         int `yaml:"max_depth"`
 }
 
 // Auth configures how callers authenticate beyond their client certificate.
@@ -272,6 +337,11 @@ func Default() Config {
 		}},
 		Policy:     Policy{Timezone: "UTC", ReloadInterval: 10 * time.Second},
 		RateLimits: RateLimits{MaxPrincipals: 100_000},
+		Audit: Audit{Enabled: true, Store: true, PseudonymKey: "audit-pseudonyms", CheckpointEvery: 1000,
+			CheckpointInterval: 10 * time.Second},
+		Anomaly: Anomaly{Enabled: true, MaxPrincipals: 100_000, LogFor: 5 * time.Minute, StepUpFor: 15 * time.Minute,
+			ThrottleFor: 10 * time.Minute, BlockFor: 30 * time.Minute},
+		Fields: Fields{MaxDocumentBytes: 1 << 20, MaxDepth: 32},
 	}
 }
 
@@ -433,6 +503,23 @@ func setFromString(f reflect.Value, s string) error {
 // Validate checks that the configuration is complete and sane.
 func (c Config) Validate() error {
 	var errs []error
+	if c.Audit.Enabled {
+		if !c.Audit.Store && c.Audit.File == "" {
+			errs = append(errs, errors.New("audit: enabled with no sink: set audit.store or audit.file"))
+		}
+		if c.Audit.PseudonymKey == "" {
+			errs = append(errs, errors.New("audit.pseudonym_key is required: token subjects and source addresses are HMACed under it"))
+		}
+		if c.Audit.CheckpointEvery < 1 || c.Audit.CheckpointInterval <= 0 {
+			errs = append(errs, errors.New("audit.checkpoint_every and audit.checkpoint_interval must be positive"))
+		}
+	}
+	if c.Anomaly.Enabled && (c.Anomaly.MaxPrincipals < 1 || c.Anomaly.LogFor <= 0 || c.Anomaly.StepUpFor <= 0 || c.Anomaly.ThrottleFor <= 0 || c.Anomaly.BlockFor <= 0) {
+		errs = append(errs, errors.New("anomaly: max_principals and every response duration must be positive"))
+	}
+	if c.Fields.MaxDocumentBytes < 1 || c.Fields.MaxDocumentBytes > 64<<20 || c.Fields.MaxDepth < 1 || c.Fields.MaxDepth > 256 {
+		errs = append(errs, errors.New("fields: max_document_bytes must be 1 to 64 MiB and max_depth 1 to 256"))
+	}
 	if c.Listen.GRPC == "" {
 		errs = append(errs, errors.New("listen.grpc is required"))
 	}
