@@ -102,7 +102,8 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return fmt.Errorf("refusing to start: key store: %w", err)
 	}
 	defer st.Close()
-	rk, err := openRootKeys(ctx, cfg, st, logger)
+	rootMetrics := newRootKeyMetrics()
+	rk, err := openInstrumentedRootKeys(ctx, cfg, st, logger, rootMetrics)
 	if err != nil {
 		return fmt.Errorf("refusing to start: root key: %w", err)
 	}
@@ -133,6 +134,9 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := registerServiceMetrics(reg, ring, st, rootMetrics); err != nil {
+		return err
+	}
 	per.serverOptions(&opts, reg)
 	if cfg.Listen.Metrics != "" {
 		addr, err := serveMetrics(ctx, cfg.Listen.Metrics, reg, logger)
@@ -163,6 +167,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		if opts.Anomaly, err = newMonitor(cfg); err != nil {
 			return fmt.Errorf("refusing to start: %w", err)
 		}
+		opts.AnomalyMinRisk = cfg.Anomaly.MinRisk
 	}
 	srv, err := server.New(ring, opts)
 	if err != nil {

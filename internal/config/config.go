@@ -123,6 +123,9 @@ type Anomaly struct {
 	// compared with before it has a baseline of its own; 0 means the
 	// monitor's default (10/s).
 	ExpectedRate float64 `yaml:"expected_rate"`
+	// MinRisk is the lowest risk score for which the policy is asked for a
+	// response (the anomaly actions); calls below it are only scored.
+	MinRisk int `yaml:"min_risk"`
 	// How long each response lasts once applied.
 	LogFor      time.Duration `yaml:"log_for"`
 	StepUpFor   time.Duration `yaml:"step_up_for"`
@@ -339,7 +342,7 @@ func Default() Config {
 		RateLimits: RateLimits{MaxPrincipals: 100_000},
 		Audit: Audit{Enabled: true, Store: true, PseudonymKey: "audit-pseudonyms", CheckpointEvery: 1000,
 			CheckpointInterval: 10 * time.Second},
-		Anomaly: Anomaly{Enabled: true, MaxPrincipals: 100_000, LogFor: 5 * time.Minute, StepUpFor: 15 * time.Minute,
+		Anomaly: Anomaly{Enabled: true, MaxPrincipals: 100_000, MinRisk: 20, LogFor: 5 * time.Minute, StepUpFor: 15 * time.Minute,
 			ThrottleFor: 10 * time.Minute, BlockFor: 30 * time.Minute},
 		Fields: Fields{MaxDocumentBytes: 1 << 20, MaxDepth: 32},
 	}

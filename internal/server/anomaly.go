@@ -63,7 +63,7 @@ func (c *chain) screen(ctx context.Context, cl *call, pctx *policy.Context, keys
 	a := c.anomaly.Score(obs)
 	cl.rec.Risk = a.Risk
 	pctx.Risk = int64(a.Risk)
-	if a.Risk > 0 && c.authz != nil {
+	if a.Risk >= c.minRisk && c.authz != nil {
 		r := policy.Request{Principal: policyPrincipal(cl.principal), Context: *pctx,
 			Resource: policy.Resource{Kind: policy.ResourceService, Name: serviceResource, Tier: policy.TierInternal}}
 		for _, aa := range anomalyActions {

@@ -103,17 +103,30 @@ func BenchmarkEncrypt1KiB(b *testing.B) {
 // The monitor is told to expect a high rate (Options.PriorRate), as a
 // principal's learned baseline would after days at this load: otherwise
 // the benchmark's own burst is the anomaly and the policy throttles it.
+//
+// With TRESOR_BENCH_STORE=postgres both servers use a PostgreSQL store
+// (so the audit log's store sink is PostgreSQL).
 func BenchmarkEncrypt1KiBAudited(b *testing.B) {
-	b.Run("monitored", func(b *testing.B) {
-		sc := chainConfig(b)
-		sc.audited, sc.monitored = true, true
-		ts := startServerWith(b, sc)
-		benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
-	})
-	b.Run("chain", func(b *testing.B) {
-		ts := startServerWith(b, chainConfig(b))
-		benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
-	})
+	for _, on := range []bool{true, false} {
+		name := "chain"
+		if on {
+			name = "monitored"
+		}
+		b.Run(name, func(b *testing.B) {
+			sc := chainConfig(b)
+			sc.audited, sc.monitored = on, on
+			if os.Getenv("TRESOR_BENCH_STORE") == "postgres" {
+				st, err := store.OpenPostgres(context.Background(), pgtest.NewDatabase(b))
+				if err != nil {
+					b.Fatalf("OpenPostgres() err = %v", err)
+				}
+				b.Cleanup(func() { st.Close() })
+				sc.store = st
+			}
+			ts := startServerWith(b, sc)
+			benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
+		})
+	}
 }
 
 func benchEncrypt(b *testing.B, ts *testServer, conn *grpc.ClientConn) {
@@ -129,7 +142,11 @@ func benchEncrypt(b *testing.B, ts *testServer, conn *grpc.ClientConn) {
 		b.Fatalf("Encrypt() err = %v, want nil", err)
 	}
 	procs := runtime.GOMAXPROCS(0)
-	b.SetParallelism((encryptBenchCallers + procs - 1) / procs)
+	callers := encryptBenchCallers
+	if v, err := strconv.Atoi(os.Getenv("TRESOR_BENCH_CALLERS")); err == nil && v > 0 {
+		callers = v
+	}
+	b.SetParallelism((callers + procs - 1) / procs)
 	b.SetBytes(int64(len(pt)))
 	b.ReportAllocs()
 	b.ResetTimer()

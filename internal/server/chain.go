@@ -160,6 +160,7 @@ type chain struct {
 	budgets  BudgetCounter
 	observer CallObserver
 	anomaly  AnomalyMonitor
+	minRisk  int
 }
 
 // call is one call's state as it passes the chain.

@@ -325,7 +325,7 @@ func startServerWith(t testing.TB, sc serverConfig) *testServer {
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts.Anomaly = m
+		opts.Anomaly, opts.AnomalyMinRisk = m, 20
 	}
 	srv, err := New(ring, opts)
 	if err != nil {

@@ -55,6 +55,9 @@ type SQLite struct {
 	acquireLease, releaseLease                *sql.Stmt // on w
 	rewrapKey, runningRotation                *sql.Stmt // on w
 	countRewrapped, addRewrapped              *sql.Stmt // on w
+	// auditInserts[i] inserts 1<<i audit events (on w): a batch is
+	// written as a sum of powers of two, so no batch compiles SQL.
+	auditInserts [sqliteAuditInserts]*sql.Stmt
 
 	sweeps sweepSchedule // when ConsumeBudget next deletes ended windows
 }
@@ -156,6 +159,12 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 			return nil, fmt.Errorf("open sqlite store %s: prepare: %w", path, sqliteErr(err))
 		}
 	}
+	for i := range s.auditInserts {
+		if s.auditInserts[i], err = w.PrepareContext(ctx, buildSQLiteInsertAudit(1<<i)); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("open sqlite store %s: prepare: %w", path, sqliteErr(err))
+		}
+	}
 	return s, nil
 }
 
@@ -191,6 +200,11 @@ func (s *SQLite) Close() error {
 		s.deleteVersions, s.insertVersion, s.consumeBudget, s.sweepBudgets,
 		s.reserveUses, s.hasVersion, s.acquireLease, s.releaseLease,
 		s.rewrapKey, s.runningRotation, s.countRewrapped, s.addRewrapped} {
+		if stmt != nil {
+			errs = append(errs, stmt.Close())
+		}
+	}
+	for _, stmt := range s.auditInserts {
 		if stmt != nil {
 			errs = append(errs, stmt.Close())
 		}

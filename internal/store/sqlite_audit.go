@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 	"time"
 
@@ -13,20 +14,10 @@ import (
 
 var _ AuditLog = (*SQLite)(nil)
 
-// sqliteAuditChunk is the most events one INSERT statement stores: one
-// statement per row costs more than the rows themselves.
-const sqliteAuditChunk = 256
-
-// sqliteInsertAuditFull is the INSERT of a whole chunk, built once.
-var sqliteInsertAuditFull = buildSQLiteInsertAudit(sqliteAuditChunk)
-
-// sqliteInsertAudit returns the INSERT statement of n events.
-func sqliteInsertAudit(n int) string {
-	if n == sqliteAuditChunk {
-		return sqliteInsertAuditFull
-	}
-	return buildSQLiteInsertAudit(n)
-}
+// sqliteAuditInserts is how many prepared INSERTs the store keeps: of 1,
+// 2, 4 ... 256 events. One statement per row costs more than the rows
+// themselves, and compiling a statement per batch nearly as much.
+const sqliteAuditInserts = 9
 
 func buildSQLiteInsertAudit(n int) string {
 	var b strings.Builder
@@ -65,13 +56,15 @@ func (s *SQLite) AppendAudit(ctx context.Context, events []AuditRecord, checkpoi
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		for rest := events; len(rest) > 0; {
-			chunk := rest[:min(len(rest), sqliteAuditChunk)]
+			// The largest power of two that fits, up to 256 events.
+			i := min(bits.Len(uint(len(rest)))-1, sqliteAuditInserts-1)
+			chunk := rest[:1<<i]
 			rest = rest[len(chunk):]
 			args := make([]any, 0, 5*len(chunk))
 			for _, e := range chunk {
 				args = append(args, e.Chain, int64(e.Seq), e.Time.UnixMicro(), e.Data, e.Hash)
 			}
-			_, err := tx.ExecContext(ctx, sqliteInsertAudit(len(chunk)), args...)
+			_, err := tx.StmtContext(ctx, s.auditInserts[i]).ExecContext(ctx, args...)
 			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
 				return fmt.Errorf("%w: an event of (%q, %d...%d) is stored already", ErrConflict, chunk[0].Chain, chunk[0].Seq, chunk[len(chunk)-1].Seq)
 			}
