@@ -30,7 +30,13 @@ type serveRootKeys struct {
 // they differ. While that rotation runs, its old key is opened too, so
 // that the keysets not yet re-wrapped stay readable.
 func openRootKeys(ctx context.Context, cfg config.Config, st store.Store, logger *slog.Logger) (*serveRootKeys, error) {
-	open := func(ctx context.Context, uri string) (kms.RootKey, error) { return provider.Open(ctx, uri, logger) }
+	return openInstrumentedRootKeys(ctx, cfg, st, logger, nil)
+}
+
+// openInstrumentedRootKeys is openRootKeys with the calls of every root key
+// opened, here and by the rotator, recorded in m (nil: not recorded).
+func openInstrumentedRootKeys(ctx context.Context, cfg config.Config, st store.Store, logger *slog.Logger, m *rootKeyMetrics) (*serveRootKeys, error) {
+	open := m.opener(func(ctx context.Context, uri string) (kms.RootKey, error) { return provider.Open(ctx, uri, logger) })
 	activeURI := cfg.RootKey.URI
 	latest, err := st.LatestRootKeyRotation(ctx)
 	found := err == nil
