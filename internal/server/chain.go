@@ -274,6 +274,9 @@ func (c *chain) begin(ctx context.Context, method string) (context.Context, *cal
 	cl := &call{method: method, start: now}
 	cl.rec = CallRecord{Method: method, RequestID: RequestID(ctx), Start: now}
 	ctx = context.WithValue(ctx, callKey{}, cl)
+	if r, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
+		r.reached.Store(true)
+	}
 	if p, ok := peer.FromContext(ctx); ok {
 		cl.rec.Source = addrOf(p.Addr)
 	}
@@ -359,15 +362,16 @@ func (c *chain) authenticate(ctx context.Context, cl *call) (context.Context, er
 // trust a context value set outside it. The repetition is cheap: the
 // certificate's identity and the verified token are cache hits in
 // *authn.Authenticator (unless its token cache is disabled).
-func (c *chain) authenticateHTTP(ctx context.Context, authorization string) error {
+func (c *chain) authenticateHTTP(ctx context.Context, authorization string) (*authn.Principal, error) {
 	if c.authn == nil {
-		return nil
+		return nil, nil
 	}
 	cert := peerCertificate(ctx)
-	if _, err := c.authenticateCert(ctx, cert, authorization); err != nil {
-		return err
+	p, err := c.authenticateCert(ctx, cert, authorization)
+	if err != nil {
+		return nil, err
 	}
-	return checkCertExpiry(c.metrics, cert)
+	return p, checkCertExpiry(c.metrics, cert)
 }
 
 // authenticateCert asks the Authenticator for the principal, counting and

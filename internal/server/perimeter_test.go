@@ -956,11 +956,13 @@ func TestRESTAuthenticatesBeforeParsing(t *testing.T) {
 		token string
 		body  string
 		want  int
+		// The request never reaches the chain; it is audited all the same.
+		code, subject string
 	}{
-		{"no token, malformed body", "", `{"plaintext":`, 401},
-		{"no token, unknown field", "", `{"surprise":1}`, 401},
-		{"token, malformed body", ts.token, `{"plaintext":`, 400},
-		{"token, unknown field", ts.token, `{"surprise":1}`, 400},
+		{"no token, malformed body", "", `{"plaintext":`, 401, "Unauthenticated", ""},
+		{"no token, unknown field", "", `{"surprise":1}`, 401, "Unauthenticated", ""},
+		{"token, malformed body", ts.token, `{"plaintext":`, 400, "InvalidArgument", "payments-batch"},
+		{"token, unknown field", ts.token, `{"surprise":1}`, 400, "InvalidArgument", "payments-batch"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, err := ts.httpClient(ts.client, tt.token).Post(ts.base+"/v1/keys/k:encrypt", "application/json", strings.NewReader(tt.body))
@@ -974,6 +976,15 @@ func TestRESTAuthenticatesBeforeParsing(t *testing.T) {
 			}
 			if tt.want == 401 && (!strings.Contains(string(raw), `"code":16`) || resp.Header.Get("WWW-Authenticate") == "") {
 				t.Errorf("401 body %s, WWW-Authenticate %q; want code 16 and a Bearer challenge", raw, resp.Header.Get("WWW-Authenticate"))
+			}
+			rec := ts.calls.last()
+			subject := ""
+			if rec.Principal != nil {
+				subject = rec.Principal.Subject
+			}
+			if rec.Method != "REST POST /v1/keys/k:encrypt" || rec.Code != tt.code || subject != tt.subject || !rec.Source.IsValid() {
+				t.Errorf("call record = %q %s by %q from %v, want %q %s by %q from the client", rec.Method, rec.Code, subject, rec.Source,
+					"REST POST /v1/keys/k:encrypt", tt.code, tt.subject)
 			}
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -293,6 +294,20 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 	})
 	limit := int64(s.opts.MaxRequestBytes)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// A request the chain never sees (refused before its body is
+		// parsed, a body the gateway cannot decode, an unknown path) is
+		// audited here: every call writes one event.
+		rr := &restRequest{start: s.chain.now()}
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			rr.source = ap.Addr().Unmap()
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		w = sw
+		defer func() {
+			if !rr.reached.Load() {
+				s.chain.observeREST(r, rr, sw.status())
+			}
+		}()
 		if r.ContentLength > limit {
 			http.Error(w, `{"code":8,"message":"request body too large"}`, http.StatusRequestEntityTooLarge)
 			return
@@ -305,14 +320,16 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		if r.TLS != nil {
 			p.AuthInfo = credentials.TLSInfo{State: *r.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
 		}
-		ctx := peer.NewContext(r.Context(), p)
+		ctx := context.WithValue(peer.NewContext(r.Context(), p), restRequestKey{}, rr)
 		// Authentication comes before the body is parsed, as in the chain:
 		// a caller that cannot authenticate learns nothing about its body.
 		// (The chain authenticates the call again: see authenticateHTTP.)
-		if err := s.chain.authenticateHTTP(ctx, r.Header.Get("Authorization")); err != nil {
+		principal, err := s.chain.authenticateHTTP(ctx, r.Header.Get("Authorization"))
+		if err != nil {
 			writeUnauthenticated(w, err)
 			return
 		}
+		rr.principal = principal
 		gateway.ServeHTTP(w, r.WithContext(ctx))
 	})
 	return mux
