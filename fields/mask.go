@@ -42,7 +42,7 @@ func maskClass(s string, keepLast int, class func(rune) bool, keepFirst int) str
 			total++
 		}
 	}
-	if 2*(keepLast+keepFirst) > total {
+	if 2*(keepLast+keepFirst) >= total {
 		keepLast, keepFirst = 0, 0
 	}
 	var b strings.Builder

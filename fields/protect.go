@@ -68,6 +68,17 @@ type BatchOpener interface {
 	Opener() *envelope.KeyOpener
 }
 
+// ReservedAADPrefix starts the associated data of every protected field.
+// Callers of the plain CryptoService must not use it (the server refuses
+// such associated data), so that a field's ciphertext cannot be opened, or
+// forged, outside field protection and its per-field policy.
+const ReservedAADPrefix = "tresor-fields-"
+
+// MaxTokenDigits bounds the digits of a tokenized value: FF1's cost grows
+// with the square of its length, so a long one would let a caller spend
+// the server's CPU (account and card numbers have at most 34).
+const MaxTokenDigits = 64
+
 // Defaults for Options.
 const (
 	DefaultMaxDocumentBytes = 1 << 20
@@ -710,7 +721,7 @@ func appendBinding[T string | []byte](dst []byte, domain, schema string, pattern
 // aad returns the associated data of a sealed field: the schema name, the
 // path pattern and (randomized protections) the document id.
 func (r *run) aad(withDoc bool) []byte {
-	r.buf = appendBinding(r.buf[:0], "tresor-fields-v1\x00", r.s.name, r.pat)
+	r.buf = appendBinding(r.buf[:0], ReservedAADPrefix+"v1\x00", r.s.name, r.pat)
 	if withDoc {
 		r.buf = append(r.buf, 1)
 		r.buf = binary.BigEndian.AppendUint32(r.buf, uint32(len(r.docID)))
@@ -860,8 +871,8 @@ func (r *run) tokenize(n *node, t *Tier, enc bool) ([]byte, envelope.KeyRef, err
 	}
 	r.digits = digits
 	defer clear(digits)
-	if len(digits) < 6 {
-		return nil, envelope.KeyRef{}, fmt.Errorf("%w: %s: tokenize needs at least 6 digits", ErrWrongType, r.path)
+	if len(digits) < 6 || len(digits) > MaxTokenDigits {
+		return nil, envelope.KeyRef{}, fmt.Errorf("%w: %s: tokenize needs 6 to %d digits", ErrWrongType, r.path, MaxTokenDigits)
 	}
 	tk, err := r.tokenKey(t)
 	if err != nil {
@@ -923,6 +934,32 @@ func (r *run) revealField(n *node, t *Tier, spec *fieldSpec) error {
 		r.res.Fields = append(r.res.Fields, fr)
 		return nil
 	}
+	var ct []byte
+	if t.Protection != ProtectionTokenize {
+		// The ciphertext must name the key the tier names: the decision
+		// below is made on that key, so a value sealed under another key
+		// (an older schema version's, another owner's) is refused before
+		// anything is decided or opened.
+		if n.kind != kindString {
+			return fmt.Errorf("%w: %s", ErrReveal, path)
+		}
+		s := n.raw[1 : len(n.raw)-1]
+		if bytes.IndexByte(s, '\\') >= 0 {
+			d, ok := decodeString(n.raw)
+			if !ok {
+				return fmt.Errorf("%w: %s", ErrReveal, path)
+			}
+			s = []byte(d)
+		}
+		var ok bool
+		if ct, ok = appendDecodeCiphertext(r.ct[:0], s); !ok {
+			return fmt.Errorf("%w: %s", ErrReveal, path)
+		}
+		r.ct = ct
+		if c, err := envelope.ParseCiphertext(ct); err != nil || c.KeyName != t.Key {
+			return fmt.Errorf("%w: %s", ErrReveal, path)
+		}
+	}
 	mode, err := r.decide(FieldRef{Path: path, Pattern: fr.Pattern, Tier: t.Name, Sensitivity: t.Sensitivity, Key: t.Key})
 	if err != nil {
 		return fmt.Errorf("fields: %s: %w", path, err)
@@ -952,22 +989,6 @@ func (r *run) revealField(n *node, t *Tier, spec *fieldSpec) error {
 		}
 		clear(out)
 	} else {
-		if n.kind != kindString {
-			return fmt.Errorf("%w: %s", ErrReveal, path)
-		}
-		s := n.raw[1 : len(n.raw)-1]
-		if bytes.IndexByte(s, '\\') >= 0 {
-			d, ok := decodeString(n.raw)
-			if !ok {
-				return fmt.Errorf("%w: %s", ErrReveal, path)
-			}
-			s = []byte(d)
-		}
-		ct, ok := appendDecodeCiphertext(r.ct[:0], s)
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrReveal, path)
-		}
-		r.ct = ct
 		pt, ref, err := r.open(ct, r.aad(t.Protection != ProtectionDeterministic))
 		if err != nil {
 			if ce := r.ctx.Err(); ce != nil {

@@ -116,21 +116,27 @@ func documentsCmd(verb, short string) *cobra.Command {
 				return resp.GetResponse().GetDocument(), nil
 			}
 		}
+		// fail writes out the documents done, whole, so that the output
+		// stops cleanly before document n, and returns its error.
+		fail := func(n int, err error) error {
+			_ = docs.flush()
+			return fmt.Errorf("document %d: %w", n, err)
+		}
 		for n := 1; ; n++ {
 			doc, err := docs.next()
 			if errors.Is(err, io.EOF) {
 				return docs.flush()
 			}
 			if err != nil {
-				return fmt.Errorf("document %d: %w", n, err)
+				return fail(n, err)
 			}
 			id, err := documentID(doc, idField)
 			if err != nil {
-				return fmt.Errorf("document %d: %w", n, err)
+				return fail(n, err)
 			}
 			out, err := process(doc, id)
 			if err != nil {
-				return fmt.Errorf("document %d: %w", n, err)
+				return fail(n, err)
 			}
 			if err := docs.write(out); err != nil {
 				return err
@@ -222,7 +228,9 @@ func (d *documentReader) write(doc string) error {
 		return err
 	}
 	var m map[string]any
-	if err := json.Unmarshal([]byte(doc), &m); err != nil {
+	dec := json.NewDecoder(strings.NewReader(doc))
+	dec.UseNumber() // numbers as they are written, never through float64
+	if err := dec.Decode(&m); err != nil {
 		return err
 	}
 	row := make([]string, len(d.header))

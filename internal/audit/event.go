@@ -97,6 +97,9 @@ type FieldCounts struct {
 	Revealed  int `json:"revealed,omitempty"`
 	Masked    int `json:"masked,omitempty"`
 	Withheld  int `json:"withheld,omitempty"`
+	Redacted  int `json:"redacted,omitempty"`
+	// Findings counts what payload inspection found (never the values).
+	Findings int `json:"findings,omitempty"`
 }
 
 // Event is one audited call. The caller of [Log.Record] fills in what the

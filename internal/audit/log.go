@@ -31,8 +31,10 @@ type Options struct {
 	RootKeys RootKeys
 	// Pseudonymizer replaces Event.Subject and Event.Source.
 	Pseudonymizer *Pseudonymizer
-	// CheckpointEvery is how many events of a sink a checkpoint covers at
-	// most; 0 means DefaultCheckpointEvery.
+	// CheckpointEvery: a checkpoint is written with the batch that brings
+	// the events since the last one to this many (a checkpoint ends a
+	// batch, so it may cover a batch's worth more); 0 means
+	// DefaultCheckpointEvery.
 	CheckpointEvery int
 	// CheckpointInterval is the longest time between checkpoints while
 	// events are written; 0 means DefaultCheckpointInterval.

@@ -63,6 +63,10 @@ func (c *chain) screen(ctx context.Context, cl *call, pctx *policy.Context, keys
 	a := c.anomaly.Score(obs)
 	cl.rec.Risk = a.Risk
 	pctx.Risk = int64(a.Risk)
+	if a.Risk >= c.minRisk {
+		c.logger.LogAttrs(ctx, slog.LevelInfo, "unusual call", slog.String("request_id", cl.rec.RequestID),
+			slog.Int("risk", a.Risk), slog.Any("assessment", a))
+	}
 	if a.Risk >= c.minRisk && c.authz != nil {
 		r := policy.Request{Principal: policyPrincipal(cl.principal), Context: *pctx,
 			Resource: policy.Resource{Kind: policy.ResourceService, Name: serviceResource, Tier: policy.TierInternal}}
@@ -75,13 +79,33 @@ func (c *chain) screen(ctx context.Context, cl *call, pctx *policy.Context, keys
 			}
 		}
 	}
-	active, retry, err := c.anomaly.Admit(obs.Principal, cl.start, cl.principal.Strength == authn.StrengthBoundToken)
+	if err := c.admit(ctx, cl, obs.Principal, cl.start); err != nil {
+		return err
+	}
+	cl.observed = &obs
+	return nil
+}
+
+// readmit applies the principal's anomaly response in force now to a later
+// part of a screened call (the next document of a stream).
+func (c *chain) readmit(ctx context.Context, cl *call) error {
+	if c.anomaly == nil || !cl.screened {
+		return nil
+	}
+	return c.admit(ctx, cl, principalKey(cl.principal), c.now())
+}
+
+// admit applies the principal's active response: a block refuses, a
+// step-up refuses a caller without a certificate-bound token, a throttle
+// refuses beyond the reduced rate.
+func (c *chain) admit(ctx context.Context, cl *call, principal string, now time.Time) error {
+	active, retry, err := c.anomaly.Admit(principal, now, cl.principal.Strength == authn.StrengthBoundToken)
 	if active != monitor.None {
 		cl.rec.Response = active.String()
 		c.metrics.anomalyResponse(active.String())
 		c.logger.LogAttrs(ctx, slog.LevelWarn, "anomalous call", slog.String("request_id", cl.rec.RequestID),
-			slog.String("workload", cl.principal.Workload), slog.Int("risk", a.Risk),
-			slog.String("response", active.String()), slog.Any("assessment", a))
+			slog.String("workload", cl.principal.Workload), slog.Int("risk", cl.rec.Risk),
+			slog.String("response", active.String()))
 	}
 	switch {
 	case errors.Is(err, monitor.ErrBlocked):
@@ -93,7 +117,6 @@ func (c *chain) screen(ctx context.Context, cl *call, pctx *policy.Context, keys
 	case errors.Is(err, monitor.ErrThrottled):
 		return exhausted("call rate reduced after unusual activity", retry)
 	}
-	cl.observed = &obs
 	cl.active = active
 	return nil
 }

@@ -35,7 +35,8 @@ func (o *AuditObserver) ObserveCall(ctx context.Context, rec *CallRecord) error 
 		Code:          rec.Code,
 		LatencyMicros: rec.Duration.Microseconds(),
 		Fields: audit.FieldCounts{Protected: rec.Fields.Protected, Revealed: rec.Fields.Revealed,
-			Masked: rec.Fields.Masked, Withheld: rec.Fields.Withheld},
+			Masked: rec.Fields.Masked, Withheld: rec.Fields.Withheld, Redacted: rec.Fields.Redacted,
+			Findings: rec.Fields.Findings},
 		Risk:     rec.Risk,
 		Response: rec.Response,
 	}
@@ -94,4 +95,3 @@ func (a *auditReader) QueryAudit(ctx context.Context, q AuditQuery) ([]string, e
 		})
 	return out, err
 }
-

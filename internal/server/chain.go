@@ -214,6 +214,9 @@ func (c *chain) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 			return nil, status.Error(codes.InvalidArgument, verr.Error())
 		}
 	}
+	if err = checkAAD(req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err = c.authorize(ctx, cl, req); err != nil {
 		return nil, err
 	}
@@ -439,17 +442,9 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 	}
 	cl.rec.Action = rule.action
 	if rule.perDocument {
-		// Decided per document by the handler (documentGate); the anomaly
-		// screen and the rate limit apply here, to the call.
-		if c.authz != nil {
-			pctx, err := c.policyContext(ctx, cl, policy.TierInternal)
-			if err != nil {
-				return err
-			}
-			if err := c.screen(ctx, cl, &pctx, nil, policy.TierInternal, rule.budget == budgetDecrypt); err != nil {
-				return err
-			}
-		}
+		// Decided per document by the handler (documentGate), which also
+		// screens the call once it knows the schema's keys and tiers; the
+		// rate limit applies here, to the call.
 		return c.limit(cl, rule)
 	}
 	if rule.schema != nil && req != nil {
@@ -459,6 +454,20 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 		}
 		if err := c.decideSchema(ctx, cl, rule.action, name); err != nil {
 			return err
+		}
+		if rule.keys != nil {
+			// The keys the schema will use: a caller may not point a
+			// schema at keys it may not administer.
+			uses, err := rule.keys(req)
+			if err != nil {
+				return status.Error(codes.InvalidArgument, err.Error())
+			}
+			if len(uses) > maxKeysPerCall {
+				return status.Error(codes.InvalidArgument, errTooManyKeys.Error())
+			}
+			if _, err := c.decide(ctx, cl, rule, uses); err != nil {
+				return err
+			}
 		}
 		return c.limit(cl, rule)
 	}

@@ -252,6 +252,9 @@ func (s *fieldService) ProtectDocuments(stream tresorv1.FieldService_ProtectDocu
 		if err != nil {
 			return err
 		}
+		if err := s.gate.auditDocument(ctx); err != nil {
+			return err
+		}
 		if err := stream.Send(&tresorv1.ProtectDocumentsResponse{Response: out}); err != nil {
 			return err
 		}
@@ -270,6 +273,9 @@ func (s *fieldService) RevealDocuments(stream tresorv1.FieldService_RevealDocume
 		}
 		out, err := s.reveal(ctx, in.GetRequest(), first)
 		if err != nil {
+			return err
+		}
+		if err := s.gate.auditDocument(ctx); err != nil {
 			return err
 		}
 		if err := stream.Send(&tresorv1.RevealDocumentsResponse{Response: out}); err != nil {
@@ -423,7 +429,7 @@ func (c *chain) allowProtect(ctx context.Context, s *fields.Schema, first bool) 
 		return status.Error(codes.Internal, "internal error")
 	}
 	if !first {
-		if err := c.limit(cl, methodRule{class: classCrypto}); err != nil {
+		if err := c.nextDocument(ctx, cl); err != nil {
 			return err
 		}
 	}
@@ -458,6 +464,9 @@ type revealDecision struct {
 	schema *fields.Schema
 	base   policy.Request
 	modes  map[string]fields.RevealMode
+	// tiers is each decided field's tier: the higher of its key's
+	// sensitivity and its schema tier's.
+	tiers map[string]policy.Tier
 	// counts is what plan saw: the fields per tier that would be read.
 	counts map[string]int64
 	err    error
@@ -469,21 +478,70 @@ func (c *chain) revealDecider(ctx context.Context, s *fields.Schema, first bool)
 		return nil, status.Error(codes.Internal, "internal error")
 	}
 	if !first {
-		if err := c.limit(cl, methodRule{class: classCrypto}); err != nil {
+		if err := c.nextDocument(ctx, cl); err != nil {
 			return nil, err
 		}
 	}
-	d := &revealDecision{c: c, ctx: ctx, cl: cl, schema: s, modes: map[string]fields.RevealMode{}}
+	d := &revealDecision{c: c, ctx: ctx, cl: cl, schema: s, modes: map[string]fields.RevealMode{}, tiers: map[string]policy.Tier{}}
 	cl.rec.Keys = appendOnce(cl.rec.Keys, "schemas/"+s.Name())
 	if c.authz != nil {
 		pctx, err := c.policyContext(ctx, cl, 0)
 		if err != nil {
 			return nil, err
 		}
-		pctx.Risk = int64(cl.rec.Risk)
+		// The anomaly screen sees the schema's keys and its highest tier
+		// (a reveal of the document may touch any of them).
+		var keys []string
+		top := policy.TierPublic
+		for _, k := range s.Keys() {
+			keys = append(keys, k.Name)
+			if a, err := c.keys.KeyAttributes(ctx, k.Name); err == nil {
+				if t, err := policy.ParseTier(a.Sensitivity); err == nil && t > top {
+					top = t
+				}
+			}
+		}
+		for _, t := range s.Tiers() {
+			if st, err := policy.ParseTier(string(t.Sensitivity)); err == nil && st > top {
+				top = st
+			}
+		}
+		if err := c.screen(ctx, cl, &pctx, keys, top, true); err != nil {
+			return nil, err
+		}
 		d.base = policy.Request{Principal: policyPrincipal(cl.principal), Context: pctx}
 	}
 	return d, nil
+}
+
+// nextDocument admits each document of a stream after the first: the rate
+// limit, and the anomaly response in force now (one applied while the
+// stream runs stops it).
+func (c *chain) nextDocument(ctx context.Context, cl *call) error {
+	if err := c.limit(cl, methodRule{class: classCrypto}); err != nil {
+		return err
+	}
+	return c.readmit(ctx, cl)
+}
+
+// auditDocument writes the event of one document of a stream before its
+// result is sent: a stream fails closed per document, as a unary call
+// does. The event carries the document's field counts and key versions;
+// the stream's own event, at its end, counts what no document event did.
+func (c *chain) auditDocument(ctx context.Context) error {
+	cl := callFrom(ctx)
+	if cl == nil || c.observer == nil {
+		return nil
+	}
+	rec := cl.rec
+	rec.Code, rec.Message = codes.OK.String(), "one document of a stream"
+	rec.Duration = c.now().Sub(cl.start)
+	if err := c.observer.ObserveCall(ctx, &rec); err != nil {
+		c.logger.ErrorContext(ctx, "document not audited", "method", cl.method, "request_id", cl.rec.RequestID, "err", err)
+		return status.Error(codes.Unavailable, "audit log unavailable: the document's result was withheld; retry later")
+	}
+	cl.rec.Fields, cl.rec.KeyVersions = FieldCounts{}, nil
+	return nil
 }
 
 func appendOnce(list []string, s string) []string {
@@ -518,6 +576,12 @@ func (d *revealDecision) mode(ref fields.FieldRef) (fields.RevealMode, error) {
 	default:
 		return 0, toStatus(d.ctx, c.logger, err)
 	}
+	// A schema may call a field less sensitive than its key is: the key's
+	// label wins then (the decision, the context and the budget).
+	if kt, err := policy.ParseTier(a.Sensitivity); err == nil && kt > tier {
+		tier = kt
+	}
+	d.tiers[ref.Pattern] = tier
 	d.cl.rec.Keys = appendOnce(d.cl.rec.Keys, ref.Key)
 	r := d.base
 	r.Resource = policy.Resource{Kind: policy.ResourceField, Name: ref.Key, Tier: tier, Owner: a.Owner, Labels: a.Labels,
@@ -564,7 +628,7 @@ func (d *revealDecision) plan(ref fields.FieldRef) (fields.RevealMode, error) {
 		if d.counts == nil {
 			d.counts = map[string]int64{}
 		}
-		d.counts[string(ref.Sensitivity)]++
+		d.counts[d.tiers[ref.Pattern].String()]++
 	}
 	return fields.RevealWithheld, nil
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -360,4 +361,92 @@ func schemaWith(action string) string {
 		action += "\n  tier: restricted"
 	}
 	return fmt.Sprintf(customerSchema, action)
+}
+
+// TestFieldReviewFixes covers what a security review of FieldService found.
+func TestFieldReviewFixes(t *testing.T) {
+	ctx := context.Background()
+	// Field reveal in clear for tier levels up to confidential; PutSchema
+	// for anyone on any schema, but on keys only for their owner.
+	pols := map[string]string{
+		permitPolicyKey: permitPayments,
+		"fields.cedar": `permit (principal in Tresor::Role::"reader", action == Tresor::Action::"RevealDocument", resource is Tresor::Field) when { resource.tier_level <= 3 };
+permit (principal in Tresor::Role::"schema-writer", action == Tresor::Action::"PutSchema", resource is Tresor::Schema);
+permit (principal in Tresor::Role::"schema-writer", action == Tresor::Action::"PutSchema", resource is Tresor::Key) when { resource.owner == principal.workload };`,
+	}
+	ts := startServerWith(t, serverConfig{policies: pols})
+	fieldKeys(t, ts) // restricted keys, owned by payments
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	putSchema(t, fc, schemaWith("report"))
+
+	t.Run("PutSchema is decided on every key the schema names", func(t *testing.T) {
+		cert := ts.clientCert(t, "spiffe://bank.example/schemas")
+		writer := tresorv1.NewFieldServiceClient(ts.dial(t, cert, ts.mint(t, tokenFor("writer", cert, "schema-writer"))))
+		def := strings.Replace(schemaWith("report"), "name: customer", "name: stolen", 1)
+		if _, err := writer.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: def}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("PutSchema(a schema naming another owner's keys) err = %v, want PermissionDenied", err)
+		}
+	})
+
+	t.Run("a field is as sensitive as its key at least", func(t *testing.T) {
+		// The schema calls the tax id confidential; its key is restricted.
+		def := strings.Replace(strings.Replace(schemaWith("report"), "version: 1", "version: 2", 1),
+			"{protection: aead, key: pii-aead, sensitivity: restricted,", "{protection: aead, key: pii-aead, sensitivity: confidential,", 1)
+		putSchema(t, fc, def)
+		prot, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: `{"tax_id":"123-45-6789"}`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := ts.clientCert(t, "spiffe://bank.example/reader")
+		reader := tresorv1.NewFieldServiceClient(ts.dial(t, cert, ts.mint(t, tokenFor("reader", cert, "reader"))))
+		rev, err := reader.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: prot.GetDocument()})
+		if err != nil {
+			t.Fatalf("RevealDocument() err = %v", err)
+		}
+		if strings.Contains(rev.GetDocument(), "123-45-6789") || rev.GetFields()[0].GetOutcome() != "withheld" {
+			t.Errorf("RevealDocument(restricted key, confidential tier) = %s %v, want the field withheld", rev.GetDocument(), rev.GetFields())
+		}
+	})
+
+	t.Run("CryptoService refuses field protection's associated data", func(t *testing.T) {
+		for name, call := range map[string]func() error{
+			"Encrypt": func() error {
+				_, err := ts.crypto.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "pii-aead", Plaintext: []byte("x"), AssociatedData: []byte("tresor-fields-v1\x00forged")})
+				return err
+			},
+			"Decrypt": func() error {
+				_, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: "tresor:v1:AAAA", AssociatedData: []byte("tresor-fields-v1\x00x")})
+				return err
+			},
+			"BatchEncrypt": func() error {
+				_, err := ts.crypto.BatchEncrypt(ctx, &tresorv1.BatchEncryptRequest{Key: "pii-aead", Items: []*tresorv1.BatchEncryptItem{{Plaintext: []byte("x"), AssociatedData: []byte("tresor-fields-")}}})
+				return err
+			},
+		} {
+			if err := call(); status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "reserves") {
+				t.Errorf("%s with reserved associated data err = %v, want InvalidArgument", name, err)
+			}
+		}
+	})
+
+	t.Run("a document stream fails closed when its event cannot be written", func(t *testing.T) {
+		stream, err := fc.ProtectDocuments(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.calls.mu.Lock()
+		ts.calls.err = errors.New("audit sink full")
+		ts.calls.mu.Unlock()
+		defer func() {
+			ts.calls.mu.Lock()
+			ts.calls.err = nil
+			ts.calls.mu.Unlock()
+		}()
+		if err := stream.Send(&tresorv1.ProtectDocumentsRequest{Request: &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: `{"tax_id":"123-45-6789"}`}}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+			t.Errorf("ProtectDocuments() with a failing audit sink = %v, %v; want Unavailable and no document", r, err)
+		}
+	})
 }

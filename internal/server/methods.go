@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -247,7 +248,7 @@ var methodRules = map[string]methodRule{
 	tresorv1.AdminService_VerifyAudit_FullMethodName: {action: "VerifyAudit", class: classAdmin},
 	tresorv1.AdminService_QueryAudit_FullMethodName:  {action: "QueryAudit", class: classAdmin},
 
-	tresorv1.FieldService_PutSchema_FullMethodName:          {action: "PutSchema", class: classAdmin, schema: putSchemaName},
+	tresorv1.FieldService_PutSchema_FullMethodName:          {action: "PutSchema", class: classAdmin, schema: putSchemaName, keys: putSchemaKeys},
 	tresorv1.FieldService_GetSchema_FullMethodName:          {action: "GetSchema", class: classRead, schema: namedSchema},
 	tresorv1.FieldService_ListSchemaVersions_FullMethodName: {action: "ListSchemaVersions", class: classRead, schema: namedSchema},
 	tresorv1.FieldService_ListSchemas_FullMethodName:        {action: "ListSchemas", class: classRead},
@@ -284,6 +285,55 @@ func putSchemaName(req any) (string, error) {
 		return "", err
 	}
 	return s.Name(), nil
+}
+
+// putSchemaKeys are the keys the definition PutSchema stores names: the
+// call is decided on each of them too.
+func putSchemaKeys(req any) ([]keyUse, error) {
+	r, ok := req.(*tresorv1.PutSchemaRequest)
+	if !ok {
+		return nil, nil
+	}
+	s, err := fields.ParseSchema([]byte(r.GetDefinition()))
+	if err != nil {
+		return nil, err
+	}
+	var uses []keyUse
+	for _, k := range s.Keys() {
+		uses = append(uses, keyUse{name: k.Name, n: 1})
+	}
+	return uses, nil
+}
+
+type withAAD interface{ GetAssociatedData() []byte }
+
+// errReservedAAD refuses caller associated data that field protection
+// reserves for itself.
+var errReservedAAD = fmt.Errorf("associated data may not begin with %q: field protection reserves it", fields.ReservedAADPrefix)
+
+// checkAAD refuses a request whose associated data (or one of whose
+// batch items') begins with fields.ReservedAADPrefix.
+func checkAAD(req any) error {
+	reserved := func(m withAAD) bool { return bytes.HasPrefix(m.GetAssociatedData(), []byte(fields.ReservedAADPrefix)) }
+	switch r := req.(type) {
+	case *tresorv1.BatchEncryptRequest:
+		for _, it := range r.GetItems() {
+			if reserved(it) {
+				return errReservedAAD
+			}
+		}
+	case *tresorv1.BatchDecryptRequest:
+		for _, it := range r.GetItems() {
+			if reserved(it) {
+				return errReservedAAD
+			}
+		}
+	case withAAD:
+		if reserved(r) {
+			return errReservedAAD
+		}
+	}
+	return nil
 }
 
 // keyAttributes is the keyring call the chain needs to authorize a key.

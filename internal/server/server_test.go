@@ -27,10 +27,10 @@ import (
 
 	"github.com/tresorkms/tresor/envelope"
 	examplepolicies "github.com/tresorkms/tresor/examples/policies"
+	"github.com/tresorkms/tresor/internal/audit"
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
-	"github.com/tresorkms/tresor/internal/audit"
 	"github.com/tresorkms/tresor/internal/limits"
 	"github.com/tresorkms/tresor/internal/monitor"
 	"github.com/tresorkms/tresor/internal/policy"
