@@ -253,3 +253,66 @@ func BenchmarkEncrypt1KiBStore(b *testing.B) {
 		benchEncrypt(b, ts, ts.dial(b, ts.client, ts.token))
 	})
 }
+
+// BenchmarkDocumentsGRPC measures ProtectDocument and RevealDocument over
+// gRPC through the whole chain (mutual TLS, bound token, validation, the
+// owner's policy, the rate limiter), on the 20-field customer record with
+// 10 protected fields that package fields benchmarks in process
+// (fields/testdata), from encryptBenchCallers goroutines:
+//
+//	go test -run '^$' -bench DocumentsGRPC -benchtime 5s ./internal/server/
+func BenchmarkDocumentsGRPC(b *testing.B) {
+	ctx := context.Background()
+	schema, err := os.ReadFile("../../fields/testdata/bench-schema.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	doc, err := os.ReadFile("../../fields/testdata/bench-document.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := startServerWith(b, serverConfig{rates: highRates(), quiet: true})
+	for name, typ := range map[string]store.KeyType{"pii-aead": store.KeyTypeAES256GCM, "pii-siv": store.KeyTypeAES256SIV,
+		"pii-hmac": store.KeyTypeHMACSHA256, "acct-ff1": store.KeyTypeFF1AES256} {
+		if _, err := ts.ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: typ, Labels: map[string]string{envelope.LabelOwner: paymentsID}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fc := tresorv1.NewFieldServiceClient(ts.dial(b, ts.client, ts.token))
+	if _, err := fc.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: string(schema)}); err != nil {
+		b.Fatalf("PutSchema() err = %v", err)
+	}
+	protected, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: string(doc), DocumentId: "doc-1"})
+	if err != nil {
+		b.Fatalf("ProtectDocument() err = %v", err)
+	}
+	procs := runtime.GOMAXPROCS(0)
+	for _, bc := range []struct {
+		name string
+		call func() error
+	}{
+		{"protect", func() error {
+			_, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: string(doc), DocumentId: "doc-1"})
+			return err
+		}},
+		{"reveal", func() error {
+			_, err := fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "customer", Document: protected.GetDocument(), DocumentId: "doc-1"})
+			return err
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetParallelism((encryptBenchCallers + procs - 1) / procs)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := bc.call(); err != nil {
+						b.Errorf("%s err = %v", bc.name, err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
+		})
+	}
+}
