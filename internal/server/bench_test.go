@@ -105,7 +105,10 @@ func BenchmarkEncrypt1KiB(b *testing.B) {
 // the benchmark's own burst is the anomaly and the policy throttles it.
 //
 // With TRESOR_BENCH_STORE=postgres both servers use a PostgreSQL store
-// (so the audit log's store sink is PostgreSQL).
+// (so the audit log's store sink is PostgreSQL); TRESOR_BENCH_AUDIT_SINK
+// =file or =none replaces the store sink (see newTestAuditLog), to tell
+// the sink's cost from the rest; TRESOR_BENCH_CALLERS changes the 64
+// concurrent callers.
 func BenchmarkEncrypt1KiBAudited(b *testing.B) {
 	for _, on := range []bool{true, false} {
 		name := "chain"
