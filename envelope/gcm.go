@@ -9,6 +9,7 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
 	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
+	tinkkey "github.com/tink-crypto/tink-go/v2/key"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 
 	"github.com/tresorkms/tresor/internal/store"
@@ -32,11 +33,35 @@ type gcmVersion struct {
 
 // gcmVersions builds each version's cipher from an unwrapped keyset.
 func gcmVersions(h *keyset.Handle, versions []store.Version) (map[uint32]gcmVersion, error) {
+	return eachVersion(h, versions, func(number uint32, key tinkkey.Key) (gcmVersion, error) {
+		k, ok := key.(*aesgcm.Key)
+		if !ok {
+			return gcmVersion{}, fmt.Errorf("version %d is %T, not an AES-GCM key", number, key)
+		}
+		p, ok := k.Parameters().(*aesgcm.Parameters)
+		if !ok || p.KeySizeInBytes() != 32 || p.IVSizeInBytes() != gcmNonceSize || p.TagSizeInBytes() != gcmTagSize || p.Variant() != aesgcm.VariantTink {
+			return gcmVersion{}, fmt.Errorf("version %d is not AES-256-GCM with a 12-byte nonce, a 16-byte tag and a Tink prefix", number)
+		}
+		block, err := aes.NewCipher(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
+		if err != nil {
+			return gcmVersion{}, err
+		}
+		a, err := cipher.NewGCM(block)
+		if err != nil {
+			return gcmVersion{}, err
+		}
+		return gcmVersion{prefix: k.OutputPrefix(), aead: a}, nil
+	})
+}
+
+// eachVersion builds one value per version of a key from the version's
+// Tink key, and fails unless every version has one.
+func eachVersion[T any](h *keyset.Handle, versions []store.Version, build func(number uint32, k tinkkey.Key) (T, error)) (map[uint32]T, error) {
 	byID := make(map[uint32]uint32, len(versions))
 	for _, v := range versions {
 		byID[v.TinkKeyID] = v.Number
 	}
-	out := make(map[uint32]gcmVersion, len(versions))
+	out := make(map[uint32]T, len(versions))
 	for i := range h.Len() {
 		e, err := h.Entry(i)
 		if err != nil {
@@ -46,23 +71,9 @@ func gcmVersions(h *keyset.Handle, versions []store.Version) (map[uint32]gcmVers
 		if !ok {
 			continue
 		}
-		k, ok := e.Key().(*aesgcm.Key)
-		if !ok {
-			return nil, fmt.Errorf("version %d is %T, not an AES-GCM key", number, e.Key())
-		}
-		p, ok := k.Parameters().(*aesgcm.Parameters)
-		if !ok || p.KeySizeInBytes() != 32 || p.IVSizeInBytes() != gcmNonceSize || p.TagSizeInBytes() != gcmTagSize || p.Variant() != aesgcm.VariantTink {
-			return nil, fmt.Errorf("version %d is not AES-256-GCM with a 12-byte nonce, a 16-byte tag and a Tink prefix", number)
-		}
-		block, err := aes.NewCipher(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
-		if err != nil {
+		if out[number], err = build(number, e.Key()); err != nil {
 			return nil, err
 		}
-		a, err := cipher.NewGCM(block)
-		if err != nil {
-			return nil, err
-		}
-		out[number] = gcmVersion{prefix: k.OutputPrefix(), aead: a}
 	}
 	if len(out) != len(versions) {
 		return nil, errors.New("the keyset lacks a key for some version")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
 	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
+	tinkkey "github.com/tink-crypto/tink-go/v2/key"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	tinkhmac "github.com/tink-crypto/tink-go/v2/mac/hmac"
 
@@ -21,31 +22,17 @@ func rotatable(t store.KeyType) bool { return t != store.KeyTypeFF1AES256 }
 
 // macVersions returns each version's HMAC-SHA256 key bytes.
 func macVersions(h *keyset.Handle, versions []store.Version) (map[uint32][]byte, error) {
-	byID := make(map[uint32]uint32, len(versions))
-	for _, v := range versions {
-		byID[v.TinkKeyID] = v.Number
-	}
-	out := make(map[uint32][]byte, len(versions))
-	for i := range h.Len() {
-		e, err := h.Entry(i)
-		if err != nil {
-			return nil, err
-		}
-		number, ok := byID[e.KeyID()]
+	return eachVersion(h, versions, func(number uint32, key tinkkey.Key) ([]byte, error) {
+		k, ok := key.(*tinkhmac.Key)
 		if !ok {
-			continue
-		}
-		k, ok := e.Key().(*tinkhmac.Key)
-		if !ok {
-			return nil, fmt.Errorf("version %d is %T, not an HMAC key", number, e.Key())
+			return nil, fmt.Errorf("version %d is %T, not an HMAC key", number, key)
 		}
 		p, ok := k.Parameters().(*tinkhmac.Parameters)
 		if !ok || p.HashType() != tinkhmac.SHA256 || p.KeySizeInBytes() != 32 {
 			return nil, fmt.Errorf("version %d is not HMAC-SHA256 with a 32-byte key", number)
 		}
-		out[number] = k.KeyBytes().Data(insecuresecretdataaccess.Token{})
-	}
-	return out, nil
+		return k.KeyBytes().Data(insecuresecretdataaccess.Token{}), nil
+	})
 }
 
 // ff1Cipher returns the AES-256 cipher of the keyset's primary key, the one

@@ -474,14 +474,18 @@ func isCiphertextString(n *node) bool {
 }
 
 // inspectTree inspects every scalar under n (a listed public field).
-func (r *run) inspectTree(n *node) error {
+func (r *run) inspectTree(n *node) error { return r.walkScalars(n, r.inspect) }
+
+// walkScalars calls fn with every scalar under n, r.path and r.pat naming
+// it (array indexes as [i] in the path, [*] in the pattern).
+func (r *run) walkScalars(n *node, fn func(*node) error) error {
 	switch n.kind {
 	case kindObject:
 		for i := range n.members {
 			mark, pmark := len(r.path), len(r.pat)
 			r.path = appendName(r.path, n.members[i].key)
 			r.pat = appendName(r.pat, n.members[i].key)
-			if err := r.inspectTree(&n.members[i].val); err != nil {
+			if err := r.walkScalars(&n.members[i].val, fn); err != nil {
 				return err
 			}
 			r.path, r.pat = r.path[:mark], r.pat[:pmark]
@@ -492,14 +496,14 @@ func (r *run) inspectTree(n *node) error {
 		for i := range n.elems {
 			r.path = strconv.AppendInt(append(r.path, '['), int64(i), 10)
 			r.path = append(r.path, ']')
-			if err := r.inspectTree(&n.elems[i]); err != nil {
+			if err := r.walkScalars(&n.elems[i], fn); err != nil {
 				return err
 			}
 			r.path = r.path[:mark]
 		}
 		r.pat = r.pat[:pmark]
 	default:
-		return r.inspect(n)
+		return fn(n)
 	}
 	return nil
 }
@@ -1062,32 +1066,4 @@ func maskJSON(v []byte, spec MaskSpec) string {
 }
 
 // revealPublicTree reveals what inspection sealed under a listed public field.
-func (r *run) revealPublicTree(n *node) error {
-	switch n.kind {
-	case kindObject:
-		for i := range n.members {
-			mark, pmark := len(r.path), len(r.pat)
-			r.path = appendName(r.path, n.members[i].key)
-			r.pat = appendName(r.pat, n.members[i].key)
-			if err := r.revealPublicTree(&n.members[i].val); err != nil {
-				return err
-			}
-			r.path, r.pat = r.path[:mark], r.pat[:pmark]
-		}
-	case kindArray:
-		mark, pmark := len(r.path), len(r.pat)
-		r.pat = append(r.pat, "[*]"...)
-		for i := range n.elems {
-			r.path = strconv.AppendInt(append(r.path, '['), int64(i), 10)
-			r.path = append(r.path, ']')
-			if err := r.revealPublicTree(&n.elems[i]); err != nil {
-				return err
-			}
-			r.path = r.path[:mark]
-		}
-		r.pat = r.pat[:pmark]
-	default:
-		return r.revealInspected(n)
-	}
-	return nil
-}
+func (r *run) revealPublicTree(n *node) error { return r.walkScalars(n, r.revealInspected) }

@@ -113,9 +113,8 @@ var errSchemaKeys = errors.New("schema keys")
 // with the same definition is fine, one stored with another definition is
 // an error (a version never changes).
 func (r *SchemaRegistry) Load(ctx context.Context, definition []byte) (*fields.Schema, error) {
-	fs, s, err := r.Put(ctx, definition)
+	_, s, err := r.Put(ctx, definition)
 	if err == nil {
-		_ = fs
 		return s, nil
 	}
 	if !errors.Is(err, store.ErrAlreadyExists) {
@@ -239,29 +238,30 @@ func (s *fieldService) RevealDocument(ctx context.Context, req *tresorv1.RevealD
 }
 
 func (s *fieldService) ProtectDocuments(stream tresorv1.FieldService_ProtectDocumentsServer) error {
-	ctx := stream.Context()
-	for first := true; ; first = false {
-		in, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	return serveDocuments(s.gate, stream, func(ctx context.Context, in *tresorv1.ProtectDocumentsRequest, first bool) (*tresorv1.ProtectDocumentsResponse, error) {
 		out, err := s.protect(ctx, in.GetRequest(), first)
-		if err != nil {
-			return err
-		}
-		if err := s.gate.auditDocument(ctx); err != nil {
-			return err
-		}
-		if err := stream.Send(&tresorv1.ProtectDocumentsResponse{Response: out}); err != nil {
-			return err
-		}
-	}
+		return &tresorv1.ProtectDocumentsResponse{Response: out}, err
+	})
 }
 
 func (s *fieldService) RevealDocuments(stream tresorv1.FieldService_RevealDocumentsServer) error {
+	return serveDocuments(s.gate, stream, func(ctx context.Context, in *tresorv1.RevealDocumentsRequest, first bool) (*tresorv1.RevealDocumentsResponse, error) {
+		out, err := s.reveal(ctx, in.GetRequest(), first)
+		return &tresorv1.RevealDocumentsResponse{Response: out}, err
+	})
+}
+
+// documentStream is a bidirectional stream of documents.
+type documentStream[In, Out any] interface {
+	Context() context.Context
+	Recv() (*In, error)
+	Send(*Out) error
+}
+
+// serveDocuments answers each document of a stream in order: handle it,
+// write its audit event, then send its result. An error in one document
+// ends the stream.
+func serveDocuments[In, Out any](gate *chain, stream documentStream[In, Out], handle func(ctx context.Context, in *In, first bool) (*Out, error)) error {
 	ctx := stream.Context()
 	for first := true; ; first = false {
 		in, err := stream.Recv()
@@ -271,14 +271,14 @@ func (s *fieldService) RevealDocuments(stream tresorv1.FieldService_RevealDocume
 		if err != nil {
 			return err
 		}
-		out, err := s.reveal(ctx, in.GetRequest(), first)
+		out, err := handle(ctx, in, first)
 		if err != nil {
 			return err
 		}
-		if err := s.gate.auditDocument(ctx); err != nil {
+		if err := gate.auditDocument(ctx); err != nil {
 			return err
 		}
-		if err := stream.Send(&tresorv1.RevealDocumentsResponse{Response: out}); err != nil {
+		if err := stream.Send(out); err != nil {
 			return err
 		}
 	}
