@@ -171,7 +171,8 @@ func appendBody(b []byte, e *Event) []byte {
 		for _, f := range []struct {
 			name string
 			v    int
-		}{{"protected", e.Fields.Protected}, {"revealed", e.Fields.Revealed}, {"masked", e.Fields.Masked}, {"withheld", e.Fields.Withheld}} {
+		}{{"protected", e.Fields.Protected}, {"revealed", e.Fields.Revealed}, {"masked", e.Fields.Masked},
+			{"withheld", e.Fields.Withheld}, {"redacted", e.Fields.Redacted}, {"findings", e.Fields.Findings}} {
 			if f.v != 0 {
 				if len(b) > n {
 					b = append(b, ',')

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tresorkms/tresor/internal/authn"
 )
@@ -80,7 +81,12 @@ func (c *chain) observeREST(r *http.Request, rr *restRequest, status int) {
 			code = codes.OK
 		}
 	}
-	ctx := withRequestID(r.Context())
+	// The caller's X-Request-Id, as the gateway forwards it to the chain.
+	ctx := r.Context()
+	if id := r.Header.Get("X-Request-Id"); id != "" {
+		ctx = metadata.NewIncomingContext(ctx, metadata.Pairs(requestIDHeader, id))
+	}
+	ctx = withRequestID(ctx)
 	path := r.URL.Path
 	if len(path) > 256 {
 		path = path[:256]

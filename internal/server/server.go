@@ -250,6 +250,13 @@ func New(ring *envelope.Keyring, opts Options) (*Server, error) {
 		}
 	}
 	s := &Server{opts: opts, grpc: gs, health: hs, chain: ch, listening: make(chan struct{})}
+	if len(opts.Ready) > 0 {
+		// Not ready until the first round of checks has passed.
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		for _, c := range opts.Ready {
+			s.failing = append(s.failing, c.Name)
+		}
+	}
 	s.handler = s.httpHandler(mux)
 	var httpTLS *tls.Config
 	if opts.TLS != nil {
@@ -407,7 +414,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- err
 		}()
 	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	if len(s.opts.Ready) == 0 {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
 	rctx, stopReady := context.WithCancel(ctx)
 	defer stopReady()
 	if len(s.opts.Ready) > 0 {
