@@ -275,7 +275,9 @@ func (c *chain) begin(ctx context.Context, method string) (context.Context, *cal
 	now := c.now()
 	ctx = withRequestID(ctx)
 	cl := &call{method: method, start: now}
-	cl.rec = CallRecord{Method: method, RequestID: RequestID(ctx), Start: now}
+	// The action is known before authentication, so that a refused
+	// caller's event names what it tried.
+	cl.rec = CallRecord{Method: method, Action: methodRules[method].action, RequestID: RequestID(ctx), Start: now}
 	ctx = context.WithValue(ctx, callKey{}, cl)
 	if r, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
 		r.reached.Store(true)

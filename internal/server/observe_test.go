@@ -202,7 +202,7 @@ func TestAuditEveryCall(t *testing.T) {
 		{RequestID: "denied", Method: tresorv1.CryptoService_Encrypt_FullMethodName, Action: "Encrypt", Workload: observeOtherID, Subject: pz.Subject("user-other"),
 			Auth: audit.AuthBoundToken, Resources: []string{"bench"}, Decision: "deny", Code: "PermissionDenied"},
 		// Refused before authorization: no principal, no action, no decision.
-		{RequestID: "no-token", Method: tresorv1.CryptoService_Encrypt_FullMethodName, Code: "Unauthenticated"},
+		{RequestID: "no-token", Method: tresorv1.CryptoService_Encrypt_FullMethodName, Action: "Encrypt", Code: "Unauthenticated"},
 		// Never reached the chain: the REST handler audits it.
 		{RequestID: "rest-bad-body", Method: "REST POST /v1/keys/bench:encrypt", Workload: paymentsID, Subject: paySubject,
 			Auth: audit.AuthBoundToken, Code: "InvalidArgument"},
