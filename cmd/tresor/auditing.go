@@ -29,7 +29,7 @@ const pseudonymLabel = "tresor-audit-pseudonym-key-v1"
 // store derives the same key; its bytes exist only in memory.
 func auditPseudonymizer(ctx context.Context, ring *envelope.Keyring, name string) (*audit.Pseudonymizer, error) {
 	_, err := ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: store.KeyTypeHMACSHA256,
-		Labels: map[string]string{"sensitivity": "restricted", "purpose": "audit-pseudonyms"}})
+		Labels: map[string]string{"sensitivity": "restricted", "purpose": "audit-pseudonyms", "owner": "tresor-audit"}})
 	if err != nil && !errors.Is(err, envelope.ErrKeyExists) {
 		return nil, fmt.Errorf("audit pseudonym key %q: %w", name, err)
 	}

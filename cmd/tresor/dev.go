@@ -191,4 +191,10 @@ client certificate from the development issuer in TRESOR_DEV_DIR):
     -X POST https://%s/v1/keys/payments:encrypt -d '{"plaintext":"aGVsbG8="}'
 Stop with Ctrl-C.
 `, dir, root, grpcAddr, httpAddr, grpcAddr, tlsDir, tlsDir, tlsDir, dir, httpAddr)
+	if hsm {
+		// Commands that open the root key themselves (tresor audit verify)
+		// need the token's configuration.
+		fmt.Fprintf(w, "Offline commands that open the root key (tresor audit verify --config %s) need\n  export SOFTHSM2_CONF=%s\n",
+			filepath.Join(dir, "tresor.yaml"), filepath.Join(dir, "softhsm", "softhsm2.conf"))
+	}
 }

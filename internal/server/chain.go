@@ -695,7 +695,7 @@ func (c *chain) decideOne(cl *call, preq policy.Request) error {
 		// of writing into the Decision's array.
 		cl.rec.Policies = slices.Clip(d.Policies)
 	} else {
-		cl.rec.Policies = append(cl.rec.Policies, d.Policies...)
+		cl.rec.Policies = appendAll(cl.rec.Policies, d.Policies)
 	}
 	if !d.Allow {
 		cl.rec.Decision = "deny"

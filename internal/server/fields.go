@@ -433,6 +433,7 @@ func (c *chain) allowProtect(ctx context.Context, s *fields.Schema, first bool) 
 			return err
 		}
 	}
+	cl.rec.Keys = appendOnce(cl.rec.Keys, "schemas/"+s.Name())
 	key := schemaVersion{s.Name(), int64(s.Version())}
 	if cl.allowed[key] {
 		return nil
