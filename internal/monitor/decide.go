@@ -15,13 +15,13 @@ type ResponseDecider interface {
 // response. It is a ResponseDecider for simulations without the policies.
 type Thresholds struct {
 	Log, StepUp, Throttle, Block int
-	// BlockRestricted, when positive, blocks calls that touch restricted
-	// data from this risk on.
-	BlockRestricted int
+	// BlockRestricted and ThrottleRestricted, when positive, block and
+	// throttle calls that touch restricted data from these risks on.
+	BlockRestricted, ThrottleRestricted int
 }
 
 // DefaultThresholds are those of examples/policies/anomaly.cedar.
-var DefaultThresholds = Thresholds{Log: 30, StepUp: 50, Throttle: 65, Block: 85, BlockRestricted: 75}
+var DefaultThresholds = Thresholds{Log: 30, StepUp: 50, Throttle: 65, Block: 85, BlockRestricted: 75, ThrottleRestricted: 50}
 
 // DecideResponse returns the strongest response whose threshold risk
 // reaches.
@@ -30,7 +30,7 @@ func (t Thresholds) DecideResponse(obs Observation, risk int) Response {
 	switch {
 	case reaches(t.Block), obs.Tier >= TierRestricted && reaches(t.BlockRestricted):
 		return Block
-	case reaches(t.Throttle):
+	case reaches(t.Throttle), obs.Tier >= TierRestricted && reaches(t.ThrottleRestricted):
 		return Throttle
 	case reaches(t.StepUp):
 		return StepUp

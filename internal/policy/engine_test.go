@@ -369,8 +369,8 @@ func TestActions(t *testing.T) {
 			t.Errorf("HasAction(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if got := len(e.PolicyIDs()); got != 18 {
-		t.Errorf("len(PolicyIDs()) = %d, want 18 example policies", got)
+	if got := len(e.PolicyIDs()); got != 19 {
+		t.Errorf("len(PolicyIDs()) = %d, want 19 example policies", got)
 	}
 }
 
