@@ -49,10 +49,17 @@ func newAuditCmd() *cobra.Command {
 					}
 					return fmt.Errorf("audit verify: %w", err)
 				}
-				fmt.Fprintf(w, "audit log verifies: %d events in %d chains, %d checkpoints, %d events after the last checkpoint (%.0f events/s)\n",
-					r.Events, len(r.Chains), r.Checkpoints, r.Uncovered, float64(r.Events)/max(took.Seconds(), 1e-9))
+				fmt.Fprintf(w, "audit log verifies: %d events in %d chains, %d checkpoints, %d anchors, %d events after the last checkpoint (%.0f events/s)\n",
+					r.Events, len(r.Chains), r.Checkpoints, r.Anchors, r.Uncovered, float64(r.Events)/max(took.Seconds(), 1e-9))
 				for _, c := range r.Chains {
-					fmt.Fprintf(w, "  chain %s: %d events, last seq %d, checkpointed to seq %d\n", c.Chain, c.Events, c.LastSeq, c.CheckpointSeq)
+					state := "open"
+					if c.Closed {
+						state = "closed"
+					}
+					fmt.Fprintf(w, "  chain %s: %d events, last seq %d, checkpointed to seq %d, %s\n", c.Chain, c.Events, c.LastSeq, c.CheckpointSeq, state)
+				}
+				for _, c := range r.Unclosed {
+					fmt.Fprintf(w, "  warning: chain %s did not end with a final checkpoint: its server stopped without closing the log, or its end was cut\n", c)
 				}
 				return nil
 			})

@@ -29,7 +29,7 @@ func devConfigFile() string {
 }
 
 // verifiedRE reads the summary line of `tresor audit verify`.
-var verifiedRE = regexp.MustCompile(`^audit log verifies: (\d+) events in (\d+) chains, (\d+) checkpoints, (\d+) events after the last checkpoint`)
+var verifiedRE = regexp.MustCompile(`^audit log verifies: (\d+) events in (\d+) chains, (\d+) checkpoints, (?:\d+ anchors, )?(\d+) events after the last checkpoint`)
 
 type verifySummary struct{ events, chains, checkpoints, uncovered int64 }
 

@@ -191,12 +191,14 @@ func TestRecordVerifyFile(t *testing.T) {
 		t.Fatalf("Verify(file) err = %v, want nil", err)
 	}
 	// A checkpoint ends the batch that reaches 50 events since the last,
-	// so batches larger than 50 make fewer than 640/50 checkpoints.
-	if rep.Events != goroutines*each || rep.Uncovered != 0 || rep.Checkpoints < 2 ||
-		len(rep.Chains) != 1 || rep.Chains[0].Chain != "replica-1" || rep.Chains[0].LastSeq != goroutines*each ||
-		rep.Chains[0].CheckpointSeq != goroutines*each {
-		t.Errorf("Verify(file) = %+v; want %d events of chain replica-1, all covered, at least 2 checkpoints",
-			rep, goroutines*each)
+	// so batches larger than 50 make fewer than 640/50 checkpoints. When
+	// the last batch ended with one, Close recorded a close event.
+	n := goroutines*each + closeEvents(t, NewFileSource(bytes.NewReader(must(os.ReadFile(path)))))
+	if rep.Events != n || rep.Uncovered != 0 || rep.Checkpoints < 2 ||
+		len(rep.Chains) != 1 || rep.Chains[0].Chain != "replica-1" || rep.Chains[0].LastSeq != uint64(n) ||
+		rep.Chains[0].CheckpointSeq != uint64(n) || !rep.Chains[0].Closed {
+		t.Errorf("Verify(file) = %+v; want %d events of chain replica-1, all covered, at least 2 checkpoints, closed",
+			rep, n)
 	}
 
 	fi, err := os.Stat(path)

@@ -92,6 +92,7 @@ type lineHead struct {
 	seq   uint64
 	prev  Digest
 	hash  Digest
+	body  int // the offset of the body ("time" on) in the line
 }
 
 var errMalformed = errors.New("malformed event line")
@@ -130,6 +131,9 @@ func parseHead(line []byte) (lineHead, error) {
 		!decodeHex(h.hash[:], line[n-66:n-2]) {
 		return h, errMalformed
 	}
+	if h.body = n - len(rest) + 66; h.body > n-hashSuffixLen {
+		return h, errMalformed
+	}
 	return h, nil
 }
 
@@ -164,19 +168,33 @@ var checkpointAAD = []byte("tresor-audit-checkpoint-v1")
 // digest of the other fields wrapped by the root key RootKeyID: only a
 // holder of that key can make one.
 type Checkpoint struct {
-	Chain     string
-	Seq       uint64
-	Hash      Digest
-	Time      time.Time // UTC, to the microsecond
+	Chain string
+	Seq   uint64
+	Hash  Digest
+	Time  time.Time // UTC, to the microsecond
+	// Final marks the checkpoint Log.Close wrote: the chain's writer
+	// stopped cleanly here. It is part of the digest the tag wraps. The
+	// store keeps no column for it: Verify reads it from the tag then.
+	Final     bool
 	RootKeyID string
 	Tag       []byte
+
+	// finalUnknown is set by sources that do not keep Final: verifyTag
+	// sets Final from the tag.
+	finalUnknown bool
 }
 
-// digest returns the value a checkpoint's tag wraps.
+// digest returns the value a checkpoint's tag wraps. The byte after the
+// fixed associated data is 1 for a final checkpoint, 0 otherwise (as in
+// checkpoints written before there were final ones).
 func (c *Checkpoint) digest() []byte {
 	h := sha256.New()
 	h.Write(checkpointAAD)
-	h.Write([]byte{0})
+	if c.Final {
+		h.Write([]byte{1})
+	} else {
+		h.Write([]byte{0})
+	}
 	h.Write([]byte(c.Chain))
 	h.Write([]byte{0})
 	var n [16]byte
@@ -191,11 +209,16 @@ func (c *Checkpoint) digest() []byte {
 // signCheckpoint makes the checkpoint of chain at (seq, hash) with the
 // active root key.
 func signCheckpoint(ctx context.Context, keys RootKeys, chain string, seq uint64, hash Digest, now time.Time) (*Checkpoint, error) {
+	return signCheckpointFinal(ctx, keys, chain, seq, hash, now, false)
+}
+
+// signCheckpointFinal is signCheckpoint with Final set to final.
+func signCheckpointFinal(ctx context.Context, keys RootKeys, chain string, seq uint64, hash Digest, now time.Time, final bool) (*Checkpoint, error) {
 	kek := keys.Active()
 	if kek == nil {
 		return nil, errors.New("audit: checkpoint: no active root key")
 	}
-	c := &Checkpoint{Chain: chain, Seq: seq, Hash: hash, Time: now.UTC().Truncate(time.Microsecond), RootKeyID: kek.ID()}
+	c := &Checkpoint{Chain: chain, Seq: seq, Hash: hash, Time: now.UTC().Truncate(time.Microsecond), Final: final, RootKeyID: kek.ID()}
 	tag, err := kek.Wrap(ctx, c.digest(), checkpointAAD)
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint of chain %q at seq %d: sign with root key %q: %w", chain, seq, c.RootKeyID, err)
@@ -206,7 +229,8 @@ func signCheckpoint(ctx context.Context, keys RootKeys, chain string, seq uint64
 
 // verifyTag checks the checkpoint's tag with the root key it names. It
 // returns ErrUnknownRootKey when keys lacks that key, and a plain error
-// when the tag does not verify.
+// when the tag does not verify. When the source does not keep Final, it
+// sets Final to what the tag says.
 func (c *Checkpoint) verifyTag(ctx context.Context, keys RootKeyLookup) error {
 	kek, ok := keys.Get(c.RootKeyID)
 	if !ok || kek == nil {
@@ -219,10 +243,18 @@ func (c *Checkpoint) verifyTag(ctx context.Context, keys RootKeyLookup) error {
 		}
 		return fmt.Errorf("tag does not verify with root key %q", c.RootKeyID)
 	}
-	if subtle.ConstantTimeCompare(got, c.digest()) != 1 {
-		return fmt.Errorf("tag does not match the checkpoint (root key %q)", c.RootKeyID)
+	if subtle.ConstantTimeCompare(got, c.digest()) == 1 {
+		return nil
 	}
-	return nil
+	if c.finalUnknown && !c.Final {
+		f := *c
+		f.Final = true
+		if subtle.ConstantTimeCompare(got, f.digest()) == 1 {
+			c.Final = true
+			return nil
+		}
+	}
+	return fmt.Errorf("tag does not match the checkpoint (root key %q)", c.RootKeyID)
 }
 
 // checkpointJSON is a checkpoint's line in a file.
@@ -232,6 +264,7 @@ type checkpointJSON struct {
 	Seq       uint64 `json:"seq"`
 	Hash      Digest `json:"hash"`
 	Time      string `json:"time"`
+	Final     bool   `json:"final,omitempty"`
 	RootKeyID string `json:"root_key_id"`
 	Tag       string `json:"tag"`
 }
@@ -250,7 +283,11 @@ func appendCheckpoint(b []byte, c *Checkpoint) []byte {
 	b = appendHex(b, c.Hash[:])
 	b = append(b, `","time":"`...)
 	b = c.Time.UTC().AppendFormat(b, timeLayout)
-	b = append(b, `","root_key_id":`...)
+	b = append(b, '"')
+	if c.Final {
+		b = append(b, `,"final":true`...)
+	}
+	b = append(b, `,"root_key_id":`...)
 	b = appendString(b, c.RootKeyID)
 	b = append(b, `,"tag":"`...)
 	b = base64.StdEncoding.AppendEncode(b, c.Tag)
@@ -271,7 +308,7 @@ func parseCheckpoint(line []byte) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("malformed checkpoint line: tag: %w", err)
 	}
-	c := &Checkpoint{Chain: j.Chain, Seq: j.Seq, Hash: j.Hash, Time: t, RootKeyID: j.RootKeyID, Tag: tag}
+	c := &Checkpoint{Chain: j.Chain, Seq: j.Seq, Hash: j.Hash, Time: t, Final: j.Final, RootKeyID: j.RootKeyID, Tag: tag}
 	if j.Type != "checkpoint" || !bytes.Equal(appendCheckpoint(nil, c), line) {
 		return nil, errors.New("checkpoint line is not in canonical form")
 	}

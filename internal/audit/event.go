@@ -31,10 +31,40 @@
 // a digest of it with the active root key. Anyone who can rewrite the log
 // but not use the root key can recompute hashes after the last checkpoint,
 // or cut the log there; everything up to the last checkpoint is covered.
+//
+// # Anchors and final checkpoints
+//
+// A chain also vouches for the chains written before it. The first event
+// of a new chain (seq 1) ends with an "anchors" member: for every other
+// chain its sink held when the [Log] started, that chain's latest
+// checkpoint ([Anchor]: chain, seq, hash), so that the anchors are hashed
+// with the event and covered by the chain's checkpoints (the writer
+// checkpoints that first event at once). [Verify] checks that every
+// anchored chain still holds a checkpoint at exactly that seq with that
+// hash: deleting a whole older chain, or cutting it below a checkpoint a
+// later chain anchored, fails verification.
+//
+// [Log.Close] marks its last checkpoint final ([Checkpoint.Final], part of
+// the digest its tag wraps). When nothing was recorded since the last
+// checkpoint, Close first records a close event ([ActionClose]), since a
+// chain holds one checkpoint per seq. [Verify] reports which chains end
+// with a final checkpoint ([ChainReport.Closed]) and which others do not
+// ([Report.Unclosed]): a writer that crashed, one still writing, or a chain
+// cut after a checkpoint.
+//
+// What a log without an outside witness cannot show: the newest chains
+// deleted whole (no later chain anchors them), and a chain's tail after
+// the checkpoint a later chain anchored, or after its last checkpoint,
+// cut off (the newest chain's then looks like a crash or a running
+// writer, and is counted in [Report.Uncovered] when it had events after
+// its last checkpoint). Copy checkpoints somewhere the log's writers
+// cannot reach to close that gap.
 package audit
 
 import (
+	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -85,6 +115,10 @@ const (
 	AuthBoundToken = "bound_token" // mTLS and a token bound to the certificate
 )
 
+// ActionClose is the Action of the event [Log.Close] records when the chain
+// head already has a checkpoint, to carry the final one.
+const ActionClose = "audit.Close"
+
 // Policy decisions (Event.Decision).
 const (
 	DecisionAllow = "allow"
@@ -131,8 +165,19 @@ type Event struct {
 	Fields        FieldCounts `json:"fields,omitzero"`
 	Risk          int         `json:"risk,omitempty"`     // anomaly score
 	Response      string      `json:"response,omitempty"` // anomaly response
+	// Anchors are the latest checkpoints of the other chains of the sink
+	// when this chain started; only in its first event. Set by the log.
+	Anchors []Anchor `json:"anchors,omitempty"`
 
 	Hash Digest `json:"hash"` // SHA-256(Prev || canonical line); set by the log
+}
+
+// Anchor names a checkpoint of another chain: that chain had the head Hash
+// at Seq, and held a checkpoint of it, when the anchoring chain started.
+type Anchor struct {
+	Chain string `json:"chain"`
+	Seq   uint64 `json:"seq"`
+	Hash  Digest `json:"hash"`
 }
 
 // timeLayout is the canonical time format: UTC, microseconds, fixed width.
@@ -186,7 +231,51 @@ func appendBody(b []byte, e *Event) []byte {
 	}
 	b = appendIntMember(b, "risk", int64(e.Risk))
 	b = appendStringMember(b, "response", e.Response)
-	return b
+	return appendAnchors(b, e.Anchors)
+}
+
+// anchorsMember opens the anchors member, the last of a body.
+const anchorsMember = `,"anchors":[`
+
+// appendAnchors appends the anchors member (none when anchors is empty).
+func appendAnchors(b []byte, anchors []Anchor) []byte {
+	if len(anchors) == 0 {
+		return b
+	}
+	b = append(b, anchorsMember...)
+	for i := range anchors {
+		a := &anchors[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"chain":`...)
+		b = appendString(b, a.Chain)
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendUint(b, a.Seq, 10)
+		b = append(b, `,"hash":"`...)
+		b = appendHex(b, a.Hash[:])
+		b = append(b, '"', '}')
+	}
+	return append(b, ']')
+}
+
+// parseAnchors returns the anchors of an event's body (the canonical
+// members from "time" on), nil when it has none. The anchors member must be
+// the body's last, in canonical form. A string in a body holds no
+// unescaped quote, so the member name cannot appear inside a value.
+func parseAnchors(body []byte) ([]Anchor, error) {
+	i := bytes.LastIndex(body, []byte(anchorsMember))
+	if i < 0 {
+		return nil, nil
+	}
+	var anchors []Anchor
+	if err := json.Unmarshal(body[i+len(anchorsMember)-1:], &anchors); err != nil {
+		return nil, fmt.Errorf("malformed anchors: %w", err)
+	}
+	if len(anchors) == 0 || !bytes.Equal(appendAnchors(nil, anchors), body[i:]) {
+		return nil, errors.New("anchors are not in canonical form")
+	}
+	return anchors, nil
 }
 
 // appendHead appends the chain members that open a line.

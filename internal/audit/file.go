@@ -29,6 +29,11 @@ type FileSink struct {
 	size    int64 // the end of the last batch that succeeded
 	dirty   bool  // the file may hold more than size bytes
 	heads   map[string]head
+	// scanned is set once a scan read the whole file: heads then holds
+	// every chain, and latest the last checkpoint of each that has one.
+	scanned bool
+	latest  map[string]Checkpoint
+	broken  map[string]error // chains whose last event line is malformed
 }
 
 type head struct {
@@ -134,33 +139,99 @@ func (s *FileSink) Head(ctx context.Context, chain string) (uint64, Digest, erro
 	if h, ok := s.heads[chain]; ok {
 		return h.seq, h.hash, nil
 	}
-	var h head
-	if s.regular {
-		var err error
-		if h, err = s.scanHead(ctx, chain); err != nil {
+	if s.regular && !s.scanned {
+		if err := s.scan(ctx, chain); err != nil {
 			return 0, Digest{}, fmt.Errorf("audit file %s: %w", s.path, err)
 		}
 	}
+	if err := s.broken[chain]; err != nil {
+		return 0, Digest{}, fmt.Errorf("audit file %s: %w", s.path, err)
+	}
+	h := s.heads[chain] // none: a new chain
 	s.heads[chain] = h
 	return h.seq, h.hash, nil
 }
 
-// scanHead reads the file backwards to the last event line of chain.
-func (s *FileSink) scanHead(ctx context.Context, chain string) (head, error) {
-	prefix := appendString([]byte(`{"chain":`), chain)
-	prefix = append(prefix, ',')
+// LatestCheckpoints implements [CheckpointLister]: the file is read once,
+// backwards (Head of a new chain reads it all already), and what this sink
+// appends since is added.
+func (s *FileSink) LatestCheckpoints(ctx context.Context) ([]Checkpoint, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.f == nil {
+		return nil, errSinkClosed
+	}
+	if !s.regular {
+		return nil, nil
+	}
+	if !s.scanned {
+		if err := s.scan(ctx, ""); err != nil {
+			return nil, fmt.Errorf("audit file %s: %w", s.path, err)
+		}
+	}
+	out := make([]Checkpoint, 0, len(s.latest))
+	for _, c := range s.latest {
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// scan reads the file backwards, noting the head of every chain it meets
+// (its last event line) that heads lacks, until it meets the last event of
+// chain stop, or to the start of the file: then it sets scanned and latest.
+// A malformed line is skipped, unless it is stop's last.
+func (s *FileSink) scan(ctx context.Context, stop string) error {
+	seen := map[string]bool{}
+	latest := map[string]Checkpoint{}
+	onLine := func(line []byte) (done bool, err error) {
+		if bytes.HasPrefix(line, []byte(checkpointPrefix)) {
+			if cp, err := parseCheckpoint(line); err == nil {
+				if _, ok := latest[cp.Chain]; !ok {
+					latest[cp.Chain] = *cp
+				}
+			}
+			return false, nil
+		}
+		rest, ok := bytes.CutPrefix(line, []byte(`{"chain":"`))
+		i := bytes.IndexByte(rest, '"')
+		if !ok || i <= 0 || seen[string(rest[:i])] {
+			return false, nil
+		}
+		chain := string(rest[:i])
+		seen[chain] = true
+		h, err := parseHead(line)
+		if err != nil {
+			err = fmt.Errorf("last event of chain %q: %w", chain, err)
+			if chain == stop {
+				return false, err
+			}
+			if s.broken == nil {
+				s.broken = map[string]error{}
+			}
+			s.broken[chain] = err
+			return false, nil
+		}
+		if _, ok := s.heads[chain]; !ok {
+			s.heads[chain] = head{seq: h.seq, hash: h.hash}
+		}
+		return chain == stop, nil
+	}
 	const chunk = 256 << 10
 	var carry []byte // the start of a line that begins in an earlier chunk
 	for end := s.size; end > 0; {
 		if err := ctx.Err(); err != nil {
-			return head{}, err
+			return err
 		}
 		start := max(0, end-chunk)
 		b := make([]byte, end-start, int(end-start)+len(carry))
 		if _, err := s.f.ReadAt(b, start); err != nil {
-			return head{}, err
+			return err
 		}
 		b = append(b, carry...)
+		carry = nil
 		for {
 			i := bytes.LastIndexByte(b[:max(0, len(b)-1)], '\n')
 			if i < 0 && start > 0 {
@@ -168,21 +239,18 @@ func (s *FileSink) scanHead(ctx context.Context, chain string) (head, error) {
 				break
 			}
 			line := bytes.TrimSuffix(b[i+1:], []byte("\n"))
-			if bytes.HasPrefix(line, prefix) {
-				h, err := parseHead(line)
-				if err != nil {
-					return head{}, fmt.Errorf("last event of chain %q: %w", chain, err)
-				}
-				return head{seq: h.seq, hash: h.hash}, nil
+			if done, err := onLine(line); done || err != nil {
+				return err
 			}
 			if i < 0 {
-				return head{}, nil
+				break
 			}
 			b = b[:i+1]
 		}
 		end = start
 	}
-	return head{}, nil
+	s.scanned, s.latest = true, latest
+	return nil
 }
 
 // Append implements [Sink.Append]: one write of every line, then fsync.
@@ -225,6 +293,9 @@ func (s *FileSink) Append(ctx context.Context, entries []Entry, cp *Checkpoint) 
 	s.size += int64(len(buf))
 	for i := range entries {
 		s.heads[entries[i].Chain] = head{seq: entries[i].Seq, hash: entries[i].Hash}
+	}
+	if cp != nil && s.latest != nil {
+		s.latest[cp.Chain] = *cp
 	}
 	return nil
 }

@@ -143,3 +143,13 @@ func writeLines(t testing.TB, lines []string) string {
 	}
 	return path
 }
+
+// closeEvents counts the close events (ActionClose) of the log in src.
+func closeEvents(t testing.TB, src Source) int64 {
+	t.Helper()
+	var n int64
+	if err := Query(t.Context(), src, nil, Filter{Action: ActionClose}, func(Event) error { n++; return nil }); err != nil {
+		t.Fatalf("Query(close events) err = %v, want nil", err)
+	}
+	return n
+}

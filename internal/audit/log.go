@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +20,11 @@ const (
 	DefaultMaxBatch           = 2048
 	DefaultWriteTimeout       = 10 * time.Second
 )
+
+// MaxAnchors bounds the anchors of a new chain: the chains whose latest
+// checkpoints are the most recent. An older chain is then still anchored
+// by the chains that started while it was among them.
+const MaxAnchors = 256
 
 // Options configure a Log. Chain, RootKeys and Pseudonymizer are required.
 type Options struct {
@@ -88,6 +95,10 @@ type sinkState struct {
 	sinceCP int       // events since the last checkpoint
 	lastCP  time.Time // when the last checkpoint was written (or the log started)
 	buf     []byte    // reused for lines
+	// anchors is the anchors member of the chain's first event (seq 1),
+	// nil when the chain was resumed or the sink held no other chain.
+	anchors []byte
+	wrote   bool // this log appended events to the sink
 }
 
 // request is one Record waiting for its batch.
@@ -146,10 +157,39 @@ func New(ctx context.Context, opts Options, sinks ...Sink) (*Log, error) {
 		if err != nil {
 			return nil, fmt.Errorf("audit: resume chain %q from sink %d: %w: %w", opts.Chain, i, ErrUnavailable, err)
 		}
-		l.sinks = append(l.sinks, &sinkState{sink: s, seq: seq, hash: hash, lastCP: now})
+		st := &sinkState{sink: s, seq: seq, hash: hash, lastCP: now}
+		if lister, ok := s.(CheckpointLister); ok && seq == 0 {
+			cps, err := lister.LatestCheckpoints(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("audit: anchor new chain %q in sink %d: %w: %w", opts.Chain, i, ErrUnavailable, err)
+			}
+			st.anchors = appendAnchors(nil, anchorsOf(cps, opts.Chain))
+		}
+		l.sinks = append(l.sinks, st)
 	}
 	go l.run()
 	return l, nil
+}
+
+// anchorsOf returns the anchors of a new chain to the checkpoints cps of
+// the other chains: at most MaxAnchors, the most recent, by chain name.
+func anchorsOf(cps []Checkpoint, chain string) []Anchor {
+	cps = slices.DeleteFunc(slices.Clone(cps), func(c Checkpoint) bool { return c.Chain == chain || c.Seq == 0 })
+	if len(cps) > MaxAnchors {
+		slices.SortFunc(cps, func(a, b Checkpoint) int {
+			if c := b.Time.Compare(a.Time); c != 0 {
+				return c
+			}
+			return strings.Compare(a.Chain, b.Chain)
+		})
+		cps = cps[:MaxAnchors]
+	}
+	anchors := make([]Anchor, len(cps))
+	for i, c := range cps {
+		anchors[i] = Anchor{Chain: validUTF8(c.Chain), Seq: c.Seq, Hash: c.Hash}
+	}
+	slices.SortFunc(anchors, func(a, b Anchor) int { return strings.Compare(a.Chain, b.Chain) })
+	return anchors
 }
 
 // Record writes e to every sink and returns when it is durable in all of
@@ -166,6 +206,7 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	e.Subject = l.opts.Pseudonymizer.Subject(e.Subject)
 	e.Source = l.opts.Pseudonymizer.Source(e.Source)
 	e.LatencyMicros = max(e.LatencyMicros, 0)
+	e.Anchors = nil // the log's to set
 	sanitize(&e)
 	r := &request{e: e, done: make(chan error, 1)}
 	r.body = appendBody(make([]byte, 0, 512), &r.e)
@@ -214,10 +255,12 @@ func (l *Log) Ready(ctx context.Context) error {
 	return nil
 }
 
-// Close writes the events already recorded, then a final checkpoint of each
-// sink that has events since its last one, and stops the writer. Records
-// after Close fail with ErrClosed. It waits until ctx ends at most; the
-// sinks stay open (their owner closes them).
+// Close writes the events already recorded, then a final checkpoint
+// (Checkpoint.Final) of each sink it wrote to, and stops the writer. When a
+// sink's head has a checkpoint already, Close first records an event with
+// Action ActionClose to carry the final one (one checkpoint per seq).
+// Records after Close fail with ErrClosed. It waits until ctx ends at most;
+// the sinks stay open (their owner closes them).
 func (l *Log) Close(ctx context.Context) error {
 	l.closeOnce.Do(func() { close(l.closing) })
 	select {
@@ -282,12 +325,12 @@ func (l *Log) commit(batch []*request) {
 	now := l.opts.Now()
 	var err error
 	if len(l.sinks) == 1 {
-		err = l.write(l.sinks[0], batch, now)
+		err = l.write(l.sinks[0], batch, now, false)
 	} else {
 		errs := make([]error, len(l.sinks))
 		var wg sync.WaitGroup
 		for i, s := range l.sinks {
-			wg.Go(func() { errs[i] = l.write(s, batch, now) })
+			wg.Go(func() { errs[i] = l.write(s, batch, now, false) })
 		}
 		wg.Wait()
 		err = errors.Join(errs...)
@@ -311,8 +354,10 @@ func (l *Log) commit(batch []*request) {
 }
 
 // write seals batch onto the chain of sink s and appends it, with a
-// checkpoint when one is due. The head advances only when the sink wrote.
-func (l *Log) write(s *sinkState, batch []*request, now time.Time) error {
+// checkpoint when one is due, or final. The head advances only when the
+// sink wrote. The first event of a new chain carries the anchors, and is
+// checkpointed at once so that they are covered.
+func (l *Log) write(s *sinkState, batch []*request, now time.Time, final bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.WriteTimeout)
 	defer cancel()
 	if s.dirty {
@@ -328,7 +373,11 @@ func (l *Log) write(s *sinkState, batch []*request, now time.Time) error {
 	offsets := make([]int, len(batch)+1)
 	for i, r := range batch {
 		seq++
-		s.buf, hash = seal(s.buf, l.opts.Chain, seq, hash, r.body)
+		body := r.body
+		if seq == 1 && s.anchors != nil {
+			body = append(body[:len(body):len(body)], s.anchors...)
+		}
+		s.buf, hash = seal(s.buf, l.opts.Chain, seq, hash, body)
 		offsets[i+1] = len(s.buf)
 		entries[i] = Entry{Chain: l.opts.Chain, Seq: seq, Time: r.e.Time, Hash: hash}
 	}
@@ -336,9 +385,13 @@ func (l *Log) write(s *sinkState, batch []*request, now time.Time) error {
 		entries[i].Line = s.buf[offsets[i]:offsets[i+1]:offsets[i+1]]
 	}
 	var cp *Checkpoint
-	if s.sinceCP+len(batch) >= l.opts.CheckpointEvery || now.Sub(s.lastCP) >= l.opts.CheckpointInterval {
+	if final || (s.seq == 0 && s.anchors != nil) ||
+		s.sinceCP+len(batch) >= l.opts.CheckpointEvery || now.Sub(s.lastCP) >= l.opts.CheckpointInterval {
 		var err error
-		if cp, err = signCheckpoint(ctx, l.opts.RootKeys, l.opts.Chain, seq, hash, now); err != nil {
+		if cp, err = signCheckpointFinal(ctx, l.opts.RootKeys, l.opts.Chain, seq, hash, now, final); err != nil {
+			if final {
+				return err
+			}
 			// The events are written without it; the next batch tries again.
 			if l.opts.OnError != nil {
 				l.opts.OnError(err, 0)
@@ -350,7 +403,7 @@ func (l *Log) write(s *sinkState, batch []*request, now time.Time) error {
 		s.dirty = true
 		return err
 	}
-	s.seq, s.hash = seq, hash
+	s.seq, s.hash, s.wrote = seq, hash, true
 	s.sinceCP += len(batch)
 	if cp != nil {
 		s.sinceCP, s.lastCP = 0, now
@@ -359,15 +412,24 @@ func (l *Log) write(s *sinkState, batch []*request, now time.Time) error {
 }
 
 // checkpointDue writes a checkpoint to every sink that has events since
-// its last one, when the interval has passed or final is set.
+// its last one, when the interval has passed; or, when final is set, a
+// final checkpoint to every sink this log wrote to, after a close event
+// when the head has a checkpoint already.
 func (l *Log) checkpointDue(final bool) error {
 	now := l.opts.Now()
 	var errs []error
 	for _, s := range l.sinks {
-		if s.sinceCP == 0 || s.dirty || (!final && now.Sub(s.lastCP) < l.opts.CheckpointInterval) {
+		if s.dirty || (!final && (s.sinceCP == 0 || now.Sub(s.lastCP) < l.opts.CheckpointInterval)) {
 			continue
 		}
-		if err := l.writeCheckpoint(s, now); err != nil {
+		var err error
+		switch {
+		case s.sinceCP > 0:
+			err = l.writeCheckpoint(s, now, final)
+		case final && s.wrote:
+			err = l.writeClose(s, now)
+		}
+		if err != nil {
 			if l.opts.OnError != nil {
 				l.opts.OnError(err, 0)
 			}
@@ -377,10 +439,10 @@ func (l *Log) checkpointDue(final bool) error {
 	return errors.Join(errs...)
 }
 
-func (l *Log) writeCheckpoint(s *sinkState, now time.Time) error {
+func (l *Log) writeCheckpoint(s *sinkState, now time.Time, final bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.WriteTimeout)
 	defer cancel()
-	cp, err := signCheckpoint(ctx, l.opts.RootKeys, l.opts.Chain, s.seq, s.hash, now)
+	cp, err := signCheckpointFinal(ctx, l.opts.RootKeys, l.opts.Chain, s.seq, s.hash, now, final)
 	if err != nil {
 		return err
 	}
@@ -389,5 +451,15 @@ func (l *Log) writeCheckpoint(s *sinkState, now time.Time) error {
 		return fmt.Errorf("audit: checkpoint of chain %q at seq %d: %w", l.opts.Chain, s.seq, err)
 	}
 	s.sinceCP, s.lastCP = 0, now
+	return nil
+}
+
+// writeClose records a close event in sink s, with a final checkpoint.
+func (l *Log) writeClose(s *sinkState, now time.Time) error {
+	r := &request{e: Event{Time: now.UTC().Truncate(time.Microsecond), Action: ActionClose}}
+	r.body = appendBody(nil, &r.e)
+	if err := l.write(s, []*request{r}, now, true); err != nil {
+		return fmt.Errorf("audit: close event of chain %q: %w", l.opts.Chain, err)
+	}
 	return nil
 }

@@ -32,6 +32,16 @@ type Sink interface {
 	Append(ctx context.Context, entries []Entry, checkpoint *Checkpoint) error
 }
 
+// CheckpointLister is a [Sink] that can list the latest checkpoint of each
+// chain it holds. When a [Log] starts a new chain in such a sink, the
+// chain's first event anchors those checkpoints ([Anchor]). [FileSink] and
+// [StoreSink] implement it; a sink that does not gets no anchors.
+type CheckpointLister interface {
+	// LatestCheckpoints returns the last checkpoint of every chain that
+	// has one, in any order.
+	LatestCheckpoints(ctx context.Context) ([]Checkpoint, error)
+}
+
 // Item is one record read from a log: an event line or a checkpoint.
 type Item struct {
 	// Line is the event's canonical line, valid until the next call of
@@ -75,6 +85,32 @@ func (s *StoreSink) Head(ctx context.Context, chain string) (uint64, Digest, err
 	return seq, d, nil
 }
 
+// LatestCheckpoints implements [CheckpointLister]: it lists the chains,
+// then the checkpoints of each, once per new chain (at New).
+func (s *StoreSink) LatestCheckpoints(ctx context.Context) ([]Checkpoint, error) {
+	chains, err := s.s.ListAuditChains(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("audit store sink: %w", err)
+	}
+	var out []Checkpoint
+	for _, chain := range chains {
+		cps, err := s.s.ListAuditCheckpoints(ctx, chain)
+		if err != nil {
+			return nil, fmt.Errorf("audit store sink: %w", err)
+		}
+		if len(cps) == 0 {
+			continue
+		}
+		c := cps[len(cps)-1]
+		cp := Checkpoint{Chain: c.Chain, Seq: c.Seq, Time: c.Time, RootKeyID: c.RootKeyID}
+		if copy(cp.Hash[:], c.Hash) != len(cp.Hash) || len(c.Hash) != len(cp.Hash) {
+			continue // not one Verify would accept: nothing to anchor
+		}
+		out = append(out, cp)
+	}
+	return out, nil
+}
+
 // Append implements [Sink.Append] with one store.AuditLog.AppendAudit.
 func (s *StoreSink) Append(ctx context.Context, entries []Entry, cp *Checkpoint) error {
 	records := make([]store.AuditRecord, len(entries))
@@ -111,7 +147,9 @@ type StoreSource struct {
 var _ Source = (*StoreSource)(nil)
 
 // NewStoreSource returns a source over the store's audit tables. chains
-// limits it to those chains; none means every chain.
+// limits it to those chains; none means every chain. Verify of a source
+// limited to some chains fails on anchors to the others: verify the whole
+// log.
 func NewStoreSource(s store.AuditLog, chains ...string) *StoreSource {
 	return &StoreSource{s: s, chains: chains, started: len(chains) > 0, page: store.MaxAuditPage}
 }
@@ -138,7 +176,8 @@ func (s *StoreSource) Next(ctx context.Context) (Item, error) {
 		if len(s.cps) > 0 && (s.cps[0].Seq <= s.after || s.done) {
 			c := s.cps[0]
 			s.cps = s.cps[1:]
-			cp := &Checkpoint{Chain: c.Chain, Seq: c.Seq, Time: c.Time, RootKeyID: c.RootKeyID, Tag: c.Tag}
+			// The store keeps no final flag: verifyTag reads it from the tag.
+			cp := &Checkpoint{Chain: c.Chain, Seq: c.Seq, Time: c.Time, RootKeyID: c.RootKeyID, Tag: c.Tag, finalUnknown: true}
 			if copy(cp.Hash[:], c.Hash) != len(cp.Hash) || len(c.Hash) != len(cp.Hash) {
 				cp.Hash = Digest{} // fails verification by its hash
 			}

@@ -99,12 +99,18 @@ func TestStoreSinkRecordVerify(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Verify(store) err = %v, want nil", err)
 			}
+			// The first Close records a close event when its last batch
+			// ended with a checkpoint; replica-2 anchors replica-1, so its
+			// first event is checkpointed at once.
+			closes := closeEvents(t, NewStoreSource(st, "replica-1"))
+			n1 := 205 + closes
 			want := []ChainReport{
-				{Chain: "replica-1", Events: 205, LastSeq: 205, CheckpointSeq: 205, Checkpoints: rep.Chains[0].Checkpoints},
-				{Chain: "replica-2", Events: 5, LastSeq: 5, CheckpointSeq: 5, Checkpoints: 1},
+				{Chain: "replica-1", Events: n1, LastSeq: uint64(n1), CheckpointSeq: uint64(n1), Checkpoints: rep.Chains[0].Checkpoints, Closed: true},
+				{Chain: "replica-2", Events: 5, LastSeq: 5, CheckpointSeq: 5, Checkpoints: 2, Closed: true},
 			}
-			if rep.Events != 210 || rep.Uncovered != 0 || !slices.Equal(rep.Chains, want) || rep.Chains[0].Checkpoints < 7 {
-				t.Errorf("Verify(store) = %+v; want 210 events, none uncovered, chains %+v with at least 7 checkpoints in replica-1", rep, want)
+			if rep.Events != n1+5 || rep.Uncovered != 0 || !slices.Equal(rep.Chains, want) || rep.Chains[0].Checkpoints < 7 ||
+				rep.Anchors != 1 || len(rep.Unclosed) != 0 {
+				t.Errorf("Verify(store) = %+v; want %d events, none uncovered, 1 anchor, chains %+v with at least 7 checkpoints in replica-1, all closed", rep, n1+5, want)
 			}
 			var n int
 			err = Query(t.Context(), NewStoreSource(st, "replica-2"), nil, Filter{Action: "Encrypt"}, func(Event) error { n++; return nil })
@@ -236,14 +242,17 @@ func TestFileSinkFillsUp(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(file that filled up) err = %v, want nil", err)
 	}
-	if rep.Events != int64(len(acked)) || rep.Uncovered != 0 {
-		t.Errorf("Verify(file that filled up) = %+v; want exactly the %d acknowledged events, all covered", rep, len(acked))
+	closes := closeEvents(t, NewFileSource(strings.NewReader(strings.Join(readLines(t, path), ""))))
+	if rep.Events != int64(len(acked))+closes || rep.Uncovered != 0 {
+		t.Errorf("Verify(file that filled up) = %+v; want exactly the %d acknowledged events (and %d close events), all covered", rep, len(acked), closes)
 	}
 	var got []string
 	f := must(os.Open(path))
 	defer f.Close()
 	if err := Query(t.Context(), NewFileSource(f), nil, Filter{}, func(e Event) error {
-		got = append(got, e.RequestID)
+		if e.Action != ActionClose {
+			got = append(got, e.RequestID)
+		}
 		return nil
 	}); err != nil {
 		t.Fatalf("Query(file) err = %v", err)

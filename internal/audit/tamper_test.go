@@ -15,7 +15,8 @@ import (
 // tamperLog writes 12 events one by one with a checkpoint every 4, and
 // returns the file's lines: events 1-4 (lines 1-4), checkpoint 4 (line 5),
 // events 5-8 (lines 6-9), checkpoint 8 (line 10), events 9-12 (lines
-// 11-14), checkpoint 12 (line 15).
+// 11-14), checkpoint 12 (line 15), and as checkpoint 12 holds the head on
+// Close, the close event 13 (line 16) and the final checkpoint 13 (line 17).
 func tamperLog(t *testing.T, keys *envelope.RootKeys) []string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
@@ -25,13 +26,16 @@ func tamperLog(t *testing.T, keys *envelope.RootKeys) []string {
 	record(t, l, 1, 12)
 	closeLog(t, l)
 	lines := readLines(t, path)
-	if len(lines) != 15 {
-		t.Fatalf("the log has %d lines, want 15:\n%s", len(lines), strings.Join(lines, ""))
+	if len(lines) != 17 {
+		t.Fatalf("the log has %d lines, want 17:\n%s", len(lines), strings.Join(lines, ""))
 	}
-	for _, i := range []int{4, 9, 14} {
-		if !strings.HasPrefix(lines[i], checkpointPrefix) {
-			t.Fatalf("line %d = %s, want a checkpoint", i+1, lines[i])
+	for _, i := range []int{4, 9, 14, 16} {
+		if !strings.HasPrefix(lines[i], checkpointPrefix) || strings.Contains(lines[i], `"final":true`) != (i == 16) {
+			t.Fatalf("line %d = %s, want a checkpoint, final only on line 17", i+1, lines[i])
 		}
+	}
+	if !strings.Contains(lines[15], `"seq":13,`) || !strings.Contains(lines[15], `"action":"`+ActionClose+`"`) {
+		t.Fatalf("line 16 = %s, want the close event, seq 13", lines[15])
 	}
 	return lines
 }
@@ -203,6 +207,13 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			return l
 		}, 6, 4, ErrTampered},
 		{"checkpoint of another chain", replace(9, `"chain":"c"`, `"chain":"d"`), 10, 8, ErrTampered},
+		{"final flag removed", replace(16, `"final":true,`, ``), 17, 13, ErrTampered},
+		{"final flag added", replace(14, `"root_key_id"`, `"final":true,"root_key_id"`), 15, 12, ErrTampered},
+		{"close event and final checkpoint replaced by a non-final one", func(t *testing.T, l []string) []string {
+			// Without the root key, a non-final checkpoint of seq 13 cannot
+			// be made: the final one's tag does not fit it.
+			return append(l[:15], l[15], strings.Replace(l[16], `"final":true,`, ``, 1))
+		}, 17, 13, ErrTampered},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -220,8 +231,8 @@ func TestVerifyDetectsTampering(t *testing.T) {
 
 	// The untouched log verifies.
 	rep, err := verifyFile(t, writeLines(t, orig), keys)
-	if err != nil || rep.Events != 12 || rep.Checkpoints != 3 || rep.Uncovered != 0 {
-		t.Errorf("Verify(untouched log) = %+v, %v; want 12 events, 3 checkpoints, nil", rep, err)
+	if err != nil || rep.Events != 13 || rep.Checkpoints != 4 || rep.Uncovered != 0 || !rep.Chains[0].Closed {
+		t.Errorf("Verify(untouched log) = %+v, %v; want 13 events, 4 checkpoints, closed, nil", rep, err)
 	}
 	// Without the last checkpoint and events, it verifies too, with the
 	// tail reported uncovered: a cut after the last checkpoint is not

@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,6 +53,9 @@ type ChainReport struct {
 	// chain, but someone able to rewrite the log could have rewritten or
 	// cut them without a root key.
 	Uncovered int64
+	// Closed says the chain ends with a final checkpoint: its writer
+	// stopped with Log.Close.
+	Closed bool
 }
 
 // Report is what Verify found of a whole log.
@@ -58,13 +63,40 @@ type Report struct {
 	Events      int64
 	Checkpoints int64
 	Uncovered   int64 // events after their chain's last checkpoint
+	Anchors     int64 // anchors checked: other chains' checkpoints found intact
 	Chains      []ChainReport
+	// Unclosed names the chains, other than the newest (the one with the
+	// latest last event), that do not end with a final checkpoint, in
+	// bytewise order. Their writer crashed or was killed, or is still
+	// writing (another replica), or the chain was cut after a checkpoint:
+	// the log cannot tell which. Verify does not fail for them; events
+	// after the cut were lost without a trace unless a later chain
+	// anchored a checkpoint after it.
+	Unclosed []string
 }
 
 // chainState is Verify's view of one chain.
 type chainState struct {
 	ChainReport
+	hash     Digest
+	lastTime [len(timeLayout)]byte // the canonical time of the last event
+	lastPos  int64                 // the position of the last event in the log
+	cps      []cpRef               // the checkpoints verified, by seq
+}
+
+// cpRef is a checkpoint an anchor may name.
+type cpRef struct {
+	seq  uint64
 	hash Digest
+}
+
+// anchorRef is an anchor read from an event, checked once the whole log
+// is read.
+type anchorRef struct {
+	Anchor
+	chain string // the anchoring chain
+	seq   uint64 // the anchoring event
+	line  int64
 }
 
 // Verify reads the whole log from src and checks, chain by chain, that each
@@ -76,15 +108,24 @@ type chainState struct {
 // leaves a gap, an inserted or moved one breaks the seq order or its
 // successor's prev, and a forged checkpoint fails its tag or its hash.
 //
+// Once the whole log is read, it checks every anchor (in the first event
+// of a chain): the chain it names must hold a checkpoint at exactly its seq
+// with its hash, else the chain was deleted or cut below that checkpoint
+// (or the anchor forged), and Verify fails at the anchoring event.
+//
 // Events after a chain's last checkpoint, counted in Report.Uncovered, can
-// be cut off without a trace; a checkpoint is written at least every
-// Options.CheckpointInterval and on Close.
+// be cut off without a trace, and so can a chain's tail after the
+// checkpoint later chains anchored and the newest chains whole: a
+// checkpoint is written at least every Options.CheckpointInterval and on
+// Close. A chain cut after a checkpoint no longer ends with a final one:
+// Report.Unclosed lists it, unless it is the newest.
 func Verify(ctx context.Context, src Source, keys RootKeyLookup) (Report, error) {
 	chains := map[string]*chainState{}
 	var (
 		rep     Report
 		scratch []byte
 		last    *chainState // the chain of the previous event, most often the next one's
+		anchors []anchorRef
 	)
 	for {
 		it, err := src.Next(ctx)
@@ -127,15 +168,46 @@ func Verify(ctx context.Context, src Source, keys RootKeyLookup) (Report, error)
 		case h.prev != c.hash:
 			return rep, eventError(c, h.seq, it, "prev hash %s is not the hash of seq %d (inserted or replaced)", h.prev, c.LastSeq)
 		}
+		if h.seq == 1 {
+			as, err := parseAnchors(it.Line[h.body : len(it.Line)-hashSuffixLen])
+			if err != nil {
+				return rep, eventError(c, h.seq, it, "%v", err)
+			}
+			for _, a := range as {
+				anchors = append(anchors, anchorRef{Anchor: a, chain: c.Chain, seq: h.seq, line: it.LineNo})
+			}
+		}
+		if t, ok := bytes.CutPrefix(it.Line[h.body:], []byte(`"time":"`)); ok && len(t) >= len(c.lastTime) {
+			copy(c.lastTime[:], t)
+		}
 		c.hash, c.LastSeq = h.hash, h.seq
 		c.Events++
 		c.Uncovered++
+		c.Closed = false
 		rep.Events++
+		c.lastPos = rep.Events
 	}
+	for _, a := range anchors {
+		if err := checkAnchor(a, chains); err != nil {
+			return rep, err
+		}
+		rep.Anchors++
+	}
+	var newest *chainState
 	for _, c := range chains {
 		rep.Uncovered += c.Uncovered
 		rep.Chains = append(rep.Chains, c.ChainReport)
+		if newest == nil || bytes.Compare(c.lastTime[:], newest.lastTime[:]) > 0 ||
+			(c.lastTime == newest.lastTime && c.lastPos > newest.lastPos) {
+			newest = c
+		}
 	}
+	for _, c := range chains {
+		if !c.Closed && c != newest {
+			rep.Unclosed = append(rep.Unclosed, c.Chain)
+		}
+	}
+	slices.Sort(rep.Unclosed)
 	slices.SortFunc(rep.Chains, func(a, b ChainReport) int {
 		switch {
 		case a.Chain < b.Chain:
@@ -182,5 +254,33 @@ func verifyCheckpoint(ctx context.Context, it Item, chains map[string]*chainStat
 	c.Checkpoints++
 	c.CheckpointSeq = cp.Seq
 	c.Uncovered = 0
+	c.Closed = cp.Final
+	c.cps = append(c.cps, cpRef{seq: cp.Seq, hash: cp.Hash})
 	return nil
+}
+
+// checkAnchor checks that the chain a names holds a verified checkpoint at
+// a.Seq with a.Hash.
+func checkAnchor(a anchorRef, chains map[string]*chainState) error {
+	fail := func(format string, args ...any) error {
+		return &VerifyError{Chain: a.chain, Seq: a.seq, Line: a.line,
+			Reason: fmt.Sprintf("anchor of chain %s at seq %d: ", a.Chain, a.Seq) + fmt.Sprintf(format, args...), Err: ErrTampered}
+	}
+	c := chains[a.Chain]
+	if c == nil {
+		return fail("chain %s was deleted or cut before seq %d (the log holds none of its events)", a.Chain, a.Seq)
+	}
+	if c.LastSeq < a.Seq {
+		return fail("chain %s was deleted or cut before seq %d (it ends at seq %d)", a.Chain, a.Seq, c.LastSeq)
+	}
+	i, found := slices.BinarySearchFunc(c.cps, a.Seq, func(r cpRef, seq uint64) int { return cmp.Compare(r.seq, seq) })
+	if !found {
+		return fail("chain %s has no checkpoint at seq %d (checkpoint removed, or the anchor forged)", a.Chain, a.Seq)
+	}
+	for ; i < len(c.cps) && c.cps[i].seq == a.Seq; i++ {
+		if c.cps[i].hash == a.Hash {
+			return nil
+		}
+	}
+	return fail("chain %s's checkpoint at seq %d has another hash than the anchor's %s (chain rewritten, or the anchor forged)", a.Chain, a.Seq, a.Hash)
 }

@@ -130,6 +130,10 @@ type AuditReport struct {
 	BadChain string
 	BadSeq   uint64
 	Problem  string
+	// Unclosed are the chains, other than the newest, that do not end with
+	// a final checkpoint; Anchors counts the anchors checked.
+	Unclosed []string
+	Anchors  int64
 }
 
 // AuditQuery filters QueryAudit; empty fields match everything.
@@ -149,7 +153,8 @@ func (s *adminService) VerifyAudit(ctx context.Context, req *tresorv1.VerifyAudi
 		return nil, status.Error(codes.Unavailable, "audit log unavailable; retry later")
 	}
 	return &tresorv1.VerifyAuditResponse{Ok: r.OK, Events: r.Events, Chains: r.Chains, Checkpoints: r.Checkpoints,
-		UncoveredEvents: r.Uncovered, FirstBadChain: r.BadChain, FirstBadSeq: r.BadSeq, Problem: r.Problem}, nil
+		UncoveredEvents: r.Uncovered, FirstBadChain: r.BadChain, FirstBadSeq: r.BadSeq, Problem: r.Problem,
+		UnclosedChains: r.Unclosed, Anchors: r.Anchors}, nil
 }
 
 func (s *adminService) QueryAudit(ctx context.Context, req *tresorv1.QueryAuditRequest) (*tresorv1.QueryAuditResponse, error) {

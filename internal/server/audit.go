@@ -69,7 +69,8 @@ type auditReader struct {
 
 func (a *auditReader) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	r, err := audit.Verify(ctx, audit.NewStoreSource(a.st), a.keys)
-	out := AuditReport{OK: err == nil, Events: r.Events, Chains: int64(len(r.Chains)), Checkpoints: r.Checkpoints, Uncovered: r.Uncovered}
+	out := AuditReport{OK: err == nil, Events: r.Events, Chains: int64(len(r.Chains)), Checkpoints: r.Checkpoints, Uncovered: r.Uncovered,
+		Unclosed: r.Unclosed, Anchors: r.Anchors}
 	var ve *audit.VerifyError
 	switch {
 	case err == nil:

@@ -135,7 +135,14 @@ type VerifyAuditResponse struct {
 	// Its sequence number.
 	FirstBadSeq uint64 `protobuf:"varint,7,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
 	// What is wrong with it, such as "hash mismatch" or "sequence gap".
-	Problem       string `protobuf:"bytes,8,opt,name=problem,proto3" json:"problem,omitempty"`
+	Problem string `protobuf:"bytes,8,opt,name=problem,proto3" json:"problem,omitempty"`
+	// Chains other than the newest that do not end with a final checkpoint:
+	// their server stopped without closing the log (a crash), or their end
+	// was cut.
+	UnclosedChains []string `protobuf:"bytes,9,rep,name=unclosed_chains,json=unclosedChains,proto3" json:"unclosed_chains,omitempty"`
+	// Anchors checked: checkpoints of earlier chains that later chains cite,
+	// found intact (a deleted or cut chain fails verification).
+	Anchors       int64 `protobuf:"varint,10,opt,name=anchors,proto3" json:"anchors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -224,6 +231,20 @@ func (x *VerifyAuditResponse) GetProblem() string {
 		return x.Problem
 	}
 	return ""
+}
+
+func (x *VerifyAuditResponse) GetUnclosedChains() []string {
+	if x != nil {
+		return x.UnclosedChains
+	}
+	return nil
+}
+
+func (x *VerifyAuditResponse) GetAnchors() int64 {
+	if x != nil {
+		return x.Anchors
+	}
+	return 0
 }
 
 // Request message for AdminService.QueryAudit.
@@ -666,7 +687,7 @@ var File_tresor_v1_admin_proto protoreflect.FileDescriptor
 const file_tresor_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15tresor/v1/admin.proto\x12\ttresor.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
-	"\x12VerifyAuditRequest\"\x88\x02\n" +
+	"\x12VerifyAuditRequest\"\xcb\x02\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x16\n" +
@@ -675,7 +696,10 @@ const file_tresor_v1_admin_proto_rawDesc = "" +
 	"\x10uncovered_events\x18\x05 \x01(\x03R\x0funcoveredEvents\x12&\n" +
 	"\x0ffirst_bad_chain\x18\x06 \x01(\tR\rfirstBadChain\x12\"\n" +
 	"\rfirst_bad_seq\x18\a \x01(\x04R\vfirstBadSeq\x12\x18\n" +
-	"\aproblem\x18\b \x01(\tR\aproblem\"\x92\x02\n" +
+	"\aproblem\x18\b \x01(\tR\aproblem\x12'\n" +
+	"\x0funclosed_chains\x18\t \x03(\tR\x0eunclosedChains\x12\x18\n" +
+	"\aanchors\x18\n" +
+	" \x01(\x03R\aanchors\"\x92\x02\n" +
 	"\x11QueryAuditRequest\x12&\n" +
 	"\tprincipal\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tprincipal\x12\x1f\n" +
 	"\x06action\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\x06action\x12\x19\n" +
