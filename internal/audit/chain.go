@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,12 +53,7 @@ func seal(buf []byte, chain string, seq uint64, prev Digest, body []byte) ([]byt
 	return buf, hash
 }
 
-func appendHex(b, src []byte) []byte {
-	for _, c := range src {
-		b = append(b, hexDigits[c>>4], hexDigits[c&0xf])
-	}
-	return b
-}
+func appendHex(b, src []byte) []byte { return hex.AppendEncode(b, src) }
 
 // decodeHex decodes exactly len(dst)*2 lowercase hex digits, so that every
 // digest has one spelling.

@@ -67,6 +67,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tresorkms/tresor/internal/jsontext"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -325,36 +326,9 @@ func appendListMember(b []byte, name string, vs []string) []byte {
 	return append(b, ']')
 }
 
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string: quotes, backslashes and control
-// characters escaped, everything else (valid UTF-8) as is.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendString appends s as a JSON string (package jsontext: the escaping
+// canonical lines are hashed with).
+func appendString(b []byte, s string) []byte { return jsontext.AppendString(b, s) }
 
 // sanitize makes every string of e valid UTF-8 (invalid bytes become
 // U+FFFD), so that the canonical line decodes to the same event, and drops
