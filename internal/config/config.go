@@ -643,8 +643,8 @@ func (c Config) validatePerimeter() []error {
 		errs = append(errs, errors.New("rate_limits.max_principals must be positive"))
 	}
 	for i, b := range c.Budgets {
-		if b.Action != "decrypt" {
-			errs = append(errs, fmt.Errorf("budgets[%d].action %q: want decrypt", i, b.Action))
+		if b.Action != "decrypt" && b.Action != "searchable" {
+			errs = append(errs, fmt.Errorf("budgets[%d].action %q: want decrypt or searchable", i, b.Action))
 		}
 		switch b.Tier {
 		case "public", "internal", "confidential", "restricted":

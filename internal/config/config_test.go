@@ -91,6 +91,7 @@ func TestParse(t *testing.T) {
 		{name: "unknown rate class", yaml: strings.Replace(base, "    crypto: {", "    crpyto: {", 1), wantErr: "unknown class"},
 		{name: "burst missing", yaml: strings.Replace(base, ", burst: 2000", "", 1), wantErr: "burst positive"},
 		{name: "budget tier unknown", yaml: strings.Replace(base, "tier: restricted", "tier: secret", 1), wantErr: "budgets[0].tier"},
+		{name: "budget action unknown", yaml: strings.Replace(base, "action: decrypt", "action: encrypt", 1), wantErr: "want decrypt or searchable"},
 		{name: "budget window too short", yaml: strings.Replace(base, "period: 1s", "period: 10ms", 1), wantErr: "budgets[0].windows[0]"},
 		{name: "rotation defaults", yaml: base, check: func(c Config) string {
 			if c.Keys.DefaultUsageLimit != 1<<30 || c.Keys.UsageBlock != 1024 || c.Scheduler.Interval != time.Minute ||

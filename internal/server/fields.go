@@ -299,6 +299,9 @@ func (s *fieldService) protect(ctx context.Context, req *tresorv1.ProtectDocumen
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
+	if err := s.gate.spendSearchable(ctx, schema, res); err != nil {
+		return nil, err
+	}
 	return &tresorv1.ProtectDocumentResponse{
 		Document:      string(doc),
 		SchemaVersion: version,
@@ -639,20 +642,66 @@ func (d *revealDecision) decide(ref fields.FieldRef) (fields.RevealMode, error) 
 // spendReveal counts the fields a reveal will read against the caller's
 // decrypt budgets, tier by tier.
 func (c *chain) spendReveal(ctx context.Context, d *revealDecision, _ fields.Result) error {
+	return c.spend(ctx, d.cl, budgetDecrypt, d.counts)
+}
+
+// spend counts n[tier] uses of action against the caller's budgets, tier
+// by tier.
+func (c *chain) spend(ctx context.Context, cl *call, action string, n map[string]int64) error {
 	for _, tier := range envelope.SensitivityTiers {
-		n := d.counts[tier]
-		if n == 0 {
+		if n[tier] == 0 {
 			continue
 		}
-		ok, retry, err := c.budgets.Consume(ctx, principalKey(d.cl.principal), budgetDecrypt, tier, n)
+		ok, retry, err := c.budgets.Consume(ctx, principalKey(cl.principal), action, tier, n[tier])
 		if err != nil {
-			c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", d.cl.rec.RequestID, "err", err)
+			c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
 			return status.Error(codes.Unavailable, "budget store unavailable; retry later")
 		}
 		if !ok {
-			c.metrics.budgetExhausted(budgetDecrypt, tier)
-			return exhausted(fmt.Sprintf("%s budget for %s data exceeded", budgetDecrypt, tier), retry)
+			c.metrics.budgetExhausted(action, tier)
+			return exhausted(fmt.Sprintf("%s budget for %s data exceeded", action, tier), retry)
 		}
 	}
 	return nil
+}
+
+// spendSearchable counts the searchable values a protect produced
+// (deterministic ciphertexts, FF1 tokens, blind indexes: the same input
+// always gives the same output, so a caller could protect candidate values
+// and match them against stolen ones) against the caller's "searchable"
+// budgets, each field at the higher of its key's and its tier's
+// sensitivity. It runs before the document is returned: past the budget,
+// nothing is.
+func (c *chain) spendSearchable(ctx context.Context, s *fields.Schema, res fields.Result) error {
+	if c.budgets == nil {
+		return nil
+	}
+	cl := callFrom(ctx)
+	if cl == nil {
+		return status.Error(codes.Internal, "internal error")
+	}
+	n := map[string]int64{}
+	for _, f := range res.Fields {
+		switch f.Protection {
+		case fields.ProtectionDeterministic, fields.ProtectionTokenize, fields.ProtectionBlindIndex:
+		default:
+			continue
+		}
+		if f.Outcome != fields.OutcomeProtected && f.Outcome != fields.OutcomeTokenized {
+			continue
+		}
+		tier := policy.TierRestricted
+		if t, ok := s.Tier(f.Tier); ok {
+			if st, err := policy.ParseTier(string(t.Sensitivity)); err == nil {
+				tier = st
+			}
+		}
+		if a, err := c.keys.KeyAttributes(ctx, f.Key); err == nil {
+			if kt, err := policy.ParseTier(a.Sensitivity); err == nil && kt > tier {
+				tier = kt
+			}
+		}
+		n[tier.String()]++
+	}
+	return c.spend(ctx, cl, budgetSearchable, n)
 }

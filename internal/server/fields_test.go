@@ -450,3 +450,33 @@ permit (principal in Tresor::Role::"schema-writer", action == Tresor::Action::"P
 		}
 	})
 }
+
+// TestSearchableBudget: a caller allowed to protect could protect candidate
+// values and match the deterministic ciphertexts, tokens or blind indexes
+// against stolen ones; the "searchable" budget bounds how many it gets.
+func TestSearchableBudget(t *testing.T) {
+	ctx := context.Background()
+	budgets := []limits.BudgetRule{{Action: "searchable", Tier: "restricted", Windows: []limits.Window{{Period: time.Hour, Limit: 2}}}}
+	ts := startServerWith(t, serverConfig{budgets: budgets})
+	fieldKeys(t, ts) // every key restricted
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	putSchema(t, fc, schemaWith("report"))
+	for i, tc := range []struct {
+		doc  string
+		want codes.Code
+	}{
+		{`{"tax_id":"123-45-6789"}`, codes.OK},            // randomized: not searchable, not counted
+		{`{"account_number":"12345678901234"}`, codes.OK}, // 1 token
+		{`{"email":"a@example.com"}`, codes.OK},           // 1 deterministic: the budget of 2 is spent
+		{`{"account_number":"12345678901299"}`, codes.ResourceExhausted},
+		{`{"tax_id":"123-45-6780"}`, codes.OK}, // still not counted
+	} {
+		r, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "customer", Document: tc.doc})
+		if status.Code(err) != tc.want {
+			t.Errorf("ProtectDocument #%d (%s) err = %v, want %v", i+1, tc.doc, err, tc.want)
+		}
+		if err != nil && r.GetDocument() != "" {
+			t.Errorf("ProtectDocument #%d refused but returned %s", i+1, r.GetDocument())
+		}
+	}
+}

@@ -26,6 +26,11 @@ const (
 // plaintext.
 const budgetDecrypt = "decrypt"
 
+// budgetSearchable is the budget action counted for the searchable values
+// (deterministic ciphertexts, FF1 tokens, blind indexes) ProtectDocument
+// returns.
+const budgetSearchable = "searchable"
+
 // methodRule says how the chain treats one RPC: the policy action it is,
 // its rate-limit class, the keys it touches and whether it spends a
 // decrypt budget. Every RPC the server registers has a rule; a call to a
