@@ -8,12 +8,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runStreams runs the CLI in process with stdin and returns stdout, stderr
@@ -367,5 +370,42 @@ func TestFieldsOutputStopsAtTheBadDocument(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSchemaDirAtStartup: serve stores the schemas of fields.schema_dir
+// whose keys exist, and starts (warning) when a schema's keys do not exist
+// yet; a schema file that does not parse refuses the start.
+func TestSchemaDirAtStartup(t *testing.T) {
+	dir := t.TempDir()
+	suffix := strconv.FormatInt(time.Now().UnixNano()%1_000_000, 10)
+	key := "dirkey-" + suffix
+	conn := startDev(t, devCfg)
+	mustRun(t, "", append([]string{"keys", "create", key}, conn...)...)
+	ok := "name: dir-ok-" + suffix + "\nversion: 1\ndefault_tier: public\ntiers:\n  r: {protection: aead, key: " + key + "}\n  public: {protection: none}\nfields:\n  - {path: \"$.ssn\", tier: r}\n"
+	missing := strings.Replace(strings.Replace(ok, "dir-ok-", "dir-missing-", 1), key, "no-such-key-"+suffix, 1)
+	if err := os.WriteFile(filepath.Join(dir, "ok.yaml"), []byte(ok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "missing.yaml"), []byte(missing), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := devCfg
+	cfg.Fields.SchemaDir = dir
+	var logs lockedBuffer
+	addr := serveInProcess(t, cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
+	f := devClient(t, cfg, addr, "schema-dir-test")
+	got := mustRun(t, "", "fields", "get-schema", "dir-ok-"+suffix, "--addr", f.addr, "--ca", f.ca, "--cert", f.cert, "--key-file", f.key, "--token", f.token)
+	if !strings.Contains(got, key) {
+		t.Errorf("get-schema dir-ok = %s, want the schema stored at start-up", got)
+	}
+	if !strings.Contains(logs.String(), "classification schema not loaded") {
+		t.Errorf("serve logs = %s, want a warning for the schema whose key is missing", logs.String())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("name: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := serve(context.Background(), cfg, slog.New(slog.DiscardHandler), nil); err == nil || !strings.Contains(err.Error(), "bad.yaml") {
+		t.Errorf("serve() with a schema file that does not parse err = %v, want a refusal naming bad.yaml", err)
 	}
 }

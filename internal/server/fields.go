@@ -109,6 +109,10 @@ func (r *SchemaRegistry) Put(ctx context.Context, definition []byte) (store.Fiel
 // errSchemaKeys marks a schema whose keys are missing or of the wrong type.
 var errSchemaKeys = errors.New("schema keys")
 
+// IsSchemaKeyError reports whether err from SchemaRegistry.Put or Load
+// says that keys the schema names are missing or of the wrong type.
+func IsSchemaKeyError(err error) bool { return errors.Is(err, errSchemaKeys) }
+
 // Load stores a schema from a file at start-up: a version already stored
 // with the same definition is fine, one stored with another definition is
 // an error (a version never changes).
