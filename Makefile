@@ -84,6 +84,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./kms/pkcs11 ./internal/loadtest ./internal/policy ./internal/authn
 	$(GO) test -run '^$$' -bench 'Encrypt1KiB' -benchtime 5s -count 3 ./internal/server
 	$(GO) test -run '^$$' -bench RewrapSoftHSM -benchtime 20000x -count 3 ./rotation
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./fields ./internal/monitor
+	$(GO) test -run '^$$' -bench DocumentsGRPC -benchtime 5s -count 3 ./internal/server
+	$(GO) test -run '^$$' -bench Record -benchtime 20000x ./internal/audit
+	$(GO) test -run '^$$' -bench VerifyMillion -benchtime 1x -count 3 ./internal/audit
 
 ## lint: gofmt, go vet, buf lint, go.mod tidiness.
 lint: lint-proto
