@@ -328,11 +328,10 @@ func (s *fieldService) reveal(ctx context.Context, req *tresorv1.RevealDocumentR
 	if s.gate.budgets != nil {
 		// Spend the budgets before anything is decrypted: a pass that
 		// decides every field and reveals none tells what would be read.
-		_, plan, err := s.prot.Reveal(ctx, schema, doc, req.GetDocumentId(), decide.plan)
-		if err != nil {
+		if _, _, err := s.prot.Reveal(ctx, schema, doc, req.GetDocumentId(), decide.plan); err != nil {
 			return nil, s.status(ctx, err)
 		}
-		if err := s.gate.spendReveal(ctx, decide, plan); err != nil {
+		if err := s.gate.spendReveal(ctx, decide); err != nil {
 			return nil, err
 		}
 	}
@@ -645,7 +644,7 @@ func (d *revealDecision) decide(ref fields.FieldRef) (fields.RevealMode, error) 
 
 // spendReveal counts the fields a reveal will read against the caller's
 // decrypt budgets, tier by tier.
-func (c *chain) spendReveal(ctx context.Context, d *revealDecision, _ fields.Result) error {
+func (c *chain) spendReveal(ctx context.Context, d *revealDecision) error {
 	return c.spend(ctx, d.cl, budgetDecrypt, d.counts)
 }
 
