@@ -65,12 +65,12 @@ const (
 // serviceResource is the resource of calls that touch no key.
 const serviceResource = "tresor"
 
-type requestIDKey struct{}
-
 // RequestID returns the request id the chain gave this call, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if cl := callFrom(ctx); cl != nil {
+		return cl.rec.RequestID
+	}
+	return ""
 }
 
 // Authenticator turns the caller's certificate and Authorization value into
@@ -177,6 +177,11 @@ type call struct {
 	screened bool
 	observed *monitor.Observation
 	active   monitor.Response
+	// used are the key versions the call used (in usedArr for the usual
+	// one or two); rec.KeyVersions spells them only when a record is
+	// handed to the observer.
+	used    []envelope.KeyRef
+	usedArr [2]envelope.KeyRef
 }
 
 // noteKeyVersion records a key version the call used.
@@ -184,7 +189,24 @@ func (cl *call) noteKeyVersion(name string, version uint32) {
 	if version == 0 {
 		return
 	}
-	cl.rec.KeyVersions = appendOnce(cl.rec.KeyVersions, name+":"+strconv.FormatUint(uint64(version), 10))
+	ref := envelope.KeyRef{Name: name, Version: version}
+	if slices.Contains(cl.used, ref) {
+		return
+	}
+	if cl.used == nil {
+		cl.used = cl.usedArr[:0]
+	}
+	cl.used = append(cl.used, ref)
+}
+
+// record returns the call's record for the observer, its key versions
+// spelled "name:version".
+func (cl *call) record() *CallRecord {
+	cl.rec.KeyVersions = cl.rec.KeyVersions[:0]
+	for _, r := range cl.used {
+		cl.rec.KeyVersions = append(cl.rec.KeyVersions, r.Name+":"+strconv.FormatUint(uint64(r.Version), 10))
+	}
+	return &cl.rec
 }
 
 // noteKeyUse records, on the call ctx belongs to, a key version it used.
@@ -271,13 +293,14 @@ func (s *validatingStream) RecvMsg(m any) error {
 }
 
 // begin gives the call its request id and notes its start and source.
+// The call's state is the one value it puts in ctx (RequestID and the
+// document handlers read it there).
 func (c *chain) begin(ctx context.Context, method string) (context.Context, *call) {
 	now := c.now()
-	ctx = withRequestID(ctx)
 	cl := &call{method: method, start: now}
 	// The action is known before authentication, so that a refused
 	// caller's event names what it tried.
-	cl.rec = CallRecord{Method: method, Action: methodRules[method].action, RequestID: RequestID(ctx), Start: now}
+	cl.rec = CallRecord{Method: method, Action: methodRules[method].action, RequestID: requestID(ctx), Start: now}
 	ctx = context.WithValue(ctx, callKey{}, cl)
 	if r, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
 		r.reached.Store(true)
@@ -323,7 +346,7 @@ func (c *chain) end(ctx context.Context, cl *call, err error) error {
 	}
 	c.logger.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
 	if c.observer != nil {
-		if oerr := c.observer.ObserveCall(ctx, &cl.rec); oerr != nil {
+		if oerr := c.observer.ObserveCall(ctx, cl.record()); oerr != nil {
 			c.logger.ErrorContext(ctx, "call not audited", "method", cl.method, "request_id", cl.rec.RequestID, "err", oerr)
 			if err == nil {
 				return status.Error(codes.Unavailable, "audit log unavailable: the call's result was withheld; retry later")
@@ -798,20 +821,26 @@ func firstMetadata(ctx context.Context, key string) string {
 	return ""
 }
 
-func withRequestID(ctx context.Context) context.Context {
+func requestID(ctx context.Context) string {
 	var id string
-	if v := metadata.ValueFromIncomingContext(ctx, requestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+	if v := metadata.ValueFromIncomingContext(ctx, requestIDHeader); len(v) > 0 {
 		id = v[0]
 	}
-	if id == "" {
-		var b [12]byte
-		_, _ = rand.Read(b[:])
-		id = hex.EncodeToString(b[:])
-	}
+	id = requestIDOrNew(id)
 	// A failure to set the header (no transport stream, as in tests that
 	// call a handler directly) is harmless: the id is still logged.
 	_ = grpc.SetHeader(ctx, metadata.Pairs(requestIDHeader, id))
-	return context.WithValue(ctx, requestIDKey{}, id)
+	return id
+}
+
+// requestIDOrNew returns id when it is a valid request id, else a new one.
+func requestIDOrNew(id string) string {
+	if validRequestID(id) {
+		return id
+	}
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // validRequestID accepts ids a log line can hold safely: 1 to 128 printable

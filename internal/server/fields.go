@@ -540,14 +540,14 @@ func (c *chain) auditDocument(ctx context.Context) error {
 	if cl == nil || c.observer == nil {
 		return nil
 	}
-	rec := cl.rec
+	rec := *cl.record()
 	rec.Code, rec.Message = codes.OK.String(), "one document of a stream"
 	rec.Duration = c.now().Sub(cl.start)
 	if err := c.observer.ObserveCall(ctx, &rec); err != nil {
 		c.logger.ErrorContext(ctx, "document not audited", "method", cl.method, "request_id", cl.rec.RequestID, "err", err)
 		return status.Error(codes.Unavailable, "audit log unavailable: the document's result was withheld; retry later")
 	}
-	cl.rec.Fields, cl.rec.KeyVersions = FieldCounts{}, nil
+	cl.rec.Fields, cl.rec.KeyVersions, cl.used = FieldCounts{}, nil, nil
 	return nil
 }
 

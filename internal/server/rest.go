@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/tresorkms/tresor/internal/authn"
 )
@@ -81,19 +80,15 @@ func (c *chain) observeREST(r *http.Request, rr *restRequest, status int) {
 			code = codes.OK
 		}
 	}
-	// The caller's X-Request-Id, as the gateway forwards it to the chain.
 	ctx := r.Context()
-	if id := r.Header.Get("X-Request-Id"); id != "" {
-		ctx = metadata.NewIncomingContext(ctx, metadata.Pairs(requestIDHeader, id))
-	}
-	ctx = withRequestID(ctx)
 	path := r.URL.Path
 	if len(path) > 256 {
 		path = path[:256]
 	}
 	rec := CallRecord{
-		Method:    "REST " + r.Method + " " + path,
-		RequestID: RequestID(ctx),
+		Method: "REST " + r.Method + " " + path,
+		// The caller's X-Request-Id, as the chain would take it.
+		RequestID: requestIDOrNew(r.Header.Get("X-Request-Id")),
 		Principal: rr.principal,
 		Source:    rr.source,
 		Code:      code.String(),
