@@ -184,9 +184,10 @@ type call struct {
 	usedArr [2]envelope.KeyRef
 }
 
-// noteKeyVersion records a key version the call used.
+// noteKeyVersion records a key version the call used (nothing for a nil
+// call: a handler called outside the chain).
 func (cl *call) noteKeyVersion(name string, version uint32) {
-	if version == 0 {
+	if cl == nil || version == 0 {
 		return
 	}
 	ref := envelope.KeyRef{Name: name, Version: version}
@@ -211,9 +212,7 @@ func (cl *call) record() *CallRecord {
 
 // noteKeyUse records, on the call ctx belongs to, a key version it used.
 func noteKeyUse(ctx context.Context, ref envelope.KeyRef) {
-	if cl := callFrom(ctx); cl != nil {
-		cl.noteKeyVersion(ref.Name, ref.Version)
-	}
+	callFrom(ctx).noteKeyVersion(ref.Name, ref.Version)
 }
 
 // unary runs the whole chain around a unary handler.
@@ -513,32 +512,36 @@ func (c *chain) authorize(ctx context.Context, cl *call, req any) error {
 	if err := c.limit(cl, rule); err != nil {
 		return err
 	}
-	principalKey := principalKey(cl.principal)
 	if rule.budget != "" && c.budgets != nil {
 		// Counted per tier on attempt, before any item is decrypted: a
 		// failed decryption still spends (it is an attempt to read), and a
 		// batch that a later tier refuses keeps what earlier tiers counted.
-		spend := map[string]int64{}
-		var order []string
+		n := map[string]int64{}
 		for i, u := range uses {
-			if !u.spends {
-				continue
+			if u.spends {
+				n[tiers[i]] += u.n
 			}
-			if _, seen := spend[tiers[i]]; !seen {
-				order = append(order, tiers[i])
-			}
-			spend[tiers[i]] += u.n
 		}
-		for _, tier := range order {
-			ok, retry, err := c.budgets.Consume(ctx, principalKey, rule.budget, tier, spend[tier])
-			if err != nil {
-				c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
-				return status.Error(codes.Unavailable, "budget store unavailable; retry later")
-			}
-			if !ok {
-				c.metrics.budgetExhausted(rule.budget, tier)
-				return exhausted(fmt.Sprintf("%s budget for %s data exceeded", rule.budget, tier), retry)
-			}
+		return c.spend(ctx, cl, rule.budget, n)
+	}
+	return nil
+}
+
+// spend counts n[tier] uses of action against the caller's budgets, tier
+// by tier from public to restricted.
+func (c *chain) spend(ctx context.Context, cl *call, action string, n map[string]int64) error {
+	for _, tier := range envelope.SensitivityTiers {
+		if n[tier] == 0 {
+			continue
+		}
+		ok, retry, err := c.budgets.Consume(ctx, principalKey(cl.principal), action, tier, n[tier])
+		if err != nil {
+			c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
+			return status.Error(codes.Unavailable, "budget store unavailable; retry later")
+		}
+		if !ok {
+			c.metrics.budgetExhausted(action, tier)
+			return exhausted(fmt.Sprintf("%s budget for %s data exceeded", action, tier), retry)
 		}
 	}
 	return nil

@@ -86,13 +86,14 @@ func (s *cryptoService) BatchEncrypt(ctx context.Context, req *tresorv1.BatchEnc
 		return nil, toStatus(ctx, s.logger, err)
 	}
 	resp := &tresorv1.BatchEncryptResponse{Results: make([]*tresorv1.BatchEncryptResult, len(req.GetItems()))}
+	cl := callFrom(ctx)
 	for i, item := range req.GetItems() {
 		ct, ref, err := s.ring.Encrypt(ctx, req.GetKey(), item.GetPlaintext(), item.GetAssociatedData())
 		if err != nil {
 			resp.Results[i] = &tresorv1.BatchEncryptResult{Result: &tresorv1.BatchEncryptResult_Error{Error: status.Convert(toStatus(ctx, s.logger, err)).Proto()}}
 			continue
 		}
-		noteKeyUse(ctx, ref)
+		cl.noteKeyVersion(ref.Name, ref.Version)
 		resp.Results[i] = &tresorv1.BatchEncryptResult{Result: &tresorv1.BatchEncryptResult_Encrypted{Encrypted: &tresorv1.EncryptedItem{Ciphertext: envelope.FormatCiphertext(ct), KeyVersion: ref.Version}}}
 	}
 	return resp, nil
@@ -100,13 +101,14 @@ func (s *cryptoService) BatchEncrypt(ctx context.Context, req *tresorv1.BatchEnc
 
 func (s *cryptoService) BatchDecrypt(ctx context.Context, req *tresorv1.BatchDecryptRequest) (*tresorv1.BatchDecryptResponse, error) {
 	resp := &tresorv1.BatchDecryptResponse{Results: make([]*tresorv1.BatchDecryptResult, len(req.GetItems()))}
+	cl := callFrom(ctx)
 	for i, item := range req.GetItems() {
 		pt, ref, err := s.decrypt(ctx, item.GetCiphertext(), item.GetAssociatedData())
 		if err != nil {
 			resp.Results[i] = &tresorv1.BatchDecryptResult{Result: &tresorv1.BatchDecryptResult_Error{Error: status.Convert(toStatus(ctx, s.logger, err)).Proto()}}
 			continue
 		}
-		noteKeyUse(ctx, ref)
+		cl.noteKeyVersion(ref.Name, ref.Version)
 		resp.Results[i] = &tresorv1.BatchDecryptResult{Result: &tresorv1.BatchDecryptResult_Decrypted{Decrypted: &tresorv1.DecryptedItem{Plaintext: pt, Key: ref.Name, KeyVersion: ref.Version}}}
 	}
 	return resp, nil

@@ -335,7 +335,7 @@ func (s *fieldService) reveal(ctx context.Context, req *tresorv1.RevealDocumentR
 			return nil, err
 		}
 	}
-	out, res, err := s.prot.Reveal(ctx, schema, doc, req.GetDocumentId(), decide.decide)
+	out, res, err := s.prot.Reveal(ctx, schema, doc, req.GetDocumentId(), decide.mode)
 	noteFields(ctx, res)
 	if err != nil {
 		return nil, s.status(ctx, err)
@@ -476,7 +476,6 @@ type revealDecision struct {
 	tiers map[string]policy.Tier
 	// counts is what plan saw: the fields per tier that would be read.
 	counts map[string]int64
-	err    error
 }
 
 func (c *chain) revealDecider(ctx context.Context, s *fields.Schema, first bool) (*revealDecision, error) {
@@ -566,30 +565,17 @@ func (d *revealDecision) mode(ref fields.FieldRef) (fields.RevealMode, error) {
 		return m, nil
 	}
 	c := d.c
+	tier, a, err := c.fieldTier(d.ctx, ref.Key, ref.Sensitivity)
+	if err != nil {
+		return 0, err
+	}
+	d.tiers[ref.Pattern] = tier
+	d.cl.rec.Keys = appendOnce(d.cl.rec.Keys, ref.Key)
 	if c.authz == nil {
 		d.modes[ref.Pattern] = fields.RevealClear
 		d.cl.rec.Decision = "allow"
 		return fields.RevealClear, nil
 	}
-	tier, err := policy.ParseTier(string(ref.Sensitivity))
-	if err != nil {
-		tier = policy.TierRestricted
-	}
-	a, err := c.keys.KeyAttributes(d.ctx, ref.Key)
-	switch {
-	case err == nil:
-	case errors.Is(err, envelope.ErrKeyNotFound), errors.Is(err, envelope.ErrInvalidKeyName):
-		a = envelope.AttributesOf(ref.Key, nil)
-	default:
-		return 0, toStatus(d.ctx, c.logger, err)
-	}
-	// A schema may call a field less sensitive than its key is: the key's
-	// label wins then (the decision, the context and the budget).
-	if kt, err := policy.ParseTier(a.Sensitivity); err == nil && kt > tier {
-		tier = kt
-	}
-	d.tiers[ref.Pattern] = tier
-	d.cl.rec.Keys = appendOnce(d.cl.rec.Keys, ref.Key)
 	r := d.base
 	r.Resource = policy.Resource{Kind: policy.ResourceField, Name: ref.Key, Tier: tier, Owner: a.Owner, Labels: a.Labels,
 		Schema: d.schema.Name(), Path: ref.Pattern, Classification: ref.Tier}
@@ -640,32 +626,33 @@ func (d *revealDecision) plan(ref fields.FieldRef) (fields.RevealMode, error) {
 	return fields.RevealWithheld, nil
 }
 
-func (d *revealDecision) decide(ref fields.FieldRef) (fields.RevealMode, error) { return d.mode(ref) }
-
 // spendReveal counts the fields a reveal will read against the caller's
 // decrypt budgets, tier by tier.
 func (c *chain) spendReveal(ctx context.Context, d *revealDecision) error {
 	return c.spend(ctx, d.cl, budgetDecrypt, d.counts)
 }
 
-// spend counts n[tier] uses of action against the caller's budgets, tier
-// by tier.
-func (c *chain) spend(ctx context.Context, cl *call, action string, n map[string]int64) error {
-	for _, tier := range envelope.SensitivityTiers {
-		if n[tier] == 0 {
-			continue
-		}
-		ok, retry, err := c.budgets.Consume(ctx, principalKey(cl.principal), action, tier, n[tier])
-		if err != nil {
-			c.logger.ErrorContext(ctx, "budget store unavailable", "request_id", cl.rec.RequestID, "err", err)
-			return status.Error(codes.Unavailable, "budget store unavailable; retry later")
-		}
-		if !ok {
-			c.metrics.budgetExhausted(action, tier)
-			return exhausted(fmt.Sprintf("%s budget for %s data exceeded", action, tier), retry)
-		}
+// fieldTier is the tier a field is decided and counted at: the higher of
+// its schema tier's sensitivity and its key's (a schema cannot make a field
+// less sensitive than its key), and the key's attributes. A missing key
+// counts as restricted with no owner, as in chain.decide.
+func (c *chain) fieldTier(ctx context.Context, key string, schema fields.Sensitivity) (policy.Tier, envelope.KeyAttributes, error) {
+	tier, err := policy.ParseTier(string(schema))
+	if err != nil {
+		tier = policy.TierRestricted
 	}
-	return nil
+	a, err := c.keys.KeyAttributes(ctx, key)
+	switch {
+	case err == nil:
+	case errors.Is(err, envelope.ErrKeyNotFound), errors.Is(err, envelope.ErrInvalidKeyName):
+		a = envelope.AttributesOf(key, nil)
+	default:
+		return 0, a, toStatus(ctx, c.logger, err)
+	}
+	if kt, err := policy.ParseTier(a.Sensitivity); err == nil && kt > tier {
+		tier = kt
+	}
+	return tier, a, nil
 }
 
 // spendSearchable counts the searchable values a protect produced
@@ -693,16 +680,10 @@ func (c *chain) spendSearchable(ctx context.Context, s *fields.Schema, res field
 		if f.Outcome != fields.OutcomeProtected && f.Outcome != fields.OutcomeTokenized {
 			continue
 		}
-		tier := policy.TierRestricted
-		if t, ok := s.Tier(f.Tier); ok {
-			if st, err := policy.ParseTier(string(t.Sensitivity)); err == nil {
-				tier = st
-			}
-		}
-		if a, err := c.keys.KeyAttributes(ctx, f.Key); err == nil {
-			if kt, err := policy.ParseTier(a.Sensitivity); err == nil && kt > tier {
-				tier = kt
-			}
+		t, _ := s.Tier(f.Tier)
+		tier, _, err := c.fieldTier(ctx, f.Key, t.Sensitivity)
+		if err != nil {
+			return err
 		}
 		n[tier.String()]++
 	}
