@@ -93,11 +93,19 @@ func (u *versionUsage) take() (left int64, ok bool) {
 }
 
 // usageLimit is k's usage limit per version, the keyring's default for 0.
-func (r *Keyring) usageLimit(k store.Key) int64 {
-	if k.UsageLimit > 0 {
+func (r *Keyring) usageLimit(k store.Key) int64 { return UsageLimit(k, r.opts.DefaultUsageLimit) }
+
+// UsageLimit is how many encryptions each version of k allows: its own
+// limit, else defaultLimit (a keyring's Options.DefaultUsageLimit), else
+// DefaultUsageLimit.
+func UsageLimit(k store.Key, defaultLimit int64) int64 {
+	switch {
+	case k.UsageLimit > 0:
 		return k.UsageLimit
+	case defaultLimit > 0:
+		return defaultLimit
 	}
-	return r.opts.DefaultUsageLimit
+	return DefaultUsageLimit
 }
 
 // usageFor returns the usage counter of k's primary version for a key being

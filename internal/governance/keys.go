@@ -7,7 +7,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tresorkms/tresor/internal/config"
+	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/store"
 )
 
@@ -157,19 +157,13 @@ func CheckKeys(keys []KeyInfo, rules KeyRules) ([]Finding, KeySummary) {
 			sum.NoOwner++
 			add(k, SeverityWarning, "no %q label: every key needs an accountable owner", OwnerLabel)
 		}
-		if due, created, ok := rotationDue(k); ok && rules.Now.After(due.Add(rules.RotationGrace)) {
+		if due, ok := envelope.NextRotationTime(k); ok && rules.Now.After(due.Add(rules.RotationGrace)) {
 			sum.RotationOverdue++
 			add(k, SeverityWarning, "rotation overdue by %s: version %d was created on %s and the key rotates every %s (is the scheduler running?)",
-				human(rules.Now.Sub(due)), k.PrimaryVersion, day(created), human(k.RotationPeriod))
+				human(rules.Now.Sub(due)), k.PrimaryVersion, day(due.Add(-k.RotationPeriod)), human(k.RotationPeriod))
 		}
 		if usageCounted(k) {
-			limit := k.UsageLimit
-			if limit <= 0 {
-				limit = rules.DefaultUsageLimit
-			}
-			if limit <= 0 {
-				limit = config.DefaultUsageLimit
-			}
+			limit := envelope.UsageLimit(k, rules.DefaultUsageLimit)
 			used := ki.Uses[k.PrimaryVersion]
 			switch {
 			case used >= limit:
@@ -185,19 +179,4 @@ func CheckKeys(keys []KeyInfo, rules KeyRules) ([]Finding, KeySummary) {
 		}
 	}
 	return out, sum
-}
-
-// rotationDue returns when an enabled key with a rotation period is due
-// for rotation (its primary version's creation plus the period), as
-// envelope.NextRotationTime does for the scheduler.
-func rotationDue(k store.Key) (due, created time.Time, ok bool) {
-	if k.RotationPeriod <= 0 || k.State != store.KeyStateEnabled {
-		return time.Time{}, time.Time{}, false
-	}
-	for _, v := range k.Versions {
-		if v.Number == k.PrimaryVersion {
-			return v.CreateTime.Add(k.RotationPeriod), v.CreateTime, true
-		}
-	}
-	return time.Time{}, time.Time{}, false
 }
