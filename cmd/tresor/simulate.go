@@ -12,6 +12,7 @@ import (
 	policies "github.com/tresorkms/tresor/examples/policies"
 	"github.com/tresorkms/tresor/internal/monitor"
 	"github.com/tresorkms/tresor/internal/policy"
+	"github.com/tresorkms/tresor/internal/server"
 )
 
 // newSimulateCmd is `tresor simulate`: normal traffic for a set of
@@ -69,17 +70,9 @@ used.`,
 	return cmd
 }
 
-// cedarResponses decides anomaly responses as the server's chain does: the
-// anomaly actions on the service, strongest first, with context.risk; the
-// first permitted wins.
+// cedarResponses decides anomaly responses as the server's chain does
+// (server.DecideResponse), from the simulated call.
 type cedarResponses struct{ e *policy.Engine }
-
-var responseActions = map[monitor.Response]string{
-	monitor.Block:    "AnomalyBlock",
-	monitor.Throttle: "AnomalyThrottle",
-	monitor.StepUp:   "AnomalyStepUp",
-	monitor.Log:      "AnomalyLog",
-}
 
 func (c cedarResponses) DecideResponse(obs monitor.Observation, risk int) monitor.Response {
 	r := policy.Request{
@@ -91,11 +84,6 @@ func (c cedarResponses) DecideResponse(obs monitor.Observation, risk int) monito
 	if obs.HasValue {
 		r.Context.TransactionValue = strconv.FormatFloat(obs.TransactionValue, 'f', 2, 64)
 	}
-	for _, resp := range monitor.Responses() {
-		r.Action = responseActions[resp]
-		if c.e.Decide(r).Allow {
-			return resp
-		}
-	}
-	return monitor.None
+	resp, _ := server.DecideResponse(c.e, r)
+	return resp
 }

@@ -191,6 +191,22 @@ func (r Response) String() string {
 	return "Response(" + strconv.Itoa(int(r)) + ")"
 }
 
+// Action returns the policy action that decides the response, such as
+// "AnomalyBlock" (examples/policies/tresor.cedarschema), or "" for None.
+func (r Response) Action() string {
+	switch r {
+	case Log:
+		return "AnomalyLog"
+	case StepUp:
+		return "AnomalyStepUp"
+	case Throttle:
+		return "AnomalyThrottle"
+	case Block:
+		return "AnomalyBlock"
+	}
+	return ""
+}
+
 // Responses returns the responses stronger than None, strongest first: the
 // order in which to ask the policies.
 func Responses() []Response { return []Response{Block, Throttle, StepUp, Log} }

@@ -15,14 +15,6 @@ import (
 
 const examplesDir = "../../examples/policies"
 
-// anomalyActions are the schema's actions for the responses.
-var anomalyActions = map[monitor.Response]string{
-	monitor.Block:    "AnomalyBlock",
-	monitor.Throttle: "AnomalyThrottle",
-	monitor.StepUp:   "AnomalyStepUp",
-	monitor.Log:      "AnomalyLog",
-}
-
 // cedarDecider decides responses with the Cedar policies, as the server's
 // chain does: the anomaly actions on the service, strongest first, with
 // context.risk; the first permitted wins.
@@ -37,8 +29,8 @@ func loadExamples(t testing.TB) cedarDecider {
 	if err != nil {
 		t.Fatalf("policy.Load(%s) err = %v, want nil", examplesDir, err)
 	}
-	for _, a := range anomalyActions {
-		if !e.HasAction(a) {
+	for _, r := range monitor.Responses() {
+		if a := r.Action(); !e.HasAction(a) {
 			t.Fatalf("the example schema has no action %s", a)
 		}
 	}
@@ -66,7 +58,7 @@ func (c cedarDecider) request(obs monitor.Observation, risk int) policy.Request 
 func (c cedarDecider) DecideResponse(obs monitor.Observation, risk int) monitor.Response {
 	r := c.request(obs, risk)
 	for _, resp := range monitor.Responses() {
-		r.Action = anomalyActions[resp]
+		r.Action = resp.Action()
 		d := c.e.Decide(r)
 		if len(d.Errors) > 0 {
 			c.t.Fatalf("Decide(%s, risk %d) errors = %v, want none", r.Action, risk, d.Errors)

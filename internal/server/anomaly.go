@@ -25,15 +25,19 @@ type AnomalyMonitor interface {
 	Observe(obs monitor.Observation, applied monitor.Response)
 }
 
-// anomalyActions are the policy actions of the responses, strongest first.
-var anomalyActions = []struct {
-	action   string
-	response monitor.Response
-}{
-	{"AnomalyBlock", monitor.Block},
-	{"AnomalyThrottle", monitor.Throttle},
-	{"AnomalyStepUp", monitor.StepUp},
-	{"AnomalyLog", monitor.Log},
+// DecideResponse asks the policy, strongest first, which anomaly response
+// applies to a call described by r (its Action is set to each response's
+// in turn) and returns the first permitted, with the policies that permit
+// it; monitor.None when none is. The chain and `tresor simulate` both
+// decide with it.
+func DecideResponse(authz Authorizer, r policy.Request) (monitor.Response, []string) {
+	for _, resp := range monitor.Responses() {
+		r.Action = resp.Action()
+		if d := authz.Decide(r); d.Allow {
+			return resp, d.Policies
+		}
+	}
+	return monitor.None, nil
 }
 
 // screen scores the call, lets the policy choose a response to an unusual
@@ -69,14 +73,10 @@ func (c *chain) screen(ctx context.Context, cl *call, pctx *policy.Context, keys
 	}
 	if a.Risk >= c.minRisk && c.authz != nil {
 		r := policy.Request{Principal: policyPrincipal(cl.principal), Context: *pctx,
-			Resource: policy.Resource{Kind: policy.ResourceService, Name: serviceResource, Tier: policy.TierInternal}}
-		for _, aa := range anomalyActions {
-			r.Action = aa.action
-			if d := c.authz.Decide(r); d.Allow {
-				c.anomaly.Apply(obs.Principal, aa.response, cl.start)
-				cl.rec.Policies = appendAll(cl.rec.Policies, d.Policies)
-				break
-			}
+			Resource: policy.Resource{Kind: policy.ResourceService, Name: serviceResource}}
+		if resp, pols := DecideResponse(c.authz, r); resp != monitor.None {
+			c.anomaly.Apply(obs.Principal, resp, cl.start)
+			cl.rec.Policies = appendAll(cl.rec.Policies, pols)
 		}
 	}
 	if err := c.admit(ctx, cl, obs.Principal, cl.start); err != nil {
