@@ -15,7 +15,6 @@ import (
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/audit"
 	"github.com/tresorkms/tresor/internal/config"
-	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms/provider"
 )
 
@@ -37,7 +36,7 @@ func newAuditCmd() *cobra.Command {
 		Short: "Check every event's hash chain and every checkpoint's MAC; name the first bad event",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAuditLog(cmd.Context(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
+			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
 				start := time.Now()
 				r, err := audit.Verify(cmd.Context(), src, env.roots)
 				took := time.Since(start)
@@ -80,7 +79,7 @@ func newAuditCmd() *cobra.Command {
 			if q.To, err = parseTime(to); err != nil {
 				return fmt.Errorf("--to: %w", err)
 			}
-			return withAuditLog(cmd.Context(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
+			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				return audit.Query(cmd.Context(), src, env.pseud, q, func(e audit.Event) error { return enc.Encode(e) })
 			})
@@ -113,7 +112,7 @@ type auditEnv struct {
 
 // withAuditLog opens the store and root keys of the configuration and
 // calls fn with the log to read: the file when given, else the store.
-func withAuditLog(ctx context.Context, cfgPath, file string, extraRoots []string, fn func(audit.Source, *auditEnv) error) error {
+func withAuditLog(ctx context.Context, warn io.Writer, cfgPath, file string, extraRoots []string, fn func(audit.Source, *auditEnv) error) error {
 	cfg, err := config.Load(cfgPath, nil)
 	if err != nil {
 		return err
@@ -140,10 +139,14 @@ func withAuditLog(ctx context.Context, cfgPath, file string, extraRoots []string
 		}
 	}
 	env := &auditEnv{roots: rk.set}
-	if ring, err := envelope.New(st, rk.set, envelope.Options{Logger: logger}); err == nil {
-		if k, err := ring.GetKey(ctx, cfg.Audit.PseudonymKey); err == nil && k.Type == store.KeyTypeHMACSHA256 {
-			env.pseud, _ = auditPseudonymizer(ctx, ring, cfg.Audit.PseudonymKey)
-		}
+	ring, err := envelope.New(st, rk.set, envelope.Options{Logger: logger})
+	if err != nil {
+		return err
+	}
+	// Reading never creates the key; without it, token subjects cannot be
+	// matched (workloads and pseudonyms still can), and the command says so.
+	if env.pseud, err = auditPseudonymizer(ctx, ring, cfg.Audit.PseudonymKey, false); err != nil {
+		fmt.Fprintf(warn, "warning: %v: --principal matches workloads and pseudonyms only\n", err)
 	}
 	if file != "" {
 		f, err := os.Open(file)

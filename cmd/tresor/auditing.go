@@ -25,12 +25,20 @@ const pseudonymLabel = "tresor-audit-pseudonym-key-v1"
 
 // auditPseudonymizer derives the audit log's pseudonym key from the
 // keyring's HMAC key name (version 1, so rotating that key does not change
-// the pseudonyms), creating the key when it is missing. Every replica of a
+// the pseudonyms), creating the key when it is missing and create is set. Every replica of a
 // store derives the same key; its bytes exist only in memory.
-func auditPseudonymizer(ctx context.Context, ring *envelope.Keyring, name string) (*audit.Pseudonymizer, error) {
-	_, err := ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: store.KeyTypeHMACSHA256,
-		Labels: map[string]string{"sensitivity": "restricted", "purpose": "audit-pseudonyms", "owner": "tresor-audit"}})
-	if err != nil && !errors.Is(err, envelope.ErrKeyExists) {
+func auditPseudonymizer(ctx context.Context, ring *envelope.Keyring, name string, create bool) (*audit.Pseudonymizer, error) {
+	// Looked up first: creating wraps a new keyset under the root key (an
+	// HSM or KMS call) before the store says the name is taken.
+	_, err := ring.GetKey(ctx, name)
+	if errors.Is(err, envelope.ErrKeyNotFound) && create {
+		_, err = ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: store.KeyTypeHMACSHA256,
+			Labels: map[string]string{"sensitivity": "restricted", "purpose": "audit-pseudonyms", "owner": "tresor-audit"}})
+		if errors.Is(err, envelope.ErrKeyExists) {
+			err = nil // another replica created it first
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("audit pseudonym key %q: %w", name, err)
 	}
 	key, err := ring.MACVersion(ctx, name, 1, []byte(pseudonymLabel))
@@ -83,8 +91,8 @@ func auditChain(c config.Audit) (string, error) {
 
 // openAudit opens the audit log as configured: its sinks, its pseudonym
 // key and its writer. closeAudit writes the final checkpoint.
-func openAudit(ctx context.Context, c config.Audit, st store.Store, ring *envelope.Keyring, roots *envelope.RootKeys, reg prometheus.Registerer) (*audit.Log, server.AuditReader, func(), error) {
-	pz, err := auditPseudonymizer(ctx, ring, c.PseudonymKey)
+func openAudit(ctx context.Context, c config.Audit, st store.Store, ring *envelope.Keyring, roots *envelope.RootKeys, reg prometheus.Registerer, logger *slog.Logger) (*audit.Log, server.AuditReader, func(), error) {
+	pz, err := auditPseudonymizer(ctx, ring, c.PseudonymKey, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -108,7 +116,9 @@ func openAudit(ctx context.Context, c config.Audit, st store.Store, ring *envelo
 		Chain: chain, RootKeys: roots, Pseudonymizer: pz,
 		CheckpointEvery: c.CheckpointEvery, CheckpointInterval: c.CheckpointInterval,
 		FailOpen: c.FailOpen,
-		OnError: func(_ error, events int) {
+		OnError: func(err error, events int) {
+			// The error names the sink and the chain, never an event.
+			logger.Error("audit write failed", "err", err, "events", events, "fail_open", c.FailOpen)
 			failures.Inc()
 			lost.Add(float64(events))
 		},

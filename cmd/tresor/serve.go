@@ -155,7 +155,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	if cfg.Audit.Enabled {
-		auditLog, reader, closeAudit, err := openAudit(ctx, cfg.Audit, st, ring, rk.set, reg)
+		auditLog, reader, closeAudit, err := openAudit(ctx, cfg.Audit, st, ring, rk.set, reg, logger)
 		if err != nil {
 			return fmt.Errorf("refusing to start: %w", err)
 		}

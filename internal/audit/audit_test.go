@@ -451,3 +451,36 @@ func TestQuery(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyRecoversWithoutTraffic: after a failed write, Ready reports the
+// failure until the sinks take writes again, and then recovers by itself
+// (the writer probes them): a server taken out of its load balancer gets
+// no traffic to recover with.
+func TestReadyRecoversWithoutTraffic(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	sink := &funcSink{append: func(context.Context, []Entry, *Checkpoint) error {
+		if failing.Load() {
+			return errors.New("disk full")
+		}
+		return nil
+	}}
+	opts := testOptions(t, "probe", testRootKeys(t))
+	opts.CheckpointInterval = 40 * time.Millisecond
+	l := newLog(t, opts, sink)
+	if err := l.Record(t.Context(), testEvent(1)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Record(failing sink) err = %v, want ErrUnavailable", err)
+	}
+	if err := l.Ready(t.Context()); err == nil {
+		t.Fatal("Ready() after a failed write = nil, want the failure")
+	}
+	failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Ready(t.Context()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ready() = %v 5s after the sink recovered with no traffic, want nil", l.Ready(t.Context()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	closeLog(t, l)
+}

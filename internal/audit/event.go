@@ -120,6 +120,10 @@ const (
 // head already has a checkpoint, to carry the final one.
 const ActionClose = "audit.Close"
 
+// ActionProbe is the Action of the event the log records, while its last
+// write failed and no call writes, to find out whether its sinks are back.
+const ActionProbe = "audit.Probe"
+
 // Policy decisions (Event.Decision).
 const (
 	DecisionAllow = "allow"

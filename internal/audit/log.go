@@ -238,8 +238,18 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	}
 }
 
+// probe is the event the writer records to learn whether failed sinks
+// are back (ActionProbe); nobody waits for it.
+func (l *Log) probe() *request {
+	r := &request{e: Event{Time: l.opts.Now().UTC().Truncate(time.Microsecond), Action: ActionProbe}, done: make(chan error, 1)}
+	r.body = appendBody(make([]byte, 0, 128), &r.e)
+	return r
+}
+
 // Ready returns nil when the last write succeeded (or none failed yet), and
-// that write's error otherwise; for a readiness check.
+// that write's error otherwise; for a readiness check. While it fails, the
+// writer records a probe event (ActionProbe) every quarter checkpoint
+// interval without traffic, so that Ready recovers with the sinks.
 func (l *Log) Ready(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -292,6 +302,13 @@ func (l *Log) run() {
 			last = len(batch)
 			l.commit(batch)
 		case <-ticker.C:
+			if l.lastErr.Load() != nil && len(l.queue) == 0 {
+				// The last write failed and no call is writing: a probe
+				// event finds out whether the sinks are back, so that
+				// readiness recovers even when no traffic comes (a load
+				// balancer sends none to a server that is not ready).
+				l.commit([]*request{l.probe()})
+			}
 			l.checkpointDue(false)
 		case <-l.closing:
 			for {

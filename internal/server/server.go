@@ -120,6 +120,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	failing   []string // readiness checks failing now
+	checked   bool     // the first round of readiness checks has run
 	grpcLis   net.Listener
 	httpLis   net.Listener
 	listening chan struct{}
@@ -466,7 +467,12 @@ func (s *Server) watchReady(ctx context.Context) {
 }
 
 // checkReady runs every readiness check once and sets the health status.
+// A check is logged when it starts failing and when it recovers, not on
+// every round.
 func (s *Server) checkReady(ctx context.Context) {
+	s.mu.Lock()
+	prev, first := s.failing, !s.checked
+	s.mu.Unlock()
 	var failing []string
 	for _, c := range s.opts.Ready {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -475,13 +481,19 @@ func (s *Server) checkReady(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
+		was := slices.Contains(prev, c.Name) && !first
+		switch {
+		case err != nil:
 			failing = append(failing, c.Name)
-			s.opts.Logger.WarnContext(ctx, "not ready", "check", c.Name, "err", err)
+			if !was {
+				s.opts.Logger.WarnContext(ctx, "not ready", "check", c.Name, "err", err)
+			}
+		case was:
+			s.opts.Logger.InfoContext(ctx, "ready again", "check", c.Name)
 		}
 	}
 	s.mu.Lock()
-	s.failing = failing
+	s.failing, s.checked = failing, true
 	s.mu.Unlock()
 	st := healthpb.HealthCheckResponse_SERVING
 	if len(failing) > 0 {
