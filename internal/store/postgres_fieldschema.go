@@ -9,8 +9,9 @@ import (
 )
 
 // PutFieldSchema implements [FieldSchemas.PutFieldSchema] in one
-// transaction; the schema's existing rows are locked, and the primary key
-// turns a concurrent insert of the same version into ErrAlreadyExists.
+// transaction that holds a transaction-scoped advisory lock on the
+// schema's name, so that concurrent puts of "the next version" take one
+// version each; the primary key still refuses a version stored twice.
 func (s *PostgresStore) PutFieldSchema(ctx context.Context, fs FieldSchema) (FieldSchema, error) {
 	if err := ctx.Err(); err != nil {
 		return FieldSchema{}, fmt.Errorf("put field schema %q: %w", fs.Name, err)
@@ -21,6 +22,9 @@ func (s *PostgresStore) PutFieldSchema(ctx context.Context, fs FieldSchema) (Fie
 	out := fs
 	out.CreateTime = storeTime(s.now())
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('tresor.field_schemas'), hashtext($1))`, fs.Name); err != nil {
+			return err
+		}
 		var latest int64
 		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM field_schemas WHERE name = $1`, fs.Name).Scan(&latest); err != nil {
 			return err
