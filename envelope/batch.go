@@ -35,14 +35,8 @@ type KeySealer struct {
 // It fails as Encrypt would for that key (ErrInvalidKeyName,
 // ErrKeyNotFound, a state error, ErrKeyTypeMismatch).
 func (r *Keyring) Sealer(ctx context.Context, name string) (*KeySealer, error) {
-	if err := checkKeyName(name); err != nil {
-		return nil, err
-	}
-	lk, err := r.load(ctx, name)
+	lk, err := r.usableKey(ctx, name)
 	if err != nil {
-		return nil, err
-	}
-	if err := stateErr(lk.meta); err != nil {
 		return nil, err
 	}
 	if lk.gcm == nil && lk.daead == nil {

@@ -222,12 +222,22 @@ func (r *Keyring) GenerateDataKeyWithoutPlaintext(ctx context.Context, name stri
 // keyring sees it now: ErrInvalidKeyName, ErrKeyNotFound, ErrKeyDisabled,
 // ErrKeyDeletionScheduled, ErrKeyDestroyed or nil.
 func (r *Keyring) CheckUsable(ctx context.Context, name string) error {
+	_, err := r.usableKey(ctx, name)
+	return err
+}
+
+// usableKey loads the named key if it may be used now: ErrInvalidKeyName,
+// ErrKeyNotFound or a state error otherwise.
+func (r *Keyring) usableKey(ctx context.Context, name string) (*loadedKey, error) {
 	if err := checkKeyName(name); err != nil {
-		return err
+		return nil, err
 	}
 	lk, err := r.load(ctx, name)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return stateErr(lk.meta)
+	if err := stateErr(lk.meta); err != nil {
+		return nil, err
+	}
+	return lk, nil
 }

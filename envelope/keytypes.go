@@ -88,14 +88,8 @@ func (r *Keyring) MACVersion(ctx context.Context, name string, version uint32, d
 }
 
 func (r *Keyring) macKey(ctx context.Context, name string) (*loadedKey, error) {
-	if err := checkKeyName(name); err != nil {
-		return nil, err
-	}
-	lk, err := r.load(ctx, name)
+	lk, err := r.usableKey(ctx, name)
 	if err != nil {
-		return nil, err
-	}
-	if err := stateErr(lk.meta); err != nil {
 		return nil, err
 	}
 	if lk.mac == nil {
@@ -115,14 +109,8 @@ func hmacSHA256(key, data []byte) []byte {
 // FF1 itself). The cipher never exposes its key. Another key type gives
 // ErrKeyTypeMismatch; a disabled key, ErrKeyDisabled.
 func (r *Keyring) TokenizationCipher(ctx context.Context, name string) (cipher.Block, KeyRef, error) {
-	if err := checkKeyName(name); err != nil {
-		return nil, KeyRef{}, err
-	}
-	lk, err := r.load(ctx, name)
+	lk, err := r.usableKey(ctx, name)
 	if err != nil {
-		return nil, KeyRef{}, err
-	}
-	if err := stateErr(lk.meta); err != nil {
 		return nil, KeyRef{}, err
 	}
 	if lk.ff1 == nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tresorkms/tresor/envelope"
 	"slices"
 	"sort"
 	"strings"
@@ -72,13 +73,7 @@ const (
 	SensitivityRestricted   Sensitivity = "restricted"
 )
 
-func validSensitivity(s string) bool {
-	switch Sensitivity(s) {
-	case SensitivityPublic, SensitivityInternal, SensitivityConfidential, SensitivityRestricted:
-		return true
-	}
-	return false
-}
+func validSensitivity(s string) bool { return slices.Contains(envelope.SensitivityTiers, s) }
 
 // MaskFormat is how a mask treats a value.
 type MaskFormat string
@@ -155,6 +150,7 @@ type Schema struct {
 	tiers       map[string]*Tier
 	fields      []Field
 	inspection  *Inspection
+	keys        []KeyUse // see Keys
 	detectors   detectorSet
 	root        *pnode
 }
@@ -444,6 +440,7 @@ func build(d *schemaDoc) (*Schema, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	s.keys = s.keyUses()
 	return s, nil
 }
 
@@ -465,7 +462,7 @@ func buildTier(name string, d tierDoc) (*Tier, error) {
 	switch {
 	case needsKey && d.Key == "":
 		bad("protection %s needs a key", p)
-	case needsKey && !validKeyName(d.Key):
+	case needsKey && !envelope.ValidKeyName(d.Key):
 		bad("key %q: invalid key name", d.Key)
 	case !needsKey && d.Key != "":
 		bad("protection %s takes no key", p)
@@ -474,7 +471,7 @@ func buildTier(name string, d tierDoc) (*Tier, error) {
 		switch {
 		case d.IndexKey == "":
 			bad("protection blind_index needs an index_key")
-		case !validKeyName(d.IndexKey):
+		case !envelope.ValidKeyName(d.IndexKey):
 			bad("index_key %q: invalid key name", d.IndexKey)
 		}
 		if t.IndexBytes == 0 {
@@ -551,21 +548,6 @@ func validTierName(s string) bool {
 	return true
 }
 
-// validKeyName is envelope's key-name rule: a lowercase letter, then up to
-// 62 lowercase letters, digits or hyphens.
-func validKeyName(s string) bool {
-	if s == "" || len(s) > 63 || s[0] < 'a' || s[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
 type keyUse struct{ name, typ string }
 
 func tierKeys(t *Tier) []keyUse {
@@ -632,8 +614,12 @@ type KeyUse struct {
 	Tiers       []string
 }
 
-// Keys returns the keys the schema uses, sorted by name.
-func (s *Schema) Keys() []KeyUse {
+// Keys returns the keys the schema uses, sorted by name. The schema is
+// immutable, so they are worked out once, when it is built; callers must
+// not modify what Keys returns.
+func (s *Schema) Keys() []KeyUse { return s.keys }
+
+func (s *Schema) keyUses() []KeyUse {
 	byName := map[string]*KeyUse{}
 	for _, t := range s.Tiers() {
 		for _, u := range tierKeys(&t) {

@@ -444,10 +444,7 @@ func (c *chain) allowProtect(ctx context.Context, s *fields.Schema, first bool) 
 	if cl.allowed[key] {
 		return nil
 	}
-	uses := make([]keyUse, 0, len(s.Keys()))
-	for _, k := range s.Keys() {
-		uses = append(uses, keyUse{name: k.Name, n: 1})
-	}
+	uses := schemaKeyUses(s)
 	if len(uses) > maxKeysPerCall {
 		return status.Error(codes.InvalidArgument, errTooManyKeys.Error())
 	}

@@ -303,11 +303,16 @@ func putSchemaKeys(req any) ([]keyUse, error) {
 	if err != nil {
 		return nil, err
 	}
-	var uses []keyUse
+	return schemaKeyUses(s), nil
+}
+
+// schemaKeyUses are the keys a classification schema uses, once each.
+func schemaKeyUses(s *fields.Schema) []keyUse {
+	uses := make([]keyUse, 0, len(s.Keys()))
 	for _, k := range s.Keys() {
 		uses = append(uses, keyUse{name: k.Name, n: 1})
 	}
-	return uses, nil
+	return uses
 }
 
 type withAAD interface{ GetAssociatedData() []byte }
