@@ -2,14 +2,8 @@ package envelope
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
-
-	"github.com/tresorkms/tresor/internal/store"
-	"github.com/tresorkms/tresor/secret"
 )
 
 // KeySealer seals several values under one named key for one unit of work
@@ -58,11 +52,8 @@ func (s *KeySealer) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte,
 // would return (Decrypt opens it), to dst. It returns the extended buffer
 // and the version that sealed; on error dst is returned unchanged in length.
 func (s *KeySealer) AppendEncrypt(ctx context.Context, dst, plaintext, aad []byte) ([]byte, KeyRef, error) {
-	if len(plaintext) == 0 {
-		return dst, KeyRef{}, fmt.Errorf("%w: empty plaintext", ErrInvalidArgument)
-	}
-	if len(plaintext) > s.r.opts.MaxPlaintextSize {
-		return dst, KeyRef{}, fmt.Errorf("%w: plaintext of %d bytes exceeds the limit of %d", ErrInvalidArgument, len(plaintext), s.r.opts.MaxPlaintextSize)
+	if err := s.r.checkPlaintext(plaintext); err != nil {
+		return dst, KeyRef{}, err
 	}
 	lk := s.lk
 	if lk.usage != nil {
@@ -78,32 +69,11 @@ func (s *KeySealer) AppendEncrypt(ctx context.Context, dst, plaintext, aad []byt
 	start := len(dst)
 	dst = appendHeader(dst, ref.Name, ref.Version)
 	s.ad = append(append(s.ad[:0], dst[start:]...), aad...)
-	if lk.gcm != nil {
-		out, err := lk.gcm[ref.Version].appendSeal(dst, plaintext, s.ad)
-		if err != nil {
-			return dst[:start], KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
-		}
-		return out, ref, nil
-	}
-	body, err := lk.daead.EncryptDeterministically(plaintext, s.ad)
+	out, err := lk.appendSealed(dst, ref.Version, plaintext, s.ad)
 	if err != nil {
 		return dst[:start], KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
 	}
-	return append(dst, body...), ref, nil
-}
-
-// appendSeal is seal appending prefix || nonce || ciphertext || tag to dst
-// (which holds the header already), growing it at most once.
-func (v gcmVersion) appendSeal(dst, plaintext, ad []byte) ([]byte, error) {
-	dst = slices.Grow(dst, len(v.prefix)+gcmNonceSize+len(plaintext)+gcmTagSize)
-	dst = append(dst, v.prefix...)
-	n := len(dst)
-	dst = dst[:n+gcmNonceSize]
-	nonce := dst[n:]
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
-	}
-	return v.aead.Seal(dst, nonce, plaintext, ad), nil
+	return out, ref, nil
 }
 
 // KeyOpener opens several ciphertexts for one unit of work, like Decrypt,
@@ -131,51 +101,10 @@ func (o *KeyOpener) AppendDecrypt(ctx context.Context, dst, ciphertext, aad []by
 	if err != nil {
 		return dst, KeyRef{}, err
 	}
-	if lk.gcm == nil {
-		// Not GCM: Decrypt's own path, with its allocations.
-		pt, err := o.r.open(lk, p, aad)
-		if err != nil {
-			return dst, KeyRef{}, err
-		}
-		dst = append(dst, pt...)
-		secret.Bytes(pt).Wipe()
-		return dst, KeyRef{Name: lk.meta.Name, Version: p.version}, nil
-	}
-	out, err := o.openGCM(lk, p, dst, aad)
+	o.ad = append(append(o.ad[:0], p.header...), aad...)
+	out, err := o.r.open(lk, p, dst, o.ad)
 	if err != nil {
 		return dst, KeyRef{}, err
 	}
 	return out, KeyRef{Name: lk.meta.Name, Version: p.version}, nil
-}
-
-// openGCM is open for an AES-256-GCM key, opening into dst.
-func (o *KeyOpener) openGCM(lk *loadedKey, c parsed, dst, aad []byte) ([]byte, error) {
-	if lk.meta.State == store.KeyStateDestroyed {
-		return nil, stateErr(lk.meta)
-	}
-	id, ok := lk.tinkIDs[c.version]
-	if !ok || c.body[0] != 0x01 || binary.BigEndian.Uint32(c.body[1:5]) != id {
-		return nil, ErrDecrypt
-	}
-	v := lk.gcm[c.version]
-	n := len(v.prefix)
-	if len(c.body) < n+gcmNonceSize+gcmTagSize {
-		return nil, ErrDecrypt
-	}
-	o.ad = append(append(o.ad[:0], c.header...), aad...)
-	ct := c.body[n+gcmNonceSize:]
-	start := len(dst)
-	out, err := v.aead.Open(dst, c.body[n:n+gcmNonceSize], ct, o.ad)
-	if err != nil {
-		return nil, ErrDecrypt
-	}
-	if err := stateErr(lk.meta); err != nil {
-		clear(out[start:])
-		return nil, err
-	}
-	if c.version < lk.meta.MinDecryptionVersion {
-		clear(out[start:])
-		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.version, lk.meta.MinDecryptionVersion)
-	}
-	return out, nil
 }

@@ -35,11 +35,8 @@ func (r *Keyring) Encrypt(ctx context.Context, name string, plaintext, aad []byt
 	if err := checkKeyName(name); err != nil {
 		return nil, KeyRef{}, err
 	}
-	if len(plaintext) == 0 {
-		return nil, KeyRef{}, fmt.Errorf("%w: empty plaintext", ErrInvalidArgument)
-	}
-	if len(plaintext) > r.opts.MaxPlaintextSize {
-		return nil, KeyRef{}, fmt.Errorf("%w: plaintext of %d bytes exceeds the limit of %d", ErrInvalidArgument, len(plaintext), r.opts.MaxPlaintextSize)
+	if err := r.checkPlaintext(plaintext); err != nil {
+		return nil, KeyRef{}, err
 	}
 	lk, err := r.load(ctx, name)
 	if err != nil {
@@ -68,20 +65,41 @@ func (r *Keyring) seal(ctx context.Context, lk *loadedKey, plaintext, aad []byte
 	var hdr [2 + maxKeyNameLen + 4]byte
 	header := appendHeader(hdr[:0], ref.Name, ref.Version)
 	ad := associatedData(header, aad)
-	if lk.gcm != nil {
-		out, err := lk.gcm[ref.Version].seal(header, plaintext, ad)
-		if err != nil {
-			return nil, KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
-		}
-		return out, ref, nil
-	}
-	body, err := lk.daead.EncryptDeterministically(plaintext, ad)
+	out := make([]byte, 0, len(header)+tinkOverhead+len(plaintext))
+	out, err := lk.appendSealed(append(out, header...), ref.Version, plaintext, ad)
 	if err != nil {
 		return nil, KeyRef{}, fmt.Errorf("envelope: encrypt with %q: %w", ref.Name, err)
 	}
-	out := make([]byte, 0, len(header)+len(body))
-	out = append(out, header...)
-	return append(out, body...), ref, nil
+	return out, ref, nil
+}
+
+// tinkOverhead is what a Tink ciphertext adds to its plaintext, at most:
+// the 5-byte prefix, then a 12-byte nonce and a 16-byte tag (AES-GCM) or a
+// 16-byte synthetic IV (AES-SIV).
+const tinkOverhead = 5 + gcmNonceSize + gcmTagSize
+
+// appendSealed appends the Tink ciphertext of plaintext under version of
+// lk (AES-256-GCM or AES-256-SIV) to dst; ad is header || caller's aad.
+func (lk *loadedKey) appendSealed(dst []byte, version uint32, plaintext, ad []byte) ([]byte, error) {
+	if lk.gcm != nil {
+		return lk.gcm[version].appendSeal(dst, plaintext, ad)
+	}
+	body, err := lk.daead.EncryptDeterministically(plaintext, ad)
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, body...), nil
+}
+
+// checkPlaintext refuses an empty plaintext or one over MaxPlaintextSize.
+func (r *Keyring) checkPlaintext(plaintext []byte) error {
+	if len(plaintext) == 0 {
+		return fmt.Errorf("%w: empty plaintext", ErrInvalidArgument)
+	}
+	if len(plaintext) > r.opts.MaxPlaintextSize {
+		return fmt.Errorf("%w: plaintext of %d bytes exceeds the limit of %d", ErrInvalidArgument, len(plaintext), r.opts.MaxPlaintextSize)
+	}
+	return nil
 }
 
 // Decrypt opens a ciphertext in binary form with associated data aad and
@@ -112,14 +130,18 @@ func (r *Keyring) decrypt(ctx context.Context, ciphertext, aad []byte) (secret.B
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	pt, err := r.open(lk, p, aad)
+	pt, err := r.open(lk, p, nil, associatedData(p.header, aad))
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	return pt, lk, p.version, nil
 }
 
-func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error) {
+// open opens c with lk and appends the plaintext to dst; ad is the
+// associated data as sealed (the header, then the caller's). On error dst
+// keeps its length and nothing of the plaintext is left in its spare
+// capacity.
+func (r *Keyring) open(lk *loadedKey, c parsed, dst, ad []byte) ([]byte, error) {
 	if lk.meta.State == store.KeyStateDestroyed {
 		// No material is left to authenticate the ciphertext with, and the
 		// state is no secret from a caller allowed to use the key.
@@ -131,14 +153,18 @@ func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error
 	if !ok || c.body[0] != 0x01 || binary.BigEndian.Uint32(c.body[1:5]) != id {
 		return nil, ErrDecrypt
 	}
-	ad := associatedData(c.header, aad)
-	var pt []byte
+	start := len(dst)
+	var out []byte
 	var err error
 	switch {
 	case lk.gcm != nil:
-		pt, err = lk.gcm[c.version].open(c.body, ad)
+		out, err = lk.gcm[c.version].open(dst, c.body, ad)
 	case lk.daead != nil:
-		pt, err = lk.daead.DecryptDeterministically(c.body, ad)
+		var pt []byte
+		if pt, err = lk.daead.DecryptDeterministically(c.body, ad); err == nil {
+			out = append(dst, pt...)
+			clear(pt)
+		}
 	default:
 		// A MAC or FF1 key seals nothing: no ciphertext can name it.
 		return nil, ErrDecrypt
@@ -149,14 +175,14 @@ func (r *Keyring) open(lk *loadedKey, c parsed, aad []byte) (secret.Bytes, error
 	// The key's state is told only to a caller holding an authentic
 	// ciphertext, so a forged one learns nothing about the key.
 	if err := stateErr(lk.meta); err != nil {
-		clear(pt)
+		clear(out[start:])
 		return nil, err
 	}
 	if c.version < lk.meta.MinDecryptionVersion {
-		clear(pt)
+		clear(out[start:])
 		return nil, fmt.Errorf("%w: %q version %d, minimum %d", ErrVersionNotAllowed, lk.meta.Name, c.version, lk.meta.MinDecryptionVersion)
 	}
-	return pt, nil
+	return out, nil
 }
 
 // ReEncrypt moves a ciphertext to the primary version of destKey (empty: the

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
 	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
@@ -81,26 +82,29 @@ func eachVersion[T any](h *keyset.Handle, versions []store.Version, build func(n
 	return out, nil
 }
 
-// seal returns header || prefix || nonce || ciphertext || tag in one allocation.
-func (v gcmVersion) seal(header, plaintext, ad []byte) ([]byte, error) {
-	n := len(header) + len(v.prefix)
-	out := make([]byte, n+gcmNonceSize, n+gcmNonceSize+len(plaintext)+gcmTagSize)
-	copy(out, header)
-	copy(out[len(header):], v.prefix)
-	nonce := out[n : n+gcmNonceSize]
+// appendSeal appends prefix || nonce || ciphertext || tag to dst.
+func (v gcmVersion) appendSeal(dst, plaintext, ad []byte) ([]byte, error) {
+	dst = slices.Grow(dst, len(v.prefix)+gcmNonceSize+len(plaintext)+gcmTagSize)
+	dst = append(dst, v.prefix...)
+	n := len(dst)
+	dst = dst[:n+gcmNonceSize]
+	nonce := dst[n:]
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	return v.aead.Seal(out, nonce, plaintext, ad), nil
+	return v.aead.Seal(dst, nonce, plaintext, ad), nil
 }
 
-// open opens what seal wrote after the header (the Tink ciphertext). The
-// caller has checked the prefix.
-func (v gcmVersion) open(body, ad []byte) ([]byte, error) {
+// open opens what seal wrote after the header (the Tink ciphertext),
+// appending the plaintext to dst. The caller has checked the prefix.
+func (v gcmVersion) open(dst, body, ad []byte) ([]byte, error) {
 	n := len(v.prefix)
 	if len(body) < n+gcmNonceSize+gcmTagSize {
 		return nil, ErrDecrypt
 	}
 	ct := body[n+gcmNonceSize:]
-	return v.aead.Open(make([]byte, 0, len(ct)-gcmTagSize), body[n:n+gcmNonceSize], ct, ad)
+	if dst == nil {
+		dst = make([]byte, 0, len(ct)-gcmTagSize)
+	}
+	return v.aead.Open(dst, body[n:n+gcmNonceSize], ct, ad)
 }
