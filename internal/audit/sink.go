@@ -85,27 +85,20 @@ func (s *StoreSink) Head(ctx context.Context, chain string) (uint64, Digest, err
 	return seq, d, nil
 }
 
-// LatestCheckpoints implements [CheckpointLister]: it lists the chains,
-// then the checkpoints of each, once per new chain (at New).
+// LatestCheckpoints implements [CheckpointLister] with one store query
+// (at New, for a new chain's anchors).
 func (s *StoreSink) LatestCheckpoints(ctx context.Context) ([]Checkpoint, error) {
-	chains, err := s.s.ListAuditChains(ctx)
+	latest, err := s.s.LatestAuditCheckpoints(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit store sink: %w", err)
 	}
-	var out []Checkpoint
-	for _, chain := range chains {
-		cps, err := s.s.ListAuditCheckpoints(ctx, chain)
-		if err != nil {
-			return nil, fmt.Errorf("audit store sink: %w", err)
-		}
-		if len(cps) == 0 {
-			continue
-		}
-		c := cps[len(cps)-1]
+	out := make([]Checkpoint, 0, len(latest))
+	for _, c := range latest {
 		cp := Checkpoint{Chain: c.Chain, Seq: c.Seq, Time: c.Time, RootKeyID: c.RootKeyID}
-		if copy(cp.Hash[:], c.Hash) != len(cp.Hash) || len(c.Hash) != len(cp.Hash) {
+		if len(c.Hash) != len(cp.Hash) {
 			continue // not one Verify would accept: nothing to anchor
 		}
+		copy(cp.Hash[:], c.Hash)
 		out = append(out, cp)
 	}
 	return out, nil

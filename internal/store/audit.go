@@ -74,6 +74,10 @@ type AuditLog interface {
 	ListAuditChains(ctx context.Context) ([]string, error)
 	// ListAuditCheckpoints returns the checkpoints of chain, ordered by Seq.
 	ListAuditCheckpoints(ctx context.Context, chain string) ([]AuditCheckpointRecord, error)
+	// LatestAuditCheckpoints returns the checkpoint with the highest Seq of
+	// every chain that has one, ordered by chain, in one query: what a new
+	// chain anchors.
+	LatestAuditCheckpoints(ctx context.Context) ([]AuditCheckpointRecord, error)
 }
 
 // validateAudit checks the arguments of AppendAudit and returns the events

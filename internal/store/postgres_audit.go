@@ -171,3 +171,29 @@ func (s *PostgresStore) ListAuditCheckpoints(ctx context.Context, chain string) 
 	}
 	return out, nil
 }
+
+// LatestAuditCheckpoints implements [AuditLog.LatestAuditCheckpoints].
+func (s *PostgresStore) LatestAuditCheckpoints(ctx context.Context) ([]AuditCheckpointRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (chain) chain, seq, time, hash, root_key_id, tag
+		FROM audit_checkpoints ORDER BY chain, seq DESC`)
+	if err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", s.fail(err))
+	}
+	var (
+		out []AuditCheckpointRecord
+		c   AuditCheckpointRecord
+		seq int64
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&c.Chain, &seq, &c.Time, &c.Hash, &c.RootKeyID, &c.Tag}, func() error {
+		c.Seq, c.Time = uint64(seq), c.Time.UTC()
+		out = append(out, c)
+		c = AuditCheckpointRecord{}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", s.fail(err))
+	}
+	return out, nil
+}

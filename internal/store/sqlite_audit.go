@@ -188,3 +188,34 @@ func (s *SQLite) ListAuditCheckpoints(ctx context.Context, chain string) ([]Audi
 	}
 	return out, nil
 }
+
+// LatestAuditCheckpoints implements [AuditLog.LatestAuditCheckpoints]. The
+// bare columns of an aggregate query with max() come from the row holding
+// the maximum (documented SQLite behaviour).
+func (s *SQLite) LatestAuditCheckpoints(ctx context.Context) ([]AuditCheckpointRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT chain, max(seq), time, hash, root_key_id, tag FROM audit_checkpoints
+		GROUP BY chain ORDER BY chain`)
+	if err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", sqliteErr(err))
+	}
+	defer rows.Close()
+	var out []AuditCheckpointRecord
+	for rows.Next() {
+		var (
+			c           AuditCheckpointRecord
+			seq, micros int64
+		)
+		if err := rows.Scan(&c.Chain, &seq, &micros, &c.Hash, &c.RootKeyID, &c.Tag); err != nil {
+			return nil, fmt.Errorf("latest audit checkpoints: %w", sqliteErr(err))
+		}
+		c.Seq, c.Time = uint64(seq), time.UnixMicro(micros).UTC()
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("latest audit checkpoints: %w", sqliteErr(err))
+	}
+	return out, nil
+}

@@ -24,6 +24,7 @@ var auditTests = []struct {
 	{"AuditRoundTrip", testAuditRoundTrip},
 	{"AuditPaging", testAuditPaging},
 	{"AuditChains", testAuditChains},
+	{"AuditLatestCheckpoints", testAuditLatestCheckpoints},
 	{"AuditConflictWritesNothing", testAuditConflictWritesNothing},
 	{"AuditInvalid", testAuditInvalid},
 	{"AuditConcurrentAppends", testAuditConcurrentAppends},
@@ -147,13 +148,21 @@ func testAuditRoundTrip(t *testing.T, s store.Store) {
 		t.Fatalf("ListAuditCheckpoints(ctx, %q) = %d checkpoints, want %d", "replica-1", len(cps), len(want))
 	}
 	for i, w := range want {
-		g := cps[i]
-		wt := w.Time.UTC().Truncate(time.Microsecond)
-		if g.Chain != w.Chain || g.Seq != w.Seq || !bytes.Equal(g.Hash, w.Hash) || !g.Time.Equal(wt) ||
-			g.Time.Location() != time.UTC || g.RootKeyID != w.RootKeyID || !bytes.Equal(g.Tag, w.Tag) {
-			t.Errorf("ListAuditCheckpoints(ctx, %q)[%d] = %+v, want %+v with Time %v", "replica-1", i, g, *w, wt)
+		if d := diffCheckpoint(cps[i], *w); d != "" {
+			t.Errorf("ListAuditCheckpoints(ctx, %q)[%d]: %s", "replica-1", i, d)
 		}
 	}
+}
+
+// diffCheckpoint describes how got differs from want as stored (time in
+// UTC to the microsecond); "" when they are equal.
+func diffCheckpoint(got, want store.AuditCheckpointRecord) string {
+	wt := want.Time.UTC().Truncate(time.Microsecond)
+	if got.Chain != want.Chain || got.Seq != want.Seq || !bytes.Equal(got.Hash, want.Hash) || !got.Time.Equal(wt) ||
+		got.Time.Location() != time.UTC || got.RootKeyID != want.RootKeyID || !bytes.Equal(got.Tag, want.Tag) {
+		return fmt.Sprintf("got %+v, want %+v with Time %v", got, want, wt)
+	}
+	return ""
 }
 
 func testAuditPaging(t *testing.T, s store.Store) {
@@ -386,4 +395,40 @@ func testAuditContextCanceled(t *testing.T, s store.Store) {
 		t.Errorf("ListAuditCheckpoints(canceled ctx) err = %v, want context.Canceled", err)
 	}
 	checkAuditHead(t, s, "c", 0)
+}
+
+func testAuditLatestCheckpoints(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if got, err := s.LatestAuditCheckpoints(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("LatestAuditCheckpoints(ctx) on an empty log = %v, %v; want none, nil", got, err)
+	}
+	for _, w := range []struct {
+		chain   string
+		from    uint64
+		to      uint64
+		checkAt uint64 // 0: no checkpoint
+	}{
+		{"b", 1, 3, 2}, {"b", 4, 6, 6}, {"a", 1, 2, 1}, {"c", 1, 4, 0}, {"a", 3, 5, 5}, {"a", 6, 7, 0},
+	} {
+		var cp *store.AuditCheckpointRecord
+		if w.checkAt > 0 {
+			cp = auditCheckpoint(w.chain, w.checkAt)
+		}
+		if err := s.AppendAudit(ctx, auditRecords(w.chain, w.from, w.to), cp); err != nil {
+			t.Fatalf("AppendAudit(ctx, %s %d..%d) err = %v, want nil", w.chain, w.from, w.to, err)
+		}
+	}
+	got, err := s.LatestAuditCheckpoints(ctx)
+	if err != nil {
+		t.Fatalf("LatestAuditCheckpoints(ctx) err = %v, want nil", err)
+	}
+	want := []*store.AuditCheckpointRecord{auditCheckpoint("a", 5), auditCheckpoint("b", 6)}
+	if len(got) != len(want) {
+		t.Fatalf("LatestAuditCheckpoints(ctx) = %d checkpoints, want a at 5 and b at 6 (c has none)", len(got))
+	}
+	for i := range want {
+		if d := diffCheckpoint(got[i], *want[i]); d != "" {
+			t.Errorf("LatestAuditCheckpoints(ctx)[%d]: %s", i, d)
+		}
+	}
 }
