@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -69,7 +68,7 @@ func newAuditCmd() *cobra.Command {
 	var from, to string
 	query := &cobra.Command{
 		Use:   "query --config FILE [--principal P] [--action A] [--key K] [--from T] [--to T]",
-		Short: "Print the audit events that match every filter, one JSON line each",
+		Short: "Print the audit events that match every filter, each as its line in the log",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -80,8 +79,11 @@ func newAuditCmd() *cobra.Command {
 				return fmt.Errorf("--to: %w", err)
 			}
 			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				return audit.Query(cmd.Context(), src, env.pseud, q, func(e audit.Event) error { return enc.Encode(e) })
+				w := cmd.OutOrStdout()
+				return audit.QueryLines(cmd.Context(), src, env.pseud, q, func(line []byte) error {
+					_, err := fmt.Fprintf(w, "%s\n", line)
+					return err
+				})
 			})
 		},
 	}

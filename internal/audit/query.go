@@ -34,6 +34,17 @@ type Filter struct {
 // that. pz pseudonymizes f.Principal to match subjects; nil matches
 // workloads and pseudonyms only.
 func Query(ctx context.Context, src Source, pz *Pseudonymizer, f Filter, fn func(Event) error) error {
+	return query(ctx, src, pz, f, func(e Event, _ []byte) error { return fn(e) })
+}
+
+// QueryLines is Query giving each selected event's canonical line, as the
+// log holds it (a JSON object whose hash a reader can check), rather than
+// the decoded event. The line is valid until fn returns.
+func QueryLines(ctx context.Context, src Source, pz *Pseudonymizer, f Filter, fn func(line []byte) error) error {
+	return query(ctx, src, pz, f, func(_ Event, line []byte) error { return fn(line) })
+}
+
+func query(ctx context.Context, src Source, pz *Pseudonymizer, f Filter, fn func(Event, []byte) error) error {
 	subject := ""
 	if f.Principal != "" {
 		subject = f.Principal
@@ -71,7 +82,7 @@ func Query(ctx context.Context, src Source, pz *Pseudonymizer, f Filter, fn func
 		if !f.matches(&e, subject) {
 			continue
 		}
-		if err := fn(e); err != nil {
+		if err := fn(e, it.Line); err != nil {
 			return err
 		}
 		given++

@@ -112,13 +112,13 @@ func rotationToProto(j store.RootKeyRotation) *tresorv1.RootKeyRotation {
 }
 
 // AuditReader verifies and queries the audit log held in the key store;
-// the AdminService serves it. cmd/tresor adapts package audit to it.
+// the AdminService serves it. NewAuditReader is the implementation.
 type AuditReader interface {
 	// VerifyAudit checks the whole log. A tampered log is a report with
 	// OK false, not an error; errors are outages.
 	VerifyAudit(ctx context.Context) (AuditReport, error)
 	// QueryAudit returns the events matching q, oldest first, each as its
-	// JSON line.
+	// canonical line in the log.
 	QueryAudit(ctx context.Context, q AuditQuery) ([]string, error)
 }
 

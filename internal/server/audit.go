@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -84,14 +83,10 @@ func (a *auditReader) VerifyAudit(ctx context.Context) (AuditReport, error) {
 
 func (a *auditReader) QueryAudit(ctx context.Context, q AuditQuery) ([]string, error) {
 	var out []string
-	err := audit.Query(ctx, audit.NewStoreSource(a.st), a.pseud,
+	err := audit.QueryLines(ctx, audit.NewStoreSource(a.st), a.pseud,
 		audit.Filter{Principal: q.Principal, Action: q.Action, Key: q.Key, From: q.From, To: q.To, Limit: q.Limit},
-		func(e audit.Event) error {
-			b, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			out = append(out, string(b))
+		func(line []byte) error {
+			out = append(out, string(line))
 			return nil
 		})
 	return out, err

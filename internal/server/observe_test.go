@@ -485,6 +485,11 @@ func TestVerifyAndQueryAuditRPC(t *testing.T) {
 				if strings.Contains(line, "payments-batch") || strings.Contains(line, "user-other") {
 					t.Errorf("QueryAudit(%v) event names a raw subject: %s", tt.req, line)
 				}
+				// The line as the log holds it, so that its hash can be checked.
+				stored, err := st.ListAudit(ctx, e.Chain, e.Seq-1, 1)
+				if err != nil || len(stored) != 1 || string(stored[0].Data) != line {
+					t.Errorf("QueryAudit(%v) event %s differs from the stored line %v (err %v)", tt.req, line, stored, err)
+				}
 			}
 		})
 	}
