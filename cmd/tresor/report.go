@@ -182,7 +182,8 @@ func parseClassificationSchema(data []byte) ([]governance.SchemaKey, error) {
 
 // openInventoryStore opens the key store for the key inventory. It opens no
 // root key, and refuses a SQLite store that does not exist rather than
-// create one (store.OpenSQLite would).
+// create one (store.OpenSQLite would). It opens the store as serve does, so
+// an older store's schema is migrated: the store has no read-only open.
 func openInventoryStore(ctx context.Context, url string) (governance.KeyStore, error) {
 	if path, ok := sqlitePath(url); ok {
 		fi, err := os.Stat(path)

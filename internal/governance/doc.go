@@ -12,9 +12,12 @@
 // have the pieces already: [CheckConfig], [CheckPolicies], [CheckSchemas],
 // [CheckTLS], and [ReadKeys] followed by [CheckKeys].
 //
-// Checks only read. The key inventory is metadata read through two
-// one-method interfaces ([KeyLister], [UsageReader]); no root key, HSM or
-// KMS is opened and no keyset is unwrapped.
+// The checks read; they change no key, usage count or policy. The key
+// inventory is metadata read through two one-method interfaces
+// ([KeyLister], [UsageReader]); no root key, HSM or KMS is opened and no
+// keyset is unwrapped. (tresor check opens the key store as the server
+// does, which brings an older store's schema up to date and needs the
+// server's database rights: there is no read-only open yet.)
 //
 // No finding holds a secret: messages never include key material, and
 // every Subject and Message passes through a filter that masks passwords in
