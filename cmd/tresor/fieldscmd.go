@@ -78,7 +78,7 @@ func documentsCmd(verb, short string) *cobra.Command {
 			return err
 		}
 		fc := tresorv1.NewFieldServiceClient(conn)
-		process := func(doc, id string) (string, error) { return "", nil }
+		var process func(doc, id string) (string, error)
 		switch verb {
 		case "protect":
 			stream, err := fc.ProtectDocuments(cmd.Context())

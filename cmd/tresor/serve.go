@@ -221,7 +221,7 @@ func newMonitor(cfg config.Config) (*monitor.Monitor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy.timezone: %w", err)
 	}
-	var expiry [5]time.Duration
+	expiry := monitor.DefaultExpiry
 	expiry[monitor.Log], expiry[monitor.StepUp] = cfg.Anomaly.LogFor, cfg.Anomaly.StepUpFor
 	expiry[monitor.Throttle], expiry[monitor.Block] = cfg.Anomaly.ThrottleFor, cfg.Anomaly.BlockFor
 	m, err := monitor.New(monitor.Options{Location: loc, MaxPrincipals: cfg.Anomaly.MaxPrincipals, PriorRate: cfg.Anomaly.ExpectedRate, Expiry: expiry})

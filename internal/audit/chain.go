@@ -48,12 +48,10 @@ func seal(buf []byte, chain string, seq uint64, prev Digest, body []byte) ([]byt
 	copy(buf[start:], buf[start+len(prev):len(buf)-1])
 	buf = buf[:len(buf)-len(prev)-1]
 	buf = append(buf, hashMember...)
-	buf = appendHex(buf, hash[:])
+	buf = hex.AppendEncode(buf, hash[:])
 	buf = append(buf, '"', '}')
 	return buf, hash
 }
-
-func appendHex(b, src []byte) []byte { return hex.AppendEncode(b, src) }
 
 // decodeHex decodes exactly len(dst)*2 lowercase hex digits, so that every
 // digest has one spelling.
@@ -276,7 +274,7 @@ func appendCheckpoint(b []byte, c *Checkpoint) []byte {
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, c.Seq, 10)
 	b = append(b, `,"hash":"`...)
-	b = appendHex(b, c.Hash[:])
+	b = hex.AppendEncode(b, c.Hash[:])
 	b = append(b, `","time":"`...)
 	b = c.Time.UTC().AppendFormat(b, timeLayout)
 	b = append(b, '"')

@@ -258,7 +258,7 @@ func appendAnchors(b []byte, anchors []Anchor) []byte {
 		b = append(b, `,"seq":`...)
 		b = strconv.AppendUint(b, a.Seq, 10)
 		b = append(b, `,"hash":"`...)
-		b = appendHex(b, a.Hash[:])
+		b = hex.AppendEncode(b, a.Hash[:])
 		b = append(b, '"', '}')
 	}
 	return append(b, ']')

@@ -87,17 +87,19 @@ func validateAudit(events []AuditRecord, cp *AuditCheckpointRecord) ([]AuditReco
 	invalid := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidAudit, fmt.Sprintf(format, args...))
 	}
-	checkID := func(what, chain string, seq uint64) error {
+	// checkID's errors are built only on failure (what names the record
+	// then): it runs for every event of every batch.
+	checkID := func(chain string, seq uint64) error {
 		switch {
 		case chain == "":
-			return invalid("%s: empty chain name", what)
+			return errors.New("empty chain name")
 		case len(chain) > MaxAuditChain:
-			return invalid("%s: chain name of %d bytes, want at most %d", what, len(chain), MaxAuditChain)
+			return fmt.Errorf("chain name of %d bytes, want at most %d", len(chain), MaxAuditChain)
 		case seq == 0 || seq > math.MaxInt64:
-			return invalid("%s: seq %d, want 1 to 2^63-1", what, seq)
+			return fmt.Errorf("seq %d, want 1 to 2^63-1", seq)
 		}
 		if err := checkText(chain); err != nil {
-			return invalid("%s: chain name: %v", what, err)
+			return fmt.Errorf("chain name: %v", err)
 		}
 		return nil
 	}
@@ -111,17 +113,16 @@ func validateAudit(events []AuditRecord, cp *AuditCheckpointRecord) ([]AuditReco
 	seen := make(map[id]bool, len(events))
 	out := make([]AuditRecord, len(events))
 	for i, e := range events {
-		what := fmt.Sprintf("event %d", i)
-		if err := checkID(what, e.Chain, e.Seq); err != nil {
-			return nil, nil, err
+		if err := checkID(e.Chain, e.Seq); err != nil {
+			return nil, nil, invalid("event %d: %v", i, err)
 		}
 		switch {
 		case len(e.Data) == 0:
-			return nil, nil, invalid("%s: no data", what)
+			return nil, nil, invalid("event %d: no data", i)
 		case len(e.Hash) == 0:
-			return nil, nil, invalid("%s: no hash", what)
+			return nil, nil, invalid("event %d: no hash", i)
 		case seen[id{e.Chain, e.Seq}]:
-			return nil, nil, invalid("%s: (%q, %d) given twice", what, e.Chain, e.Seq)
+			return nil, nil, invalid("event %d: (%q, %d) given twice", i, e.Chain, e.Seq)
 		}
 		seen[id{e.Chain, e.Seq}] = true
 		e.Time = storeTime(e.Time)
@@ -130,8 +131,8 @@ func validateAudit(events []AuditRecord, cp *AuditCheckpointRecord) ([]AuditReco
 	if cp == nil {
 		return out, nil, nil
 	}
-	if err := checkID("checkpoint", cp.Chain, cp.Seq); err != nil {
-		return nil, nil, err
+	if err := checkID(cp.Chain, cp.Seq); err != nil {
+		return nil, nil, invalid("checkpoint: %v", err)
 	}
 	switch {
 	case len(cp.Hash) == 0:

@@ -70,9 +70,5 @@ func nextFieldSchemaVersion(s FieldSchema, latest int64) (int64, error) {
 // pageFieldSchemas cuts schemas, read with a limit of n+1, to a page of n
 // and returns the token of the next page.
 func pageFieldSchemas(schemas []FieldSchema, n int) ([]FieldSchema, string) {
-	if len(schemas) > n {
-		schemas = schemas[:n:n]
-		return schemas, encodePageToken(schemas[n-1].Name)
-	}
-	return schemas, ""
+	return page(schemas, n, func(s FieldSchema) string { return s.Name })
 }

@@ -234,12 +234,18 @@ func decodeKeyColumns(k *Key, typ, state, labels string, rotation, retire int64)
 	return nil
 }
 
-// pageKeys cuts keys, read with a limit of n+1, to a page of n and returns
-// the token of the next page, or "" when there is none.
-func pageKeys(keys []Key, n int) ([]Key, string) {
-	if len(keys) > n {
-		keys = keys[:n:n]
-		return keys, encodePageToken(keys[n-1].Name)
+// page cuts items, read with a limit of n+1, to a page of n and returns
+// the token of the next page (after the last item's name), or "" when
+// there is none.
+func page[T any](items []T, n int, name func(T) string) ([]T, string) {
+	if len(items) > n {
+		items = items[:n:n]
+		return items, encodePageToken(name(items[n-1]))
 	}
-	return keys, ""
+	return items, ""
+}
+
+// pageKeys is page for keys.
+func pageKeys(keys []Key, n int) ([]Key, string) {
+	return page(keys, n, func(k Key) string { return k.Name })
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -102,7 +101,7 @@ func (s *PostgresStore) fieldSchemas(ctx context.Context, q string, args ...any)
 		fs.CreateTime = fs.CreateTime.UTC()
 		return fs, err
 	})
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	if err != nil {
 		return nil, s.fail(err)
 	}
 	return out, nil

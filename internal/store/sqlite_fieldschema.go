@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -108,7 +107,7 @@ func (s *SQLite) fieldSchemas(ctx context.Context, q string, args ...any) ([]Fie
 		fs.CreateTime = time.UnixMicro(created).UTC()
 		out = append(out, fs)
 	}
-	if err := rows.Err(); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if err := rows.Err(); err != nil {
 		return nil, sqliteErr(err)
 	}
 	return out, nil
