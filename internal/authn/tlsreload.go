@@ -115,28 +115,40 @@ func loadTLSMaterial(f TLSFiles) (*tlsMaterial, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authn: client CA file: %w", err)
 	}
+	cas, err := ParseCertificates(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("authn: client CA file %s: %w", f.ClientCAFile, err)
+	}
+	if len(cas) == 0 {
+		return nil, fmt.Errorf("%w: client CA file %s holds no PEM certificate", ErrInvalidConfig, f.ClientCAFile)
+	}
 	pool := x509.NewCertPool()
-	n := 0
-	for rest := caPEM; ; {
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return &tlsMaterial{cert: &cert, cas: pool}, nil
+}
+
+// ParseCertificates parses every CERTIFICATE block of PEM data (other
+// blocks are skipped); an error names the certificate that does not parse,
+// by its position.
+func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := data; ; {
 		var b *pem.Block
 		b, rest = pem.Decode(rest)
 		if b == nil {
-			break
+			return certs, nil
 		}
 		if b.Type != "CERTIFICATE" {
 			continue
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("authn: client CA file %s: certificate %d: %w", f.ClientCAFile, n+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
 		}
-		pool.AddCert(c)
-		n++
+		certs = append(certs, c)
 	}
-	if n == 0 {
-		return nil, fmt.Errorf("%w: client CA file %s holds no PEM certificate", ErrInvalidConfig, f.ClientCAFile)
-	}
-	return &tlsMaterial{cert: &cert, cas: pool}, nil
 }
 
 // fileStamp identifies a version of a file.

@@ -3,9 +3,9 @@ package governance
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/tresorkms/tresor/internal/authn"
 	"os"
 	"time"
 )
@@ -98,21 +98,9 @@ func readCertificates(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d does not parse: %w", len(certs)+1, err)
-		}
-		certs = append(certs, c)
+	certs, err := authn.ParseCertificates(data)
+	if err != nil {
+		return nil, err
 	}
 	if len(certs) == 0 {
 		return nil, ErrNoCertificate
