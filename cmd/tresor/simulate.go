@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -35,21 +33,11 @@ report. Without --policies, the example policies (examples/policies) are
 used.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir := policyDir
-			schema := ""
-			if dir == "" {
-				tmp, err := os.MkdirTemp("", "tresor-simulate-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(tmp)
-				if err := os.CopyFS(tmp, policies.Files); err != nil {
-					return err
-				}
-				dir = tmp
-				schema = filepath.Join(tmp, policies.SchemaFile)
+			popts := policy.Options{PolicyDir: policyDir, Location: time.UTC}
+			if policyDir == "" {
+				popts = policy.Options{FS: policies.Files, PolicyDir: ".", Location: time.UTC}
 			}
-			eng, err := policy.Load(policy.Options{PolicyDir: dir, SchemaFile: schema, Location: time.UTC})
+			eng, err := policy.Load(popts)
 			if err != nil {
 				return err
 			}

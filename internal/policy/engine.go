@@ -3,8 +3,10 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"iter"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -35,6 +37,33 @@ type Options struct {
 	// Location is the business time zone: policies see the wall clock there
 	// as context.local_time and context.weekday. Default: UTC.
 	Location *time.Location
+	// FS, when set, is where SchemaFile and PolicyDir are (slash-separated
+	// paths within it, such as "." for its root): an embedded policy set.
+	// Nil means the operating system's files.
+	FS fs.FS
+}
+
+// readFile and readDir read from opts.FS, or the operating system's files.
+func (opts Options) readFile(name string) ([]byte, error) {
+	if opts.FS != nil {
+		return fs.ReadFile(opts.FS, name)
+	}
+	return os.ReadFile(name)
+}
+
+func (opts Options) readDir(name string) ([]fs.DirEntry, error) {
+	if opts.FS != nil {
+		return fs.ReadDir(opts.FS, name)
+	}
+	return os.ReadDir(name)
+}
+
+// join joins path elements as opts.FS or the operating system wants them.
+func (opts Options) join(elem ...string) string {
+	if opts.FS != nil {
+		return path.Join(elem...)
+	}
+	return filepath.Join(elem...)
 }
 
 // Engine decides requests against one validated policy set. It is immutable
@@ -102,14 +131,14 @@ func Load(opts Options) (*Engine, error) {
 	}
 	schemaFile := opts.SchemaFile
 	if schemaFile == "" {
-		schemaFile = filepath.Join(opts.PolicyDir, DefaultSchemaFile)
+		schemaFile = opts.join(opts.PolicyDir, DefaultSchemaFile)
 	}
 	loc := opts.Location
 	if loc == nil {
 		loc = time.UTC
 	}
 
-	rs, err := loadSchema(schemaFile)
+	rs, err := loadSchema(opts, schemaFile)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +151,7 @@ func Load(opts Options) (*Engine, error) {
 		return nil, err
 	}
 
-	files, err := policyFiles(opts.PolicyDir)
+	files, err := policyFiles(opts, opts.PolicyDir)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +159,7 @@ func Load(opts Options) (*Engine, error) {
 	var errs []error
 	seen := make(map[types.PolicyID]string)
 	for _, name := range files {
-		b, err := os.ReadFile(filepath.Join(opts.PolicyDir, name))
+		b, err := opts.readFile(opts.join(opts.PolicyDir, name))
 		if err != nil {
 			return nil, fmt.Errorf("policy: read %s: %w", name, err)
 		}
@@ -168,8 +197,8 @@ func Load(opts Options) (*Engine, error) {
 	return e, nil
 }
 
-func loadSchema(file string) (*resolved.Schema, error) {
-	b, err := os.ReadFile(file)
+func loadSchema(opts Options, file string) (*resolved.Schema, error) {
+	b, err := opts.readFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("policy: read schema: %w", err)
 	}
@@ -191,8 +220,8 @@ func loadSchema(file string) (*resolved.Schema, error) {
 }
 
 // policyFiles returns the names of the *.cedar files in dir, sorted.
-func policyFiles(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
+func policyFiles(opts Options, dir string) ([]string, error) {
+	entries, err := opts.readDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("policy: read policy directory: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 // policyDir writes the example schema and files into a new directory.
@@ -249,4 +250,33 @@ permit (principal, action == Tresor::Action::"ListKeys", resource);`,
 	if !d.Allow || strings.Join(d.Policies, ",") != "a.cedar:1" {
 		t.Errorf("Decide(payments, ListKeys) = %v by %q, want allow by a.cedar:1", d.Allow, d.Policies)
 	}
+}
+
+// TestLoadFromFS: an embedded policy set (Options.FS) loads as the same
+// files on disk do, and a missing file is an error.
+func TestLoadFromFS(t *testing.T) {
+	fsys := fstest.MapFS{
+		DefaultSchemaFile: {Data: mustReadFile(t, filepath.Join(examplesDir, DefaultSchemaFile))},
+		"p/good.cedar":    {Data: []byte(goodPolicy)},
+	}
+	fsys["p/"+DefaultSchemaFile] = fsys[DefaultSchemaFile]
+	e, err := Load(Options{FS: fsys, PolicyDir: "p"})
+	if err != nil {
+		t.Fatalf("Load(FS) err = %v, want nil", err)
+	}
+	if got := e.PolicyIDs(); len(got) != 1 || got[0] != "health" {
+		t.Errorf("Load(FS) policies = %q, want [health]", got)
+	}
+	if _, err := Load(Options{FS: fsys, PolicyDir: "nowhere"}); err == nil {
+		t.Error("Load(FS, missing directory) err = nil, want an error")
+	}
+}
+
+func mustReadFile(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
