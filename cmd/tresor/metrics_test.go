@@ -551,6 +551,8 @@ func TestServeMetricsEndpoint(t *testing.T) {
 		`tresor_root_key_rotation_keysets{state="total"}`,
 		`tresor_root_key_rotation_keysets{state="rewrapped"}`,
 		"tresor_root_key_rotation_running 0",
+		"tresor_anomaly_principals ",
+		"tresor_anomaly_principals_evicted_total 0",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -164,10 +164,18 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		opts.Ready = append(opts.Ready, server.ReadinessCheck{Name: "audit", Check: auditLog.Ready})
 	}
 	if cfg.Anomaly.Enabled && opts.Authorizer != nil {
-		if opts.Anomaly, err = newMonitor(cfg); err != nil {
+		m, err := newMonitor(cfg)
+		if err != nil {
 			return fmt.Errorf("refusing to start: %w", err)
 		}
-		opts.AnomalyMinRisk = cfg.Anomaly.MinRisk
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "tresor_anomaly_principals", Help: "Principals whose baselines the anomaly monitor keeps.",
+			}, func() float64 { return float64(m.Stats().Principals) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tresor_anomaly_principals_evicted_total", Help: "Idle principals dropped to stay within anomaly.max_principals.",
+			}, func() float64 { return float64(m.Stats().Evicted) }))
+		opts.Anomaly, opts.AnomalyMinRisk = m, cfg.Anomaly.MinRisk
 	}
 	srv, err := server.New(ring, opts)
 	if err != nil {

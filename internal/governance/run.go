@@ -127,7 +127,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 			kf, sum := CheckKeys(keys, KeyRules{Now: at, RotationGrace: grace, DefaultUsageLimit: cfg.Keys.DefaultUsageLimit})
 			findings = append(findings, kf...)
 			summary = &sum
-			findings = append(findings, Finding{Check: KeysCheck, Severity: SeverityInfo, Subject: StoreSubject(cfg.Store.URL),
+			findings = append(findings, Finding{Check: KeysCheck, Severity: SeverityInfo, Subject: storeSubject(cfg.Store.URL),
 				Message: fmt.Sprintf("read %d keys (metadata only)", sum.Total)})
 		}
 	}
@@ -163,7 +163,7 @@ func checkPolicySection(c config.Policy, toOptions func(config.Policy) (policy.O
 // readInventory opens the store, reads every key and closes it. A store
 // that cannot be opened or read is an error finding, and keys are nil.
 func readInventory(ctx context.Context, open func(context.Context, string) (KeyStore, error), storeURL string) ([]KeyInfo, []Finding) {
-	subject := StoreSubject(storeURL)
+	subject := storeSubject(storeURL)
 	fail := func(err error) []Finding {
 		return []Finding{{Check: KeysCheck, Severity: SeverityError, Subject: subject, Message: err.Error(), Err: err}}
 	}
@@ -185,9 +185,9 @@ func readInventory(ctx context.Context, open func(context.Context, string) (KeyS
 	return keys, nil
 }
 
-// StoreSubject names a key store in a report without its secrets: a SQLite
+// storeSubject names a key store in a report without its secrets: a SQLite
 // path as it is, a PostgreSQL URL without password and parameters.
-func StoreSubject(storeURL string) string {
+func storeSubject(storeURL string) string {
 	if !strings.Contains(storeURL, "://") || strings.HasPrefix(storeURL, "sqlite://") {
 		return storeURL
 	}
