@@ -1,0 +1,372 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+)
+
+// CachePolicy bounds how long and how much one data key is used. A data
+// key is replaced as soon as any limit is reached. The zero value means
+// the defaults.
+type CachePolicy struct {
+	// MaxAge is how long a data key seals, and how long an unwrapped data
+	// key stays cached for opening; default 5 minutes.
+	MaxAge time.Duration
+	// MaxMessages is how many messages (or streams) one data key seals;
+	// default 2^20, at most 2^32.
+	MaxMessages uint64
+	// MaxBytes is how many plaintext bytes one data key seals; default
+	// 2^36 (64 GiB).
+	MaxBytes uint64
+	// MaxOpenKeys is how many unwrapped data keys are kept for opening;
+	// default 1024. Expired keys go first, then any.
+	MaxOpenKeys int
+}
+
+const (
+	defaultMaxAge      = 5 * time.Minute
+	defaultMaxMessages = 1 << 20
+	maxMessagesPerKey  = 1 << 32
+	defaultMaxBytes    = 1 << 36
+	defaultMaxOpenKeys = 1024
+)
+
+func (p CachePolicy) withDefaults() (CachePolicy, error) {
+	if p.MaxAge < 0 || p.MaxOpenKeys < 0 {
+		return p, errors.New("client: CachePolicy: negative MaxAge or MaxOpenKeys")
+	}
+	if p.MaxMessages > maxMessagesPerKey {
+		return p, fmt.Errorf("client: CachePolicy.MaxMessages %d is above 2^32: random nonces would risk repeating", p.MaxMessages)
+	}
+	if p.MaxAge == 0 {
+		p.MaxAge = defaultMaxAge
+	}
+	if p.MaxMessages == 0 {
+		p.MaxMessages = defaultMaxMessages
+	}
+	if p.MaxBytes == 0 {
+		p.MaxBytes = defaultMaxBytes
+	}
+	if p.MaxOpenKeys == 0 {
+		p.MaxOpenKeys = defaultMaxOpenKeys
+	}
+	return p, nil
+}
+
+// The two calls local encryption makes; *Client has both.
+type dataKeyGenerator interface {
+	GenerateDataKey(context.Context, *tresorv1.GenerateDataKeyRequest) (*tresorv1.GenerateDataKeyResponse, error)
+}
+
+type ciphertextDecrypter interface {
+	Decrypt(context.Context, *tresorv1.DecryptRequest) (*tresorv1.DecryptResponse, error)
+}
+
+// LocalEncryption seals and opens data in this process with data keys
+// from tresor (envelope encryption), so that large or frequent data never
+// travels to tresor: one GenerateDataKey serves many messages while the
+// CachePolicy allows, and one Decrypt of a wrapped data key opens every
+// message sealed under it. Use Encryptor to seal, Decrypt and
+// DecryptStream to open. Safe for concurrent use.
+type LocalEncryption struct {
+	gen    dataKeyGenerator
+	dec    ciphertextDecrypter
+	policy CachePolicy
+	now    func() time.Time
+
+	mu         sync.Mutex
+	encryptors map[encryptorID]*Encryptor
+
+	open openKeys
+
+	generated, unwrapped atomic.Uint64
+}
+
+type encryptorID struct{ key, keyContext string }
+
+// NewLocalEncryption returns local encryption through c under policy.
+func NewLocalEncryption(c *Client, policy CachePolicy) (*LocalEncryption, error) {
+	return newLocalEncryption(c, c, policy)
+}
+
+func newLocalEncryption(gen dataKeyGenerator, dec ciphertextDecrypter, policy CachePolicy) (*LocalEncryption, error) {
+	p, err := policy.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	l := &LocalEncryption{gen: gen, dec: dec, policy: p, now: time.Now, encryptors: make(map[encryptorID]*Encryptor)}
+	l.open.keys = make(map[string]*openKey)
+	return l, nil
+}
+
+// LocalStats counts what LocalEncryption asked of tresor.
+type LocalStats struct {
+	// DataKeysGenerated counts GenerateDataKey calls, DataKeysUnwrapped
+	// Decrypt calls for wrapped data keys.
+	DataKeysGenerated, DataKeysUnwrapped uint64
+}
+
+// Stats returns the calls made so far.
+func (l *LocalEncryption) Stats() LocalStats {
+	return LocalStats{DataKeysGenerated: l.generated.Load(), DataKeysUnwrapped: l.unwrapped.Load()}
+}
+
+// Encryptor returns the sealer for the named key and key context; the
+// same one for the same pair. keyContext is associated data that tresor
+// binds to each data key (its policies and audit log see it) and that
+// every message carries in its header; per-message associated data is
+// the aad argument of Encrypt instead, and stays local.
+func (l *LocalEncryption) Encryptor(key string, keyContext []byte) (*Encryptor, error) {
+	if len(keyContext) > maxKeyContext {
+		return nil, fmt.Errorf("client: key context of %d bytes is above %d", len(keyContext), maxKeyContext)
+	}
+	id := encryptorID{key, string(keyContext)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.encryptors[id]; ok {
+		return e, nil
+	}
+	e := &Encryptor{l: l, key: key, keyContext: bytes.Clone(keyContext)}
+	l.encryptors[id] = e
+	return e, nil
+}
+
+// Encryptor seals messages and streams under one named key's data keys.
+type Encryptor struct {
+	l          *LocalEncryption
+	key        string
+	keyContext []byte
+
+	cur atomic.Pointer[sealKey]
+	mu  sync.Mutex // one GenerateDataKey at a time
+}
+
+// sealKey is a data key in use for sealing: its cipher, the header every
+// message under it starts with, and what it has sealed so far.
+type sealKey struct {
+	aead     cipher.AEAD
+	raw      []byte // for stream keys; never leaves the process
+	header   []byte // the message header
+	expires  time.Time
+	messages atomic.Uint64
+	bytes    atomic.Uint64
+}
+
+// Encrypt seals plaintext with aad into a message (see message.go). It
+// asks tresor for a data key only when the cached one has reached a
+// CachePolicy limit.
+func (e *Encryptor) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	k, err := e.reserve(ctx, uint64(len(plaintext)))
+	if err != nil {
+		return nil, err
+	}
+	hl := len(k.header)
+	out := make([]byte, hl+nonceLen, hl+nonceLen+len(plaintext)+tagLen)
+	copy(out, k.header)
+	nonce := out[hl : hl+nonceLen]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("client: nonce: %w", err)
+	}
+	return k.aead.Seal(out, nonce, plaintext, messageAAD(k.header, aad)), nil
+}
+
+// messageAAD is a message's associated data: its header, then the
+// caller's. The header alone when the caller gives none, without a copy.
+func messageAAD(header, aad []byte) []byte {
+	if len(aad) == 0 {
+		return header
+	}
+	b := make([]byte, 0, len(header)+len(aad))
+	return append(append(b, header...), aad...)
+}
+
+// reserve returns a data key that may seal one more message of n bytes,
+// counting it; a new one from tresor when the current one is spent.
+func (e *Encryptor) reserve(ctx context.Context, n uint64) (*sealKey, error) {
+	if k := e.cur.Load(); k != nil && k.admit(e.l, n) {
+		return k, nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// Another caller may have replaced it meanwhile.
+	if k := e.cur.Load(); k != nil && k.admit(e.l, n) {
+		return k, nil
+	}
+	if n > e.l.policy.MaxBytes {
+		return nil, fmt.Errorf("client: a message of %d bytes is above CachePolicy.MaxBytes", n)
+	}
+	k, err := e.l.generate(ctx, e.key, e.keyContext)
+	if err != nil {
+		return nil, err
+	}
+	k.messages.Store(1)
+	k.bytes.Store(n)
+	e.cur.Store(k)
+	return k, nil
+}
+
+// admit counts one more message of n bytes if the key's limits allow it.
+// A key refused once stays refused: its counters only grow.
+func (k *sealKey) admit(l *LocalEncryption, n uint64) bool {
+	if !l.now().Before(k.expires) {
+		return false
+	}
+	if k.messages.Add(1) > l.policy.MaxMessages {
+		return false
+	}
+	if b := k.bytes.Add(n); b > l.policy.MaxBytes || b < n {
+		k.bytes.Store(math.MaxUint64) // overflowed or over: spent for good
+		return false
+	}
+	return true
+}
+
+// generate asks tresor for a data key and makes it the sealing key, and
+// an opening key too: messages sealed here open without a call.
+func (l *LocalEncryption) generate(ctx context.Context, key string, keyContext []byte) (*sealKey, error) {
+	resp, err := l.gen.GenerateDataKey(ctx, &tresorv1.GenerateDataKeyRequest{Key: key, AssociatedData: keyContext})
+	l.generated.Add(1)
+	if err != nil {
+		return nil, err
+	}
+	raw := resp.GetPlaintext()
+	if len(raw) != dataKeyLen || checkWrappedKey(resp.GetCiphertext()) != nil {
+		return nil, fmt.Errorf("client: GenerateDataKey returned a %d-byte key or a malformed wrapped key", len(raw))
+	}
+	aead, err := newGCM(raw)
+	if err != nil {
+		return nil, err
+	}
+	now := l.now()
+	k := &sealKey{
+		aead:    aead,
+		raw:     raw,
+		header:  appendHeader(nil, kindMessage, resp.GetCiphertext(), keyContext),
+		expires: now.Add(l.policy.MaxAge),
+	}
+	l.open.put(k.header, &openKey{aead: aead, raw: raw, expires: k.expires}, l.policy.MaxOpenKeys, now)
+	return k, nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("client: data key: %w", err)
+	}
+	return cipher.NewGCM(block)
+}
+
+// Decrypt opens a message sealed by an Encryptor, with the same aad. Any
+// failure to open, from a malformed message to a wrong aad, is
+// ErrDecryptionFailed; a failure to reach tresor or a refusal keeps its
+// own error (ErrUnavailable, ErrPermissionDenied, ...).
+func (l *LocalEncryption) Decrypt(ctx context.Context, message, aad []byte) ([]byte, error) {
+	h, n, err := parseHeader(message)
+	if err != nil || h.kind != kindMessage || len(message)-n < nonceLen+tagLen {
+		return nil, ErrDecryptionFailed
+	}
+	k, err := l.openKey(ctx, message[:n], h)
+	if err != nil {
+		return nil, err
+	}
+	nonce := message[n : n+nonceLen]
+	pt, err := k.aead.Open(nil, nonce, message[n+nonceLen:], messageAAD(message[:n], aad))
+	if err != nil {
+		return nil, ErrDecryptionFailed
+	}
+	return pt, nil
+}
+
+// openKey returns the data key of a header: cached, or unwrapped by
+// tresor. The cache is keyed by the whole header with the kind byte set to
+// message, so that a stream and a message under one data key share it.
+func (l *LocalEncryption) openKey(ctx context.Context, hdr []byte, h header) (*openKey, error) {
+	id := cacheID(hdr)
+	now := l.now()
+	if k := l.open.get(id, now); k != nil {
+		return k, nil
+	}
+	resp, err := l.dec.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: string(h.wrapped), AssociatedData: h.keyContext})
+	l.unwrapped.Add(1)
+	if err != nil {
+		if errors.Is(err, ErrDecryptionFailed) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrNotFound) {
+			return nil, ErrDecryptionFailed
+		}
+		return nil, err
+	}
+	raw := resp.GetPlaintext()
+	if len(raw) != dataKeyLen {
+		return nil, ErrDecryptionFailed
+	}
+	aead, err := newGCM(raw)
+	if err != nil {
+		return nil, ErrDecryptionFailed
+	}
+	k := &openKey{aead: aead, raw: raw, expires: now.Add(l.policy.MaxAge)}
+	l.open.put([]byte(id), k, l.policy.MaxOpenKeys, now)
+	return k, nil
+}
+
+// cacheID is the opening cache's key for a header: the header with its
+// kind byte set to message.
+func cacheID(hdr []byte) string {
+	if hdr[5] == kindMessage {
+		return string(hdr)
+	}
+	b := bytes.Clone(hdr)
+	b[5] = kindMessage
+	return string(b)
+}
+
+// openKey is an unwrapped data key kept for opening.
+type openKey struct {
+	aead    cipher.AEAD
+	raw     []byte
+	expires time.Time
+}
+
+// openKeys is the opening cache: header -> data key, bounded, expiring.
+type openKeys struct {
+	mu   sync.RWMutex
+	keys map[string]*openKey
+}
+
+func (c *openKeys) get(id string, now time.Time) *openKey {
+	c.mu.RLock()
+	k := c.keys[id]
+	c.mu.RUnlock()
+	if k == nil || !now.Before(k.expires) {
+		return nil
+	}
+	return k
+}
+
+func (c *openKeys) put(hdr []byte, k *openKey, max int, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.keys) >= max {
+		for id, old := range c.keys {
+			if !now.Before(old.expires) {
+				delete(c.keys, id)
+			}
+		}
+		for id := range c.keys {
+			if len(c.keys) < max {
+				break
+			}
+			delete(c.keys, id)
+		}
+	}
+	c.keys[string(hdr)] = k
+}
