@@ -2,24 +2,335 @@ package client
 
 import (
 	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
-func TestFixture(t *testing.T) {
+// TestEveryRPCHasAMethod keeps calls.go in step with the protos.
+func TestEveryRPCHasAMethod(t *testing.T) {
+	ct := reflect.TypeOf(&Client{})
+	files := []protoreflect.FileDescriptor{
+		tresorv1.File_tresor_v1_key_proto, tresorv1.File_tresor_v1_crypto_proto,
+		tresorv1.File_tresor_v1_admin_proto, tresorv1.File_tresor_v1_field_proto,
+	}
+	n := 0
+	for _, f := range files {
+		for i := range f.Services().Len() {
+			svc := f.Services().Get(i)
+			for j := range svc.Methods().Len() {
+				name := string(svc.Methods().Get(j).Name())
+				n++
+				if _, ok := ct.MethodByName(name); !ok {
+					t.Errorf("Client has no method %s (%s)", name, svc.FullName())
+				}
+			}
+		}
+	}
+	if n < 28 {
+		t.Errorf("found %d RPCs in the protos, want at least 28", n)
+	}
+}
+
+func TestCallErrors(t *testing.T) {
 	s := StartTestServer(t)
 	c := s.Client(t, nil)
 	ctx := context.Background()
 	if _, err := c.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "payments", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
-		t.Fatalf("CreateKey() err = %v", err)
+		t.Fatalf("CreateKey() err = %v, want nil", err)
 	}
-	enc, err := c.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte("hello")})
+	const secret = "4111111111111111"
+	other, err := New(Config{Address: s.Addr, TLS: s.OtherTLS, Tokens: s.tokens(t, s.OtherTLS, TestOtherID)})
 	if err != nil {
-		t.Fatalf("Encrypt() err = %v", err)
+		t.Fatal(err)
 	}
-	dec, err := c.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
-	if err != nil || string(dec.GetPlaintext()) != "hello" {
-		t.Fatalf("Decrypt() = %q, %v", dec.GetPlaintext(), err)
+	defer other.Close()
+	noToken, err := New(Config{Address: s.Addr, TLS: s.TLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer noToken.Close()
+	tests := []struct {
+		name string
+		call func() error
+		want []error
+		code codes.Code
+	}{
+		{"missing key", func() error {
+			_, err := c.GetKey(ctx, &tresorv1.GetKeyRequest{Key: "nope"})
+			return err
+		}, []error{ErrNotFound}, codes.NotFound},
+		{"duplicate key", func() error {
+			_, err := c.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "payments", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM})
+			return err
+		}, []error{ErrAlreadyExists}, codes.AlreadyExists},
+		{"invalid key name", func() error {
+			_, err := c.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "Not A Name", Plaintext: []byte(secret)})
+			return err
+		}, []error{ErrInvalidArgument}, codes.InvalidArgument},
+		{"tampered ciphertext", func() error {
+			enc, err := c.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte(secret)})
+			if err != nil {
+				return err
+			}
+			ct := []byte(enc.GetCiphertext())
+			ct[len(ct)-3] ^= 'A' ^ 'B'
+			_, err = c.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: string(ct)})
+			return err
+		}, []error{ErrDecryptionFailed, ErrInvalidArgument}, codes.InvalidArgument},
+		{"policy denies", func() error {
+			_, err := other.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte(secret)})
+			return err
+		}, []error{ErrPermissionDenied}, codes.PermissionDenied},
+		{"no token", func() error {
+			_, err := noToken.Encrypt(ctx, &tresorv1.EncryptRequest{Key: "payments", Plaintext: []byte(secret)})
+			return err
+		}, []error{ErrUnauthenticated}, codes.Unauthenticated},
+		{"deadline", func() error {
+			short := s.Client(t, func(cfg *Config) { cfg.Timeout = time.Nanosecond })
+			_, err := short.ListKeys(ctx, &tresorv1.ListKeysRequest{})
+			return err
+		}, []error{ErrDeadlineExceeded}, codes.DeadlineExceeded},
+	}
+	sentinels := []error{ErrInvalidArgument, ErrNotFound, ErrAlreadyExists, ErrPermissionDenied, ErrUnauthenticated,
+		ErrResourceExhausted, ErrFailedPrecondition, ErrAborted, ErrUnavailable, ErrDeadlineExceeded, ErrCanceled,
+		ErrUnimplemented, ErrInternal, ErrDecryptionFailed}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			for _, w := range tt.want {
+				if !errors.Is(err, w) {
+					t.Errorf("err = %v, want errors.Is(err, %v)", err, w)
+				}
+			}
+			for _, s := range sentinels {
+				if errors.Is(err, s) && !contains(tt.want, s) {
+					t.Errorf("err = %v also matches %v", err, s)
+				}
+			}
+			if st, _ := status.FromError(err); st.Code() != tt.code {
+				t.Errorf("status.FromError(err).Code() = %v, want %v", st.Code(), tt.code)
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.Method == "" {
+				t.Errorf("err = %#v, want an *Error naming the method", err)
+			}
+			if err != nil && strings.Contains(err.Error(), secret) {
+				t.Errorf("err = %v holds the plaintext", err)
+			}
+		})
+	}
+}
+
+func contains(errs []error, e error) bool {
+	for _, x := range errs {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+// countingSource counts the tokens it gives; the first bad ones are not
+// tokens the server accepts.
+type countingSource struct {
+	src  oauth2.TokenSource
+	bad  int
+	n    atomic.Int64
+	life time.Duration
+}
+
+func (s *countingSource) Token() (*oauth2.Token, error) {
+	if int(s.n.Add(1)) <= s.bad {
+		return &oauth2.Token{AccessToken: "not-a-token", Expiry: time.Now().Add(time.Hour)}, nil
+	}
+	t, err := s.src.Token()
+	if err == nil && s.life > 0 {
+		t.Expiry = time.Now().Add(s.life)
+	}
+	return t, err
+}
+
+func TestTokens(t *testing.T) {
+	s := StartTestServer(t)
+	ctx := context.Background()
+	t.Run("cached", func(t *testing.T) {
+		src := &countingSource{src: s.tokens(t, s.TLS, TestClientID)}
+		c := s.Client(t, func(cfg *Config) { cfg.Tokens = src })
+		for range 5 {
+			if _, err := c.ListKeys(ctx, &tresorv1.ListKeysRequest{}); err != nil {
+				t.Fatalf("ListKeys() err = %v, want nil", err)
+			}
+		}
+		if n := src.n.Load(); n != 1 {
+			t.Errorf("token source called %d times for 5 calls, want 1", n)
+		}
+	})
+	t.Run("refreshed before expiry", func(t *testing.T) {
+		// Tokens that live 1m10s, refreshed 1m before: a new one after 10s.
+		src := &countingSource{src: s.tokens(t, s.TLS, TestClientID), life: 70 * time.Second}
+		cache := newTokenCache(src, 0)
+		now := time.Now()
+		cache.now = func() time.Time { return now }
+		if _, err := cache.token(); err != nil {
+			t.Fatal(err)
+		}
+		before := src.n.Load()
+		now = now.Add(5 * time.Second)
+		if _, err := cache.token(); err != nil || src.n.Load() != before {
+			t.Errorf("token() 5s later fetched again (%d -> %d), err = %v; want the cached token", before, src.n.Load(), err)
+		}
+		now = now.Add(6 * time.Second)
+		if _, err := cache.token(); err != nil || src.n.Load() != before+1 {
+			t.Errorf("token() 11s later: source calls %d -> %d, err = %v; want one new token", before, src.n.Load(), err)
+		}
+	})
+	t.Run("refused token replaced once", func(t *testing.T) {
+		src := &countingSource{src: s.tokens(t, s.TLS, TestClientID), bad: 1}
+		c := s.Client(t, func(cfg *Config) { cfg.Tokens = src })
+		if _, err := c.ListKeys(ctx, &tresorv1.ListKeysRequest{}); err != nil {
+			t.Fatalf("ListKeys() with a refused first token err = %v, want nil", err)
+		}
+		if n := src.n.Load(); n != 2 {
+			t.Errorf("token source called %d times, want 2", n)
+		}
+	})
+	t.Run("always refused", func(t *testing.T) {
+		src := &countingSource{src: s.tokens(t, s.TLS, TestClientID), bad: 100}
+		c := s.Client(t, func(cfg *Config) { cfg.Tokens = src })
+		if _, err := c.ListKeys(ctx, &tresorv1.ListKeysRequest{}); !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("ListKeys() err = %v, want ErrUnauthenticated", err)
+		}
+		if n := src.n.Load(); n != 2 {
+			t.Errorf("token source called %d times, want 2 (one retry)", n)
+		}
+	})
+	t.Run("token endpoint refuses a stranger's client_id", func(t *testing.T) {
+		src, err := ClientCredentials(ClientCredentialsConfig{TokenURL: s.TokenURL, ClientID: TestClientID, TLS: s.OtherTLS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := s.Client(t, func(cfg *Config) { cfg.Tokens = src; cfg.TLS = s.OtherTLS })
+		_, err = c.ListKeys(ctx, &tresorv1.ListKeysRequest{})
+		if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), "invalid_client") {
+			t.Fatalf("ListKeys() err = %v, want ErrUnauthenticated naming invalid_client", err)
+		}
+	})
+	t.Run("a token bound to another certificate", func(t *testing.T) {
+		// TestClientID's token over TestOtherID's certificate.
+		c := s.Client(t, func(cfg *Config) { cfg.TLS = s.OtherTLS })
+		if _, err := c.ListKeys(ctx, &tresorv1.ListKeysRequest{}); !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("ListKeys() err = %v, want ErrUnauthenticated", err)
+		}
+	})
+}
+
+func TestClientCredentialsConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  ClientCredentialsConfig
+	}{
+		{"http", ClientCredentialsConfig{TokenURL: "http://idp.example/token", ClientID: "a"}},
+		{"no host", ClientCredentialsConfig{TokenURL: "https:///token", ClientID: "a"}},
+		{"no client id", ClientCredentialsConfig{TokenURL: "https://idp.example/token"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ClientCredentials(tt.cfg); err == nil {
+				t.Errorf("ClientCredentials(%+v) err = nil, want an error", tt.cfg)
+			}
+		})
+	}
+	if _, err := New(Config{TLS: nil, Address: "127.0.0.1:1"}); err == nil {
+		t.Errorf("New() without TLS err = nil, want an error")
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Errorf("New() without an address err = nil, want an error")
+	}
+}
+
+func TestRetries(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "down")
+	tests := []struct {
+		name     string
+		method   string
+		errs     []error // what each attempt returns; then nil
+		policy   RetryPolicy
+		deadline time.Duration
+		want     error
+		attempts int
+	}{
+		{"recovers", tresorv1.CryptoService_Encrypt_FullMethodName, []error{unavailable, unavailable}, RetryPolicy{}, 0, nil, 3},
+		{"gives up", tresorv1.CryptoService_Encrypt_FullMethodName, []error{unavailable, unavailable, unavailable, unavailable, unavailable}, RetryPolicy{}, 0, ErrUnavailable, 4},
+		{"one attempt", tresorv1.CryptoService_Encrypt_FullMethodName, []error{unavailable}, RetryPolicy{MaxAttempts: 1}, 0, ErrUnavailable, 1},
+		{"rotate key not retried", tresorv1.KeyService_RotateKey_FullMethodName, []error{unavailable}, RetryPolicy{}, 0, ErrUnavailable, 1},
+		{"rotate root key not retried", tresorv1.AdminService_RotateRootKey_FullMethodName, []error{unavailable}, RetryPolicy{}, 0, ErrUnavailable, 1},
+		{"other codes not retried", tresorv1.CryptoService_Encrypt_FullMethodName, []error{status.Error(codes.ResourceExhausted, "slow down")}, RetryPolicy{}, 0, ErrResourceExhausted, 1},
+		{"internal not retried", tresorv1.CryptoService_Encrypt_FullMethodName, []error{status.Error(codes.Internal, "x")}, RetryPolicy{}, 0, ErrInternal, 1},
+		{"deadline before backoff", tresorv1.CryptoService_Encrypt_FullMethodName, []error{unavailable, unavailable}, RetryPolicy{InitialBackoff: time.Hour, MaxBackoff: time.Hour}, time.Second, ErrUnavailable, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var slept []time.Duration
+			r := &retrier{policy: tt.policy.withDefaults(), sleep: func(_ context.Context, d time.Duration) error {
+				slept = append(slept, d)
+				return nil
+			}}
+			attempts := 0
+			invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+				attempts++
+				if attempts <= len(tt.errs) {
+					return tt.errs[attempts-1]
+				}
+				return nil
+			}
+			ctx := context.Background()
+			if tt.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.deadline)
+				defer cancel()
+			}
+			err := r.unary(ctx, tt.method, nil, nil, nil, invoker)
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("unary() err = %v, want %v", err, tt.want)
+			}
+			if attempts != tt.attempts {
+				t.Errorf("attempts = %d, want %d", attempts, tt.attempts)
+			}
+			if len(slept) != max(0, attempts-1) {
+				t.Errorf("slept %d times for %d attempts, want %d", len(slept), attempts, attempts-1)
+			}
+			backoff := r.policy.InitialBackoff
+			for i, d := range slept {
+				if d <= 0 || d > backoff {
+					t.Errorf("wait %d = %v, want in (0, %v]", i, d, backoff)
+				}
+				backoff = min(2*backoff, r.policy.MaxBackoff)
+			}
+		})
+	}
+}
+
+func TestRetriesAgainstAStoppedServer(t *testing.T) {
+	s := StartTestServer(t)
+	// A port nothing listens on: every attempt is UNAVAILABLE.
+	c := s.Client(t, func(cfg *Config) {
+		cfg.Address = "127.0.0.1:1"
+		cfg.Retry = RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+	})
+	_, err := c.ListKeys(context.Background(), &tresorv1.ListKeysRequest{})
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("ListKeys() err = %v, want ErrUnavailable", err)
 	}
 }

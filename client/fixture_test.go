@@ -270,3 +270,8 @@ func leaf(tb testing.TB, cfg *tls.Config) *x509.Certificate {
 	}
 	return l
 }
+
+// createKey is the request for an AES256_GCM key named name.
+func createKey(name string) *tresorv1.CreateKeyRequest {
+	return &tresorv1.CreateKeyRequest{KeyId: name, Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}
+}

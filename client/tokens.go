@@ -126,10 +126,11 @@ func (c *tokenCache) cached() string {
 }
 
 // invalidate drops tok if it is still the cached token, so that the next
-// call fetches a new one.
+// call fetches a new one; "" (the caller saw no cached token, so the call
+// fetched the one it used) drops whatever is cached.
 func (c *tokenCache) invalidate(tok string) {
 	c.mu.Lock()
-	if c.tok != nil && c.tok.AccessToken == tok {
+	if c.tok != nil && (tok == "" || c.tok.AccessToken == tok) {
 		c.tok = nil
 	}
 	c.mu.Unlock()
