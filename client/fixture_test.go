@@ -17,8 +17,8 @@ import (
 
 	"golang.org/x/oauth2"
 
-	examplepolicies "github.com/tresorkms/tresor/examples/policies"
 	"github.com/tresorkms/tresor/envelope"
+	examplepolicies "github.com/tresorkms/tresor/examples/policies"
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
