@@ -52,7 +52,7 @@ them; later runs reuse them. It prints how to call the server.`,
 			iss.SetURL(cfg.Auth.Token.Issuer)
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			if _, err := serveDevIssuer(ctx, iss, issuerAddr, cfg.TLS.CertFile, cfg.TLS.KeyFile, logger); err != nil {
+			if _, err := serveDevIssuer(ctx, iss, issuerAddr, cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile, logger); err != nil {
 				return err
 			}
 			return serve(ctx, cfg, logger, func(s *server.Server) {
@@ -64,7 +64,7 @@ them; later runs reuse them. It prints how to call the server.`,
 	cmd.Flags().StringVar(&dir, "dir", envOr("TRESOR_DEV_DIR", ".tresor"), "folder for the dev state (TRESOR_DEV_DIR)")
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "127.0.0.1:8443", "gRPC listen address")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "127.0.0.1:8444", "REST listen address")
-	cmd.Flags().StringVar(&issuerAddr, "issuer-addr", "127.0.0.1:8445", "development token issuer's listen address (OIDC discovery and JWKS)")
+	cmd.Flags().StringVar(&issuerAddr, "issuer-addr", "127.0.0.1:8445", "development token issuer's listen address (OIDC discovery, JWKS and a client-credentials token endpoint)")
 	cmd.Flags().BoolVar(&noHSM, "no-hsm", false, "use a development key file even when SoftHSM2 is installed")
 	return cmd
 }

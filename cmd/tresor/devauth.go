@@ -95,20 +95,35 @@ func devIssuerSetup(dir, issuerAddr string, cfg *config.Config) (*devissuer.Issu
 	return iss, nil
 }
 
-// serveDevIssuer serves the issuer's discovery document and JWKS over TLS
-// on addr until ctx ends, for tools that want OIDC discovery.
-func serveDevIssuer(ctx context.Context, iss *devissuer.Issuer, addr, certFile, keyFile string, logger *slog.Logger) (string, error) {
+// serveDevIssuer serves the issuer's discovery document and JWKS, and an
+// OAuth 2.0 client-credentials token endpoint (POST /token, clients
+// authenticated by a certificate from clientCAFile, RFC 8705) over TLS on
+// addr until ctx ends: for tools that want OIDC discovery, and for the Go
+// SDK's client.ClientCredentials.
+func serveDevIssuer(ctx context.Context, iss *devissuer.Issuer, addr, certFile, keyFile, clientCAFile string, logger *slog.Logger) (string, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return "", err
 	}
+	pool, err := readCertPool(clientCAFile)
+	if err != nil {
+		return "", fmt.Errorf("dev: token issuer: client CA: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", iss.Handler())
+	mux.Handle("/token", &devissuer.TokenEndpoint{Issuer: iss, Audience: devAudience})
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("dev: token issuer: listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{
-		Handler:           iss.Handler(),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+			ClientCAs:    pool,
+			ClientAuth:   tls.VerifyClientCertIfGiven,
+		},
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

@@ -312,6 +312,7 @@ func (i *Issuer) Handler() http.Handler {
 		writeJSON(w, map[string]any{
 			"issuer":                                iss,
 			"jwks_uri":                              iss + "/jwks.json",
+			"token_endpoint":                        iss + "/token",
 			"id_token_signing_alg_values_supported": []string{"ES256"},
 			"response_types_supported":              []string{"token"},
 			"subject_types_supported":               []string{"public"},
