@@ -314,19 +314,19 @@ func (l *LocalEncryption) openKey(ctx context.Context, hdr []byte, h header) (*o
 		return nil, ErrDecryptionFailed
 	}
 	k := &openKey{aead: aead, raw: raw, expires: now.Add(l.policy.MaxAge)}
-	l.open.put([]byte(id), k, l.policy.MaxOpenKeys, now)
+	l.open.put(bytes.Clone(id), k, l.policy.MaxOpenKeys, now)
 	return k, nil
 }
 
-// cacheID is the opening cache's key for a header: the header with its
-// kind byte set to message.
-func cacheID(hdr []byte) string {
+// cacheID is the opening cache's key for a header: the header itself for
+// a message, a copy with the kind byte set to message for a stream.
+func cacheID(hdr []byte) []byte {
 	if hdr[5] == kindMessage {
-		return string(hdr)
+		return hdr
 	}
 	b := bytes.Clone(hdr)
 	b[5] = kindMessage
-	return string(b)
+	return b
 }
 
 // openKey is an unwrapped data key kept for opening.
@@ -342,9 +342,9 @@ type openKeys struct {
 	keys map[string]*openKey
 }
 
-func (c *openKeys) get(id string, now time.Time) *openKey {
+func (c *openKeys) get(id []byte, now time.Time) *openKey {
 	c.mu.RLock()
-	k := c.keys[id]
+	k := c.keys[string(id)]
 	c.mu.RUnlock()
 	if k == nil || !now.Before(k.expires) {
 		return nil
