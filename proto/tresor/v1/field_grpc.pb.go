@@ -48,7 +48,7 @@ const (
 type FieldServiceClient interface {
 	// Stores a new version of a classification schema. The definition (YAML
 	// or JSON) names the schema; its version must be one more than the latest
-	// stored (or 1 for a new schema; 0 lets the service number it).
+	// stored, or 1 for a new schema.
 	//
 	// Fails with INVALID_ARGUMENT if the definition does not parse, names an
 	// unknown tier, a tier without a key, an invalid path, or a path twice;
@@ -201,7 +201,7 @@ type FieldService_RevealDocumentsClient = grpc.BidiStreamingClient[RevealDocumen
 type FieldServiceServer interface {
 	// Stores a new version of a classification schema. The definition (YAML
 	// or JSON) names the schema; its version must be one more than the latest
-	// stored (or 1 for a new schema; 0 lets the service number it).
+	// stored, or 1 for a new schema.
 	//
 	// Fails with INVALID_ARGUMENT if the definition does not parse, names an
 	// unknown tier, a tier without a key, an invalid path, or a path twice;
