@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -547,8 +548,9 @@ func (ts *testServer) readyState(t *testing.T) readyState {
 	return s
 }
 
-// TestReadiness: /readyz, /healthz and the health service follow the
-// readiness checks, naming the failing ones, and recover with them.
+// TestReadiness: /readyz and the health service follow the readiness
+// checks, naming the failing ones, and recover with them; /healthz
+// (liveness) stays 200 throughout.
 func TestReadiness(t *testing.T) {
 	base := startServer(t, 0)
 	var storeDown, auditDown, kmsHangs atomic.Bool
@@ -584,10 +586,10 @@ func TestReadiness(t *testing.T) {
 		want              readyState
 	}{
 		{"all pass", false, false, false, readyState{200, 200, "ready\n", serving}},
-		{"audit fails", false, true, false, readyState{503, 503, "not ready: audit\n", notServing}},
-		{"store and audit fail", true, true, false, readyState{503, 503, "not ready: store, audit\n", notServing}},
-		{"store fails", true, false, false, readyState{503, 503, "not ready: store\n", notServing}},
-		{"kms hangs", false, false, true, readyState{503, 503, "not ready: kms\n", notServing}},
+		{"audit fails", false, true, false, readyState{503, 200, "not ready: audit\n", notServing}},
+		{"store and audit fail", true, true, false, readyState{503, 200, "not ready: store, audit\n", notServing}},
+		{"store fails", true, false, false, readyState{503, 200, "not ready: store\n", notServing}},
+		{"kms hangs", false, false, true, readyState{503, 200, "not ready: kms\n", notServing}},
 		{"all recovered", false, false, false, readyState{200, 200, "ready\n", serving}},
 	}
 	for _, s := range steps {
@@ -835,4 +837,28 @@ func TestAnomalyResponsesInTheChain(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestHealthzIsLiveness: /healthz answers 200 while the server runs, even
+// with every readiness check failing, and 503 once it is shutting down.
+func TestHealthzIsLiveness(t *testing.T) {
+	ts := startServer(t, 0).cloneServer(t, func(o *Options) {
+		o.Ready = []ReadinessCheck{{Name: "store", Check: func(context.Context) error { return errors.New("down") }}}
+		o.ReadyInterval = 50 * time.Millisecond
+	})
+	for _, tt := range []struct {
+		name     string
+		stopping bool
+		want     int
+	}{{"not ready", false, 200}, {"shutting down", true, 503}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ts.srv.stopping.Store(tt.stopping)
+			rec := httptest.NewRecorder()
+			ts.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+			if rec.Code != tt.want {
+				t.Errorf("GET /healthz = %d %q, want %d", rec.Code, rec.Body.String(), tt.want)
+			}
+		})
+	}
+	ts.srv.stopping.Store(false)
 }

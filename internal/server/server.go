@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -117,6 +118,8 @@ type Server struct {
 	health  *health.Server
 	handler http.Handler
 	chain   *chain
+	// stopping is set when Serve begins shutting down (/healthz fails).
+	stopping atomic.Bool
 
 	mu        sync.Mutex
 	failing   []string // readiness checks failing now
@@ -291,10 +294,13 @@ func (s *Server) httpHandler(gateway http.Handler) http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	// /healthz is liveness: the process answers and is not shutting down.
+	// It does not follow the readiness checks, so that an HSM or database
+	// outage takes replicas out of a load balancer (/readyz) without an
+	// orchestrator restarting all of them.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		resp, err := s.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
-		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			http.Error(w, "not serving", http.StatusServiceUnavailable)
+		if s.stopping.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain")
@@ -429,6 +435,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.stopping.Store(true)
 	s.health.Shutdown()
 	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
 	defer cancel()
