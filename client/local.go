@@ -26,8 +26,9 @@ type CachePolicy struct {
 	// MaxMessages is how many messages (or streams) one data key seals;
 	// default 2^20, at most 2^32.
 	MaxMessages uint64
-	// MaxBytes is how many plaintext bytes one data key seals; default
-	// 2^36 (64 GiB).
+	// MaxBytes is how many plaintext bytes one data key seals in messages;
+	// default 2^36 (64 GiB). Streams do not count: their chunks are sealed
+	// under a key derived for each stream.
 	MaxBytes uint64
 	// MaxOpenKeys is how many unwrapped data keys are kept for opening;
 	// default 1024. Expired keys go first, then any.
