@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -292,4 +293,48 @@ func Example_errors() {
 	// no such key
 	// /tresor.v1.KeyService/GetKey NotFound
 	// decryption failed: true true
+}
+
+func ExampleEncryptor_EncryptStream() {
+	s, stop := client.StartExampleServer()
+	defer stop()
+	ctx := context.Background()
+	c := connect(s)
+	defer c.Close()
+	if _, err := c.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "statements", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
+		log.Fatal(err)
+	}
+	local, err := client.NewLocalEncryption(c, client.CachePolicy{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	enc, err := local.Encryptor("statements", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// A 1 MiB statement file, sealed from a reader into a writer in 64 KiB
+	// authenticated chunks.
+	statement := strings.Repeat("2024-06-30;DE89370400440532013000;-42.00 EUR\n", 1<<20/45)
+	var sealed bytes.Buffer
+	n, err := enc.EncryptStream(ctx, &sealed, strings.NewReader(statement), []byte("statement=2024-06"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("sealed", n, "bytes")
+
+	var opened bytes.Buffer
+	if _, err := local.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()), []byte("statement=2024-06")); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("opened intact:", opened.String() == statement)
+
+	// A stream cut short fails, as does one with its chunks reordered.
+	opened.Reset()
+	_, err = local.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()[:sealed.Len()-100]), []byte("statement=2024-06"))
+	fmt.Println("truncated:", errors.Is(err, client.ErrDecryptionFailed))
+	// Output:
+	// sealed 1048545 bytes
+	// opened intact: true
+	// truncated: true
 }
