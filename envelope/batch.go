@@ -94,7 +94,7 @@ func (o *KeyOpener) AppendDecrypt(ctx context.Context, dst, ciphertext, aad []by
 	if !ok {
 		return dst, KeyRef{}, ErrDecrypt
 	}
-	lk, err := o.r.loadBytes(ctx, p.name)
+	lk, err := o.r.loadFor(ctx, p)
 	if errors.Is(err, ErrKeyNotFound) {
 		return dst, KeyRef{}, ErrDecrypt
 	}

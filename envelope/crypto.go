@@ -123,7 +123,7 @@ func (r *Keyring) decrypt(ctx context.Context, ciphertext, aad []byte) (secret.B
 	if !ok {
 		return nil, nil, 0, ErrDecrypt
 	}
-	lk, err := r.loadBytes(ctx, p.name)
+	lk, err := r.loadFor(ctx, p)
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, nil, 0, ErrDecrypt
 	}
@@ -135,6 +135,39 @@ func (r *Keyring) decrypt(ctx context.Context, ciphertext, aad []byte) (secret.B
 		return nil, nil, 0, err
 	}
 	return pt, lk, p.version, nil
+}
+
+// loadFor loads the key a parsed ciphertext names. A ciphertext of a
+// version newer than every version of the cached keyset (sealed through
+// another replica that rotated the key since this one last synced its
+// cache) would not open: when the store holds a newer revision of the key,
+// the entry is dropped and the key read again, once. A known version costs
+// nothing more than load.
+func (r *Keyring) loadFor(ctx context.Context, p parsed) (*loadedKey, error) {
+	lk, err := r.loadBytes(ctx, p.name)
+	if err != nil || !newerVersion(lk, p.version) {
+		return lk, err
+	}
+	name := string(p.name)
+	revs, err := r.store.KeyRevisions(ctx, []string{name})
+	if err != nil || revs[name] <= lk.meta.Revision {
+		return lk, nil // opening fails as it would have
+	}
+	r.cache.invalidate(name, revs[name])
+	return r.load(ctx, name)
+}
+
+// newerVersion reports whether version v is newer than every version lk holds.
+func newerVersion(lk *loadedKey, v uint32) bool {
+	if _, ok := lk.tinkIDs[v]; ok {
+		return false
+	}
+	for _, kv := range lk.meta.Versions {
+		if kv.Number >= v {
+			return false
+		}
+	}
+	return true
 }
 
 // open opens c with lk and appends the plaintext to dst; ad is the
