@@ -63,6 +63,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newReEncryptCmd(),
 		newDataKeyCmd(),
 		newBenchCmd(),
+		newSoakCmd(),
 		newAdminCmd(),
 	)
 	return root
