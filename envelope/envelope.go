@@ -62,6 +62,11 @@ var (
 	// ErrKeysetUnreadable means a stored keyset could not be unwrapped by its
 	// root key, or was wrapped by a root key this keyring does not hold.
 	ErrKeysetUnreadable = errors.New("envelope: stored keyset cannot be unwrapped")
+	// ErrRootKeyNotHeld means a stored keyset is wrapped by a root key this
+	// keyring does not hold (yet): another replica rotated the root key and
+	// this one has not followed. It comes with ErrKeysetUnreadable, and
+	// passes once the rotation is followed.
+	ErrRootKeyNotHeld = errors.New("envelope: root key not held")
 	// ErrKeyDeletionScheduled means the key is scheduled for deletion: it
 	// neither encrypts nor decrypts, and its configuration is frozen, until
 	// CancelKeyDeletion. The message says when the material goes.

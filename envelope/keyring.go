@@ -264,7 +264,8 @@ func (r *Keyring) wrapKeyset(ctx context.Context, name string, h *keyset.Handle)
 func (r *Keyring) unwrapKeyset(ctx context.Context, k store.Key) (*keyset.Handle, error) {
 	kek, ok := r.roots.Get(k.RootKeyID)
 	if !ok {
-		return nil, fmt.Errorf("%w: key %q is wrapped by root key %q, which this keyring does not hold (it holds %q)", ErrKeysetUnreadable, k.Name, k.RootKeyID, r.roots.IDs())
+		r.roots.missed(k.RootKeyID)
+		return nil, fmt.Errorf("%w: %w: key %q is wrapped by root key %q, which this keyring does not hold (it holds %q)", ErrKeysetUnreadable, ErrRootKeyNotHeld, k.Name, k.RootKeyID, r.roots.IDs())
 	}
 	a := &kekAEAD{kek: kek}
 	h, err := keyset.ReadWithContext(ctx, keyset.NewBinaryReader(bytes.NewReader(k.WrappedKeyset)), a, keysetAAD(k.Name, k.RootKeyID))

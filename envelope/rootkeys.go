@@ -27,6 +27,9 @@ import (
 type RootKeys struct {
 	mu  sync.Mutex // serializes changes; readers load set
 	set atomic.Pointer[rootKeySet]
+	// misses is signalled (without blocking) when a keyset names a root
+	// key the set does not hold; see Misses.
+	misses chan struct{}
 }
 
 // rootKeySet is one immutable state of a RootKeys.
@@ -54,9 +57,23 @@ func NewRootKeys(active KEK, others ...KEK) (*RootKeys, error) {
 		}
 		byID[k.ID()] = k
 	}
-	s := &RootKeys{}
+	s := &RootKeys{misses: make(chan struct{}, 1)}
 	s.set.Store(&rootKeySet{active: active, byID: byID})
 	return s, nil
+}
+
+// Misses receives a value after a keyset was found wrapped by a root key
+// the set does not hold: another replica has rotated the root key. The
+// root-key rotator waits on it to follow at once rather than at its next
+// poll. Misses close together are signalled once.
+func (s *RootKeys) Misses() <-chan struct{} { return s.misses }
+
+// missed signals Misses.
+func (s *RootKeys) missed(string) {
+	select {
+	case s.misses <- struct{}{}:
+	default:
+	}
 }
 
 // Active returns the root key that wraps new keysets.

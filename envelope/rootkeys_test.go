@@ -189,7 +189,18 @@ func TestKeyringOverRootKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := onlyA.Decrypt(ctx, cts[0].ct, cts[0].aad); !errors.Is(err, ErrKeysetUnreadable) {
-		t.Errorf("Decrypt with only the old root key after the re-wrap err = %v, want ErrKeysetUnreadable", err)
+	select {
+	case <-onlyA.roots.Misses():
+		t.Error("Misses() signalled before any keyset named a root key not held")
+	default:
+	}
+	if _, _, err := onlyA.Decrypt(ctx, cts[0].ct, cts[0].aad); !errors.Is(err, ErrKeysetUnreadable) || !errors.Is(err, ErrRootKeyNotHeld) {
+		t.Errorf("Decrypt with only the old root key after the re-wrap err = %v, want ErrKeysetUnreadable and ErrRootKeyNotHeld", err)
+	}
+	// The miss is signalled, once, for the rotator to follow at once.
+	select {
+	case <-onlyA.roots.Misses():
+	default:
+		t.Error("Misses() not signalled after a keyset named a root key not held")
 	}
 }

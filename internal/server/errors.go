@@ -68,6 +68,9 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 		return status.Error(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	case errors.Is(err, envelope.ErrRootKeyNotHeld):
+		logger.WarnContext(ctx, "keyset wrapped by a root key this replica has not opened yet", "err", err)
+		return status.Error(codes.Unavailable, "the root key is being rotated and this replica has not followed yet; retry later")
 	case errors.Is(err, envelope.ErrKeysetUnreadable):
 		logger.ErrorContext(ctx, "stored keyset unreadable", "err", err)
 		return status.Error(codes.Internal, "key material unavailable")

@@ -36,6 +36,8 @@ func TestToStatusLifecycleErrors(t *testing.T) {
 		{"limit, key disabled meanwhile", limit(envelope.ErrKeyDisabled), codes.FailedPrecondition, "disabled"},
 		{"limit, conflicts", limit(envelope.ErrConflict), codes.Aborted, ""},
 		{"limit, anything else", limit(errors.New("boom")), codes.Unavailable, "usage limit"},
+		{"root key not followed yet", fmt.Errorf("%w: %w: key \"k\"", envelope.ErrKeysetUnreadable, envelope.ErrRootKeyNotHeld), codes.Unavailable, "retry later"},
+		{"keyset unreadable", fmt.Errorf("%w: key \"k\": bad tag", envelope.ErrKeysetUnreadable), codes.Internal, "key material unavailable"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
