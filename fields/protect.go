@@ -16,6 +16,7 @@ import (
 	"unicode"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/kms"
 	"github.com/tresorkms/tresor/secret"
 )
 
@@ -854,6 +855,22 @@ func blindIndexTier(s *Schema, path string) (*Tier, string, error) {
 // tokenize enciphers (or deciphers) the digits of a string value, keeping
 // every other character, and returns the result in r.tok (no quotes), for
 // the caller to copy and wipe.
+// revealError is the error of a field that did not open: the one opaque
+// ErrReveal, naming the path only; but the call's own end, and a key that
+// could not be reached (the root key, the key store, a root key this
+// replica has not followed yet), keep their errors: they say nothing about
+// the ciphertext, and the caller should retry rather than suspect
+// tampering.
+func (r *run) revealError(path string, err error) error {
+	if ce := r.ctx.Err(); ce != nil {
+		return ce
+	}
+	if errors.Is(err, kms.ErrUnavailable) || errors.Is(err, envelope.ErrStoreUnavailable) || errors.Is(err, envelope.ErrRootKeyNotHeld) {
+		return fmt.Errorf("fields: %s: %w", path, err)
+	}
+	return fmt.Errorf("%w: %s", ErrReveal, path)
+}
+
 func (r *run) tokenize(n *node, t *Tier, enc bool) ([]byte, envelope.KeyRef, error) {
 	if n.kind != kindString {
 		return nil, envelope.KeyRef{}, fmt.Errorf("%w: %s: tokenize needs a string of digits", ErrWrongType, r.path)
@@ -980,10 +997,7 @@ func (r *run) revealField(n *node, t *Tier, spec *fieldSpec) error {
 	if t.Protection == ProtectionTokenize {
 		out, ref, err := r.tokenize(n, t, false)
 		if err != nil {
-			if ce := r.ctx.Err(); ce != nil {
-				return ce
-			}
-			return fmt.Errorf("%w: %s", ErrReveal, path)
+			return r.revealError(path, err)
 		}
 		fr.Version = ref.Version
 		if mode == RevealClear {
@@ -995,10 +1009,7 @@ func (r *run) revealField(n *node, t *Tier, spec *fieldSpec) error {
 	} else {
 		pt, ref, err := r.open(ct, r.aad(t.Protection != ProtectionDeterministic))
 		if err != nil {
-			if ce := r.ctx.Err(); ce != nil {
-				return ce
-			}
-			return fmt.Errorf("%w: %s", ErrReveal, path)
+			return r.revealError(path, err)
 		}
 		if !json.Valid(pt) {
 			clear(pt)

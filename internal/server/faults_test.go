@@ -92,6 +92,18 @@ func (c *faultClock) Advance(d time.Duration) {
 	}
 }
 
+// outageSchema protects $.iban under the key "warm".
+const outageSchema = `
+name: outage
+version: 1
+default_tier: public
+tiers:
+  restricted: {protection: aead, key: warm, sensitivity: restricted}
+  public:     {protection: none}
+fields:
+  - {path: "$.iban", tier: restricted}
+`
+
 // rootKeyOutage is a real root key that a test takes away and brings back.
 type rootKeyOutage struct {
 	kek  envelope.KEK
@@ -170,6 +182,18 @@ func testRootKeyOutage(t *testing.T, o rootKeyOutage) {
 		t.Fatalf("Encrypt(cold) err = %v, want nil", err)
 	}
 	coldCT := envelope.FormatCiphertext(coldBin)
+	// A document with a field under "warm", to reveal during the outage.
+	fc := tresorv1.NewFieldServiceClient(ts.conn)
+	if _, err := fc.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: outageSchema}); err != nil {
+		t.Fatalf("PutSchema(outage) err = %v, want nil", err)
+	}
+	doc, err := fc.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: "outage", Document: `{"iban":"` + warmText + `"}`})
+	if err != nil {
+		t.Fatalf("ProtectDocument() err = %v, want nil", err)
+	}
+	reveal := func() (*tresorv1.RevealDocumentResponse, error) {
+		return fc.RevealDocument(ctx, &tresorv1.RevealDocumentRequest{Schema: "outage", Document: doc.GetDocument()})
+	}
 	warmRev := keyRevisions(t, ts.store)
 
 	o.down(t)
@@ -204,6 +228,10 @@ func testRootKeyOutage(t *testing.T, o rootKeyOutage) {
 	}
 	clock.Advance(faultGrace)
 	checkUnavailable(t, "Encrypt(warm) past max age + grace", encWarm(), unavailableRootKey, secrets)
+	// A reveal that cannot reach the root key is a retryable outage, not
+	// the "decryption failed" of a tampered field.
+	_, err = reveal()
+	checkUnavailable(t, "RevealDocument(warm field) past max age + grace", err, unavailableRootKey, secrets)
 	t.Logf("calls with the root key gone took %v", time.Since(began))
 
 	o.up(t)
@@ -216,6 +244,9 @@ func testRootKeyOutage(t *testing.T, o rootKeyOutage) {
 		if got, err := ts.crypto.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: c.ct}); err != nil || string(got.GetPlaintext()) != c.want {
 			t.Errorf("Decrypt(%s, made before the outage) with the root key back: err = %v, want the plaintext", c.name, err)
 		}
+	}
+	if got, err := reveal(); err != nil || !strings.Contains(got.GetDocument(), warmText) {
+		t.Errorf("RevealDocument() with the root key back err = %v, want the document in clear", err)
 	}
 	if _, err := ts.keys.CreateKey(ctx, &tresorv1.CreateKeyRequest{KeyId: "during", Type: tresorv1.KeyType_KEY_TYPE_AES256_GCM}); err != nil {
 		t.Errorf("CreateKey(during) with the root key back err = %v, want nil", err)
