@@ -129,6 +129,12 @@ type RootKeyOptions struct {
 	// other, so that the API cannot make the server load a library of the
 	// caller's choosing.
 	PKCS11Modules []string
+	// Verified are jobs the caller verified before making the rotator:
+	// cmd/tresor passes the rotations it walked at start-up from the
+	// configured root key, each endorsed by a root key trusted before it.
+	// Their root keys are trusted, and they are followed as long as their
+	// ids and URIs stay as they are, without verifying them again.
+	Verified []store.RootKeyRotation
 	// Holder names this replica in the lease; empty means host, pid and a
 	// random suffix.
 	Holder string
@@ -137,11 +143,21 @@ type RootKeyOptions struct {
 }
 
 // RootKeyRotator rotates the root key: [RootKeyRotator.Start] opens the new
-// key, records a job and makes the key active in the keyring's
-// [envelope.RootKeys]; [RootKeyRotator.Run], on every replica, follows the
-// store's latest job (opens its keys, switches the active key) and, on the
-// one replica that holds the job's lease, re-wraps every keyset in batches
-// until none is left under the old key, then finishes the job.
+// key, records a job endorsed by the old key ([Endorse]) and makes the new
+// key active in the keyring's [envelope.RootKeys]; [RootKeyRotator.Run], on
+// every replica, follows the store's latest job (opens its keys, switches
+// the active key) and, on the one replica that holds the job's lease,
+// re-wraps every keyset in batches until none is left under the old key,
+// then finishes the job.
+//
+// The store does not choose the root key. A replica follows a job only when
+// its endorsement verifies under its old root key, which must be a key the
+// replica trusts (one it holds, or one of a job verified before), and when
+// Start would accept its new key (no local-file key after another kind, no
+// PKCS#11 module but known ones). It refuses any other job: it logs an
+// error, keeps its root keys as they are, and looks again at the next poll.
+// A job recorded without an endorsement (before the store kept them) is
+// followed only when its new root key is the active one already.
 //
 // A crash at any point loses nothing: each batch is one store transaction
 // (a compare-and-swap on every key's revision, progress recorded in the
@@ -158,16 +174,23 @@ type RootKeyRotator struct {
 
 	startMu sync.Mutex // serializes Start
 
-	mu       sync.Mutex
-	uris     map[string]string      // root key id -> URI, for keys held
+	mu sync.Mutex
+	// uris maps the id of every root key the rotator trusts to its URI:
+	// keys held, and the keys of the jobs in verified.
+	uris     map[string]string
 	opened   map[string]kms.RootKey // keys this rotator opened; Close closes them
 	seen     map[string]time.Time   // job id -> when this process first saw it running
 	repaired bool                   // the check for keys left behind by a done job ran
 	closed   bool
+	// verified maps the id of every job trusted (started here, verified, or
+	// given in Verified) to the digest of its ids and URIs then; refused
+	// maps a refused job's id to the refusal last logged.
+	verified map[string][32]byte
+	refused  map[string]string
 	active   atomic.Pointer[string] // id of the active key last logged
 	// checkedAt is when keysets left behind by a done job were last looked
 	// for; unopenable is the done job whose old root key could not be
-	// opened for them, so that it is logged once.
+	// opened for them, or is not trusted, so that it is logged once.
 	checkedAt  time.Time
 	unopenable string
 }
@@ -215,10 +238,15 @@ func NewRootKeyRotator(st RootKeyStore, roots *envelope.RootKeys, open Opener, o
 	activeID := roots.Active().ID()
 	r := &RootKeyRotator{
 		st: st, roots: roots, open: open, opts: opts, logger: opts.Logger,
-		kick:   make(chan struct{}, 1),
-		uris:   map[string]string{activeID: opts.ActiveURI},
-		opened: map[string]kms.RootKey{},
-		seen:   map[string]time.Time{},
+		kick:     make(chan struct{}, 1),
+		uris:     map[string]string{activeID: opts.ActiveURI},
+		opened:   map[string]kms.RootKey{},
+		seen:     map[string]time.Time{},
+		verified: map[string][32]byte{},
+		refused:  map[string]string{},
+	}
+	for _, job := range opts.Verified {
+		r.markVerified(job)
 	}
 	r.active.Store(&activeID)
 	return r, nil
@@ -261,13 +289,17 @@ var probeAAD = []byte("tresor-root-key-probe-v1")
 // new keysets with the new key; the old one keeps unwrapping. The re-wrap
 // runs in the background, in Run (on this replica or another).
 //
+// The job is endorsed by the active (old) root key ([Endorse]), so that
+// every replica can check that this key chose the new one.
+//
 // It fails with ErrRotationRunning while a job runs, with
 // ErrInvalidRootKey when uri is malformed, names the active key, or names
-// a key that cannot be opened or used, and with an error wrapping
-// kms.ErrUnavailable or store.ErrUnavailable when the new key or the store
-// cannot be reached. A rotation to a local-file:// key (development only)
-// is refused unless the active key is one too. Nothing changes when it
-// fails.
+// a key that cannot be opened or used, with ErrUnendorsedRotation when the
+// store's latest job is one this replica refuses to follow, and with an
+// error wrapping kms.ErrUnavailable or store.ErrUnavailable when a root
+// key or the store cannot be reached. A rotation to a local-file:// key
+// (development only) is refused unless the active key is one too. Nothing
+// changes when it fails.
 func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRotation, error) {
 	r.startMu.Lock()
 	defer r.startMu.Unlock()
@@ -283,7 +315,7 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 		return store.RootKeyRotation{}, fmt.Errorf("%w: job %s, from root key %q to %q, has re-wrapped %d of %d keysets", ErrRotationRunning, latest.ID, latest.FromID, latest.ToID, latest.Rewrapped, latest.Total)
 	default:
 		// A job done elsewhere may not be followed here yet.
-		if err := r.follow(ctx, latest); err != nil {
+		if _, err := r.follow(ctx, latest); err != nil {
 			return store.RootKeyRotation{}, err
 		}
 	}
@@ -323,12 +355,16 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 	if err != nil {
 		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
 	}
-	job, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
+	rec := store.RootKeyRotation{
 		ID:      "rkr-" + randomHex(8),
 		FromURI: fromURI, ToURI: uri,
 		FromID: fromID, ToID: toID,
 		Total: total,
-	})
+	}
+	if rec.Endorsement, err = Endorse(ctx, from, rec); err != nil {
+		return store.RootKeyRotation{}, err
+	}
+	job, err := r.st.StartRootKeyRotation(ctx, rec)
 	if errors.Is(err, store.ErrConflict) {
 		return store.RootKeyRotation{}, fmt.Errorf("%w: started concurrently", ErrRotationRunning)
 	}
@@ -337,6 +373,7 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 	}
 	adopted = true
 	r.adopt(to, uri)
+	r.markVerified(job)
 	r.markSeen(job.ID)
 	r.setActive(ctx, toID)
 	r.logger.InfoContext(ctx, "root-key rotation started", "job", job.ID, "from_root_key", fromID, "to_root_key", toID, "keysets", total)
@@ -348,7 +385,7 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 }
 
 // checkModule refuses a pkcs11: URI whose module is neither in
-// PKCS11Modules nor the module of a root key the rotator knows.
+// PKCS11Modules nor the module of a root key the rotator trusts.
 func (r *RootKeyRotator) checkModule(uri string) error {
 	if !hasScheme(uri, "pkcs11:") {
 		return nil
@@ -366,7 +403,7 @@ func (r *RootKeyRotator) checkModule(uri string) error {
 	}
 	r.mu.Unlock()
 	if !slices.Contains(allowed, u.ModulePath) {
-		return fmt.Errorf("%w: PKCS#11 module %q is not the module of a root key in use; the API loads no other module (allow it in the server's configuration)", ErrInvalidRootKey, u.ModulePath)
+		return fmt.Errorf("%w: PKCS#11 module %q is not the module of a root key in use, and the API loads no other module", ErrInvalidRootKey, u.ModulePath)
 	}
 	return nil
 }
@@ -388,23 +425,38 @@ func probe(ctx context.Context, k kms.RootKey) error {
 	return nil
 }
 
+// missInterval bounds how often keysets under a root key not held make
+// Run poll before its interval.
+const missInterval = 100 * time.Millisecond
+
 // Run follows the store's root-key rotations until ctx ends: it polls for
 // the latest job, opens its root keys and switches the keyring to the new
 // one; while a job runs, it takes the job's lease when it is free and
-// re-wraps keysets until the job is done. Failures (a root key or the store
-// unavailable) are retried with exponential backoff. It returns nil when
-// ctx ends.
+// re-wraps keysets until the job is done. A job it does not trust is
+// refused (see [RootKeyRotator]) and looked at again at the next poll.
+// Failures (a root key or the store unavailable) are retried with
+// exponential backoff. It returns nil when ctx ends.
 func (r *RootKeyRotator) Run(ctx context.Context) error {
 	b := backoff{min: r.opts.MinBackoff, max: r.opts.MaxBackoff}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
 		case <-r.kick:
+		case <-r.roots.Misses():
+			// A keyset under a root key not held: another replica has
+			// started a rotation; follow it now rather than at the next
+			// poll. A burst of misses (or misses of a job this replica
+			// refuses) polls at most every missInterval.
+			if time.Since(last) < missInterval {
+				continue
+			}
 		}
+		last = time.Now()
 		err := r.step(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -429,11 +481,15 @@ func (r *RootKeyRotator) step(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rotation: key store: %w", err)
 	}
-	if err := r.follow(ctx, job); err != nil {
+	level, err := r.follow(ctx, job)
+	if errors.Is(err, ErrUnendorsedRotation) {
+		return nil // logged; looked at again at the next poll
+	}
+	if err != nil {
 		return err
 	}
 	if job.State == store.RotationDone {
-		return r.repair(ctx, job)
+		return r.repair(ctx, job, level == trustFull)
 	}
 	if job.State != store.RotationRunning {
 		return nil
@@ -453,20 +509,26 @@ func (r *RootKeyRotator) step(ctx context.Context) error {
 // some, starts a job from the same old key to the same new key for them.
 // Afterwards it looks again every stragglerCheckPolls poll intervals, on
 // the replica that takes the lease, for keysets written under the old key
-// since (a replica that missed the switch beyond the grace period).
-func (r *RootKeyRotator) repair(ctx context.Context, job store.RootKeyRotation) error {
+// since (a replica that missed the switch beyond the grace period). When
+// the rotator does not trust the job's old root key (trusted is false: it
+// could not verify the job's endorsement, as when it started with the new
+// key configured), it re-wraps nothing and reports keysets left behind
+// once.
+func (r *RootKeyRotator) repair(ctx context.Context, job store.RootKeyRotation, trusted bool) error {
 	r.mu.Lock()
 	checked := r.repaired
 	r.mu.Unlock()
 	if checked {
-		return r.checkStragglers(ctx, job)
+		return r.checkStragglers(ctx, job, trusted)
 	}
 	n, err := r.st.CountKeysByRootKey(ctx, job.FromID)
 	if err != nil {
 		return fmt.Errorf("rotation: key store: %w", err)
 	}
-	if n > 0 {
-		if err := r.ensure(ctx, job.FromID, job.FromURI); err != nil {
+	if n > 0 && !trusted {
+		r.reportLeftBehind(ctx, job, n, untrustedOldKey, nil)
+	} else if n > 0 {
+		if err := r.ensure(ctx, job.FromID, r.trustedURI(job.FromID, job.FromURI)); err != nil {
 			return err
 		}
 		if err := r.startFollowUp(ctx, job, n); err != nil {
@@ -485,7 +547,7 @@ func (r *RootKeyRotator) repair(ctx context.Context, job store.RootKeyRotation) 
 // lease, and only while the old root key can still be opened (a key
 // retired since cannot re-wrap anything; the keysets left under it are
 // reported once).
-func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyRotation) error {
+func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyRotation, trusted bool) error {
 	r.mu.Lock()
 	due := time.Since(r.checkedAt) >= stragglerCheckPolls*r.opts.PollInterval
 	if due {
@@ -493,6 +555,17 @@ func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyR
 	}
 	r.mu.Unlock()
 	if !due {
+		return nil
+	}
+	if !trusted {
+		// Only report: the lease is for the replicas that can re-wrap.
+		n, err := r.st.CountKeysByRootKey(ctx, job.FromID)
+		if err != nil {
+			return fmt.Errorf("rotation: key store: %w", err)
+		}
+		if n > 0 {
+			r.reportLeftBehind(ctx, job, n, untrustedOldKey, nil)
+		}
 		return nil
 	}
 	ok, err := r.st.AcquireLease(ctx, RootKeyLease, r.opts.Holder, r.opts.LeaseTTL)
@@ -516,17 +589,11 @@ func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyR
 	if n == 0 {
 		return nil
 	}
-	if err := r.ensure(ctx, job.FromID, job.FromURI); err != nil {
+	if err := r.ensure(ctx, job.FromID, r.trustedURI(job.FromID, job.FromURI)); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.mu.Lock()
-		first := r.unopenable != job.ID
-		r.unopenable = job.ID
-		r.mu.Unlock()
-		if first {
-			r.logger.ErrorContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job, which cannot be opened to re-wrap them", "job", job.ID, "from_root_key", job.FromID, "keysets", n, "err", err)
-		}
+		r.reportLeftBehind(ctx, job, n, "which cannot be opened to re-wrap them", err)
 		return nil
 	}
 	r.mu.Lock()
@@ -535,17 +602,51 @@ func (r *RootKeyRotator) checkStragglers(ctx context.Context, job store.RootKeyR
 	return r.startFollowUp(ctx, job, n)
 }
 
+// untrustedOldKey says why keysets left under an old root key the rotator
+// does not trust are not re-wrapped.
+const untrustedOldKey = "which this replica does not trust (it cannot verify the job's endorsement with the root keys it holds): it re-wraps nothing; a replica that holds the old root key does"
+
+// reportLeftBehind logs once per job that n keysets remain under the old
+// root key of the done job and why they are not re-wrapped here.
+func (r *RootKeyRotator) reportLeftBehind(ctx context.Context, job store.RootKeyRotation, n int64, why string, err error) {
+	r.mu.Lock()
+	first := r.unopenable != job.ID
+	r.unopenable = job.ID
+	r.mu.Unlock()
+	if !first {
+		return
+	}
+	args := []any{"job", job.ID, "from_root_key", job.FromID, "keysets", n}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	r.logger.ErrorContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job, "+why, args...)
+}
+
 // startFollowUp starts a job re-wrapping the n keysets left under done
-// job's old root key to its new one, and wakes Run to work on it.
+// job's old root key to its new one, endorsed by the old key (which the
+// caller opened), and wakes Run to work on it.
 func (r *RootKeyRotator) startFollowUp(ctx context.Context, job store.RootKeyRotation, n int64) error {
 	r.logger.WarnContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job; re-wrapping them", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "keysets", n)
-	_, err := r.st.StartRootKeyRotation(ctx, store.RootKeyRotation{
+	rec := store.RootKeyRotation{
 		ID:      "rkr-" + randomHex(8),
 		FromURI: job.FromURI, ToURI: job.ToURI,
 		FromID: job.FromID, ToID: job.ToID,
 		Total: n,
-	})
-	if err != nil && !errors.Is(err, store.ErrConflict) {
+	}
+	from, ok := r.roots.Get(job.FromID)
+	if !ok {
+		return fmt.Errorf("rotation: root key %q is not open", job.FromID)
+	}
+	var err error
+	if rec.Endorsement, err = Endorse(ctx, from, rec); err != nil {
+		return err
+	}
+	started, err := r.st.StartRootKeyRotation(ctx, rec)
+	switch {
+	case err == nil:
+		r.markVerified(started)
+	case !errors.Is(err, store.ErrConflict):
 		return fmt.Errorf("rotation: key store: %w", err)
 	}
 	select {
@@ -555,18 +656,151 @@ func (r *RootKeyRotator) startFollowUp(ctx context.Context, job store.RootKeyRot
 	return nil
 }
 
-// follow makes the keyring match job: its new key active and, while it
-// runs, its old key held.
-func (r *RootKeyRotator) follow(ctx context.Context, job store.RootKeyRotation) error {
-	if err := r.ensure(ctx, job.ToID, job.ToURI); err != nil {
-		return err
+// trust says how far the rotator trusts a job of the store.
+type trust int
+
+const (
+	// trustNone: the job is refused.
+	trustNone trust = iota
+	// trustTo: the job is not verified, but its new root key is one the
+	// rotator trusts already: the keyring may switch to it, and nothing
+	// else of the job is used (its old key is neither opened nor
+	// re-wrapped from).
+	trustTo
+	// trustFull: the job was started here, given in Verified, or endorsed
+	// by a trusted old root key: both its keys are trusted.
+	trustFull
+)
+
+// follow makes the keyring match job, once it is trusted: its new key
+// active and, while it runs, its old key held. It refuses (an error
+// wrapping ErrUnendorsedRotation, logged here) a job it does not trust,
+// and a running job whose old root key it does not trust.
+func (r *RootKeyRotator) follow(ctx context.Context, job store.RootKeyRotation) (trust, error) {
+	level, err := r.check(ctx, job)
+	if err == nil && level == trustTo && job.State == store.RotationRunning {
+		err = fmt.Errorf("%w: job %s runs from root key %q, which this replica neither holds nor trusts, so it cannot verify the job's endorsement", ErrUnendorsedRotation, job.ID, job.FromID)
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnendorsedRotation) {
+			r.reportRefusal(ctx, job, err)
+		}
+		return trustNone, err
+	}
+	if err := r.ensure(ctx, job.ToID, r.trustedURI(job.ToID, job.ToURI)); err != nil {
+		return trustNone, err
 	}
 	r.setActive(ctx, job.ToID)
 	if job.State == store.RotationRunning {
 		r.markSeen(job.ID)
-		return r.ensure(ctx, job.FromID, job.FromURI)
+		return level, r.ensure(ctx, job.FromID, r.trustedURI(job.FromID, job.FromURI))
 	}
-	return nil
+	return level, nil
+}
+
+// check decides how far job is trusted. A job that neither starts from
+// nor moves to the active root key is refused: a new job starts from it
+// (Start), and an older job, made the latest again, would roll the
+// keyring back to an earlier root key. A job verified before, with the
+// same ids and URIs, is trusted at once. Otherwise its endorsement must
+// verify under its old root key, which must be trusted (held, or of a job
+// trusted before; it is opened to verify when it is not held), and its new
+// key must pass Start's checks unless it is held. A job whose old root key
+// is not trusted is trusted no further than its new key is (trustTo). A
+// job with no endorsement (recorded before the store kept them) is trusted
+// only when its new key is the active one already, and as far as its old
+// key is trusted; it never switches the keyring. Refusals wrap
+// ErrUnendorsedRotation; an old root key that cannot be reached returns its
+// error, for Run to retry.
+func (r *RootKeyRotator) check(ctx context.Context, job store.RootKeyRotation) (trust, error) {
+	if active := r.roots.ID(); job.FromID != active && job.ToID != active {
+		return trustNone, fmt.Errorf("%w: job %s moves from root key %q to %q, and neither is the active root key %q (a new job starts from it)", ErrUnendorsedRotation, job.ID, job.FromID, job.ToID, active)
+	}
+	d := endorsementDigest(job)
+	r.mu.Lock()
+	v, verified := r.verified[job.ID]
+	fromURI, fromKnown := r.uris[job.FromID]
+	_, toKnown := r.uris[job.ToID]
+	r.mu.Unlock()
+	if verified && v == d {
+		return trustFull, nil
+	}
+	_, fromHeld := r.roots.Get(job.FromID)
+	_, toHeld := r.roots.Get(job.ToID)
+	fromTrusted, toTrusted := fromHeld || fromKnown, toHeld || toKnown
+	switch {
+	case len(job.Endorsement) == 0 && job.ToID != r.roots.ID():
+		return trustNone, fmt.Errorf("%w: job %s has no endorsement (recorded before endorsements were kept, or not by tresor), and its new root key %q is not the active root key", ErrUnendorsedRotation, job.ID, job.ToID)
+	case len(job.Endorsement) == 0 && fromTrusted:
+		return trustFull, nil // its URIs are not used: the trusted ones are
+	case len(job.Endorsement) == 0:
+		return trustTo, nil
+	case !fromTrusted && toTrusted:
+		return trustTo, nil
+	case !fromTrusted:
+		return trustNone, fmt.Errorf("%w: job %s: its old root key %q is not one this replica holds or trusts, so its endorsement cannot be verified", ErrUnendorsedRotation, job.ID, job.FromID)
+	}
+	if !fromHeld {
+		if err := r.ensure(ctx, job.FromID, fromURI); err != nil {
+			return trustNone, err
+		}
+	}
+	from, ok := r.roots.Get(job.FromID)
+	if !ok {
+		return trustNone, fmt.Errorf("rotation: root key %q is not open", job.FromID)
+	}
+	if err := VerifyEndorsement(ctx, from, job); err != nil {
+		return trustNone, err
+	}
+	if !toHeld {
+		// Start's checks: it refused such a key, so no endorsed job names
+		// one; they are kept here all the same.
+		if isLocalFile(job.ToURI) && !isLocalFile(r.uriOf(job.FromID)) {
+			return trustNone, fmt.Errorf("%w: job %s moves from a root key that is not a local-file key to a local-file key", ErrUnendorsedRotation, job.ID)
+		}
+		if err := r.checkModule(job.ToURI); err != nil {
+			return trustNone, fmt.Errorf("%w: job %s: %v", ErrUnendorsedRotation, job.ID, strings.TrimPrefix(err.Error(), ErrInvalidRootKey.Error()+": "))
+		}
+	}
+	r.markVerified(job)
+	return trustFull, nil
+}
+
+// markVerified records job as trusted, with the URIs of its root keys
+// (unless the rotator trusts a URI for them already).
+func (r *RootKeyRotator) markVerified(job store.RootKeyRotation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.verified[job.ID] = endorsementDigest(job)
+	delete(r.refused, job.ID)
+	for id, uri := range map[string]string{job.FromID: job.FromURI, job.ToID: job.ToURI} {
+		if _, known := r.uris[id]; !known {
+			r.uris[id] = uri
+		}
+	}
+}
+
+// reportRefusal logs a refused job, once per job and reason: the store may
+// hold a forged record, or a transient read returned one.
+func (r *RootKeyRotator) reportRefusal(ctx context.Context, job store.RootKeyRotation, err error) {
+	r.mu.Lock()
+	first := r.refused[job.ID] != err.Error()
+	r.refused[job.ID] = err.Error()
+	r.mu.Unlock()
+	if first {
+		r.logger.ErrorContext(ctx, "root-key rotation refused: the key store's job is not endorsed by a root key this replica trusts; serving on with the root keys held, and looking again at the next poll",
+			"job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "active_root_key", r.roots.ID(), "err", err)
+	}
+}
+
+// trustedURI returns the URI the rotator trusts for root key id, else uri.
+func (r *RootKeyRotator) trustedURI(id, uri string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if known, ok := r.uris[id]; ok {
+		return known
+	}
+	return uri
 }
 
 // ensure opens the root key uri names unless the set holds id already, and
@@ -736,7 +970,8 @@ func (r *RootKeyRotator) rewrapAll(ctx context.Context, job store.RootKeyRotatio
 			return fmt.Errorf("rotation: key store: %w", err)
 		}
 		r.logger.InfoContext(ctx, "root-key rotation done", "job", done.ID, "from_root_key", done.FromID, "to_root_key", done.ToID, "rewrapped", done.Rewrapped, "total", done.Total)
-		return r.follow(ctx, done)
+		_, err = r.follow(ctx, done)
+		return err
 	}
 }
 

@@ -70,7 +70,9 @@ type replica struct {
 
 // newReplica opens root keys as cmd/tresor does at startup: the latest
 // job's new key (configURI when there is no job) and, while the job runs,
-// its old key too.
+// its old key too. It trusts every job in the store, as cmd/tresor does
+// once it has verified them from the configured root key (its tests check
+// that walk; the tests here make jobs with Start).
 func newReplica(t testing.TB, st store.Store, rs RootKeyStore, configURI string, open Opener, opts RootKeyOptions) *replica {
 	t.Helper()
 	ctx := context.Background()
@@ -106,6 +108,9 @@ func newReplica(t testing.TB, st store.Store, rs RootKeyStore, configURI string,
 		t.Fatal(err)
 	}
 	opts.ActiveURI = uris[0]
+	if opts.Verified, err = st.ListRootKeyRotations(ctx); err != nil {
+		t.Fatalf("ListRootKeyRotations() err = %v, want nil", err)
+	}
 	if rs == nil {
 		rs = st
 	}
@@ -596,4 +601,38 @@ func TestTwoReplicas(t *testing.T) {
 	}
 	check(t, b.ring, items)
 	check(t, a.ring, items)
+}
+
+// TestFollowsOnAMiss: a replica that polls rarely follows a rotation at
+// once when its keyring meets a keyset under a root key it does not hold.
+func TestFollowsOnAMiss(t *testing.T) {
+	ctx := context.Background()
+	st := openSQLite(t)
+	uri1, uri2 := keyFile(t), keyFile(t)
+	a := newReplica(t, st, nil, uri1, nil, fastOptions(t))
+	slow := fastOptions(t)
+	slow.PollInterval = time.Hour
+	b := newReplica(t, st, nil, uri1, nil, slow)
+	b.run(t) // its first poll finds no job; the next is an hour away
+	time.Sleep(50 * time.Millisecond)
+	job, err := a.rot.Start(ctx, uri2)
+	if err != nil {
+		t.Fatalf("Start() err = %v, want nil", err)
+	}
+	a.run(t)
+	waitDone(t, st, 30*time.Second)
+	// A key created under the new root key, unknown to b.
+	items := seal(t, a.ring, "new", 1)
+	_, _, err = b.ring.Decrypt(ctx, items[0].ct, items[0].aad)
+	if !errors.Is(err, envelope.ErrRootKeyNotHeld) {
+		t.Fatalf("b Decrypt() before following err = %v, want ErrRootKeyNotHeld", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.roots.ID() != job.ToID && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b.roots.ID() != job.ToID {
+		t.Fatalf("replica b's active root key %q 5s after a miss, want %q (followed at once, not at its hourly poll)", b.roots.ID(), job.ToID)
+	}
+	check(t, b.ring, items)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -20,8 +21,12 @@ import (
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/store"
+	"github.com/tresorkms/tresor/internal/store/pgtest"
+	"github.com/tresorkms/tresor/kms"
 	"github.com/tresorkms/tresor/kms/localkek"
+	"github.com/tresorkms/tresor/kms/provider"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
+	"github.com/tresorkms/tresor/rotation"
 )
 
 // serveChildEnv, set to a configuration file, makes the test binary run
@@ -352,9 +357,9 @@ func TestRootKeyRotationSurvivesSIGKILL(t *testing.T) {
 }
 
 // TestOpenRootKeysPrefersTheStore checks the startup decision: with no
-// rotation the configured root key is active; after one, the rotation's
-// new key is, with a warning naming both ids; while one runs, both keys
-// are held.
+// rotation the configured root key is active; after one that the
+// configured key endorsed, the rotation's new key is, with a warning naming
+// both ids; while one runs, both keys are held.
 func TestOpenRootKeysPrefersTheStore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -397,7 +402,16 @@ func TestOpenRootKeysPrefersTheStore(t *testing.T) {
 	if got := rk.set.IDs(); rk.set.ID() != id1 || len(got) != 1 {
 		t.Errorf("no rotation: root keys %q, active %q; want only %q", got, rk.set.ID(), id1)
 	}
-	job, err := st.StartRootKeyRotation(ctx, store.RootKeyRotation{ID: "rkr-test", FromURI: u1, ToURI: u2, FromID: id1, ToID: id2})
+	k1, err := provider.Open(ctx, u1, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k1.Close()
+	rec := store.RootKeyRotation{ID: "rkr-test", FromURI: u1, ToURI: u2, FromID: id1, ToID: id2}
+	if rec.Endorsement, err = rotation.Endorse(ctx, k1, rec); err != nil {
+		t.Fatal(err)
+	}
+	job, err := st.StartRootKeyRotation(ctx, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +436,9 @@ func TestOpenRootKeysPrefersTheStore(t *testing.T) {
 	}
 	// A keyset written under the old root key after the job finished (a
 	// replica that missed the switch): the old key opens too, until the
-	// straggler check re-wraps it.
+	// straggler check re-wraps it, when root_key.uri names the old key,
+	// which endorsed the job. Naming the new key, the old one cannot be
+	// verified: the start is refused.
 	if _, err := st.CreateKey(ctx, store.Key{
 		Name: "straggler", Type: store.KeyTypeAES256GCM, State: store.KeyStateEnabled,
 		PrimaryVersion: 1, MinDecryptionVersion: 1,
@@ -431,6 +447,11 @@ func TestOpenRootKeysPrefersTheStore(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	_, err = openRootKeys(ctx, cfg, st, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, rotation.ErrUnendorsedRotation) || !strings.Contains(fmt.Sprint(err), "set root_key.uri to the URI of the old root key "+id1) {
+		t.Errorf("openRootKeys(root_key.uri naming the new key, keysets left under the old) err = %v, want ErrUnendorsedRotation saying to name the old key %s", err, id1)
+	}
+	cfg.RootKey.URI = u1
 	rk, logs = open(t)
 	if got := rk.set.IDs(); rk.set.ID() != id2 || len(got) != 2 || !strings.Contains(logs, "keysets remain under the old root key") {
 		t.Errorf("done rotation with a keyset left under the old key: root keys %q, active %q, logs %q; want both, %q active, and a warning", got, rk.set.ID(), logs, id2)
@@ -474,5 +495,354 @@ func TestAdminCLI(t *testing.T) {
 	out = mustRun(t, "", with("admin", "root-key-status")...)
 	if err := json.Unmarshal([]byte(out), &job); err != nil || job.ID != started {
 		t.Errorf("admin root-key-status = %s (%v), want job %s", out, err, started)
+	}
+}
+
+// chainEnv is a key store on which the root key was rotated A -> B -> C,
+// as servers do (each job endorsed by its old root key, every keyset
+// re-wrapped), with ciphertexts made under A. D is another root key of
+// the operator's, X an attacker's.
+type chainEnv struct {
+	st    store.Store
+	dir   string
+	uris  map[string]string // by name: A, B, C, D, X
+	keys  map[string]kms.RootKey
+	items []chainItem
+}
+
+type chainItem struct{ ct, pt, aad []byte }
+
+func newChainEnv(t *testing.T, st store.Store) *chainEnv {
+	t.Helper()
+	ctx := context.Background()
+	e := &chainEnv{st: st, dir: t.TempDir(), uris: map[string]string{}, keys: map[string]kms.RootKey{}}
+	for _, name := range []string{"A", "B", "C", "D", "X"} {
+		p := filepath.Join(e.dir, name+".key")
+		if _, err := localkek.CreateKeyFile(p); err != nil {
+			t.Fatal(err)
+		}
+		e.uris[name] = localkek.URI(p)
+		k, err := provider.Open(ctx, e.uris[name], slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k.Close() })
+		e.keys[name] = k
+	}
+	ring, err := envelope.New(st, e.keys["A"], envelope.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, typ := range []store.KeyType{store.KeyTypeAES256GCM, store.KeyTypeAES256SIV} {
+		name := fmt.Sprintf("payments-%d", i)
+		if _, err := ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: typ}); err != nil {
+			t.Fatal(err)
+		}
+		pt, aad := []byte("IBAN DE89370400440532013000"), []byte("customer=42")
+		ct, _, err := ring.Encrypt(ctx, name, pt, aad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.items = append(e.items, chainItem{ct, pt, aad})
+	}
+	e.rotate(t, "rkr-ab", "A", "B")
+	e.rotate(t, "rkr-bc", "B", "C")
+	return e
+}
+
+// rotate does in the store what a root-key rotation from key from to key
+// to does: it records the job, endorsed by from, re-wraps every keyset and
+// finishes the job.
+func (e *chainEnv) rotate(t *testing.T, id, from, to string) store.RootKeyRotation {
+	t.Helper()
+	ctx := context.Background()
+	job := e.job(t, id, from, to)
+	if _, err := e.st.StartRootKeyRotation(ctx, job); err != nil {
+		t.Fatalf("StartRootKeyRotation(%s) err = %v, want nil", id, err)
+	}
+	for {
+		keys, err := e.st.ListKeysByRootKey(ctx, job.FromID, "", store.MaxPageSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		for i := range keys {
+			if keys[i], err = envelope.RewrapKeyset(ctx, keys[i], e.keys[from], e.keys[to]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := e.st.RewrapKeys(ctx, id, keys); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done, err := e.st.FinishRootKeyRotation(ctx, id)
+	if err != nil {
+		t.Fatalf("FinishRootKeyRotation(%s) err = %v, want nil", id, err)
+	}
+	return done
+}
+
+// job returns the job from key from to key to, endorsed by from.
+func (e *chainEnv) job(t *testing.T, id, from, to string) store.RootKeyRotation {
+	t.Helper()
+	job := store.RootKeyRotation{ID: id, FromID: e.keys[from].ID(), FromURI: e.uris[from], ToID: e.keys[to].ID(), ToURI: e.uris[to]}
+	var err error
+	if job.Endorsement, err = rotation.Endorse(context.Background(), e.keys[from], job); err != nil {
+		t.Fatalf("Endorse(%s) err = %v, want nil", id, err)
+	}
+	return job
+}
+
+// open opens the root keys with root_key.uri naming key name; the root
+// keys and their rotator log to logs.
+func (e *chainEnv) open(t *testing.T, name string) (rk *serveRootKeys, logs *lockedBuffer, err error) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.RootKey.URI = e.uris[name]
+	logs = &lockedBuffer{}
+	rk, err = openRootKeys(context.Background(), cfg, e.st, slog.New(slog.NewTextHandler(logs, nil)))
+	if err == nil {
+		t.Cleanup(func() { rk.Close() })
+	}
+	return rk, logs, err
+}
+
+// checkServes checks that the keyring over rk reads every ciphertext made
+// before the rotations and wraps a new keyset with the active root key.
+func (e *chainEnv) checkServes(t *testing.T, rk *serveRootKeys, name string) {
+	t.Helper()
+	ctx := context.Background()
+	ring, err := envelope.New(e.st, rk.set, envelope.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range e.items {
+		if pt, _, err := ring.Decrypt(ctx, it.ct, it.aad); err != nil || !bytes.Equal(pt, it.pt) {
+			t.Errorf("Decrypt(made under A) = %q, %v; want the plaintext", pt, err)
+		}
+	}
+	if _, err := ring.CreateKey(ctx, envelope.KeySpec{Name: name, Type: store.KeyTypeAES256GCM}); err != nil {
+		t.Fatalf("CreateKey(%q) err = %v, want nil", name, err)
+	}
+	if k, err := e.st.GetKey(ctx, name); err != nil || k.RootKeyID != rk.set.ID() {
+		t.Errorf("GetKey(%q) = root key %q, %v; want the active %q", name, k.RootKeyID, err, rk.set.ID())
+	}
+}
+
+// checkUnder checks that every keyset is wrapped by the root key id.
+func (e *chainEnv) checkUnder(t *testing.T, id string) {
+	t.Helper()
+	keys, _, err := e.st.ListKeys(context.Background(), store.MaxPageSize, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.RootKeyID != id {
+			t.Errorf("keyset %q is wrapped by %q, want %q", k.Name, k.RootKeyID, id)
+		}
+	}
+}
+
+// TestOpenRootKeysWalksTheChain: after the rotations A -> B -> C, a server
+// whose root_key.uri names A, B or C starts on C alone (the keys only
+// needed to walk the chain are closed again), reads what was sealed under
+// A, and rotates on; with a rotation C -> D running, it holds C and D.
+func TestOpenRootKeysWalksTheChain(t *testing.T) {
+	ctx := context.Background()
+	e := newChainEnv(t, openTestStore(t))
+	idC := e.keys["C"].ID()
+	const warning = "root_key.uri names another root key"
+	for _, tt := range []struct {
+		config string
+		warn   bool
+	}{{"A", true}, {"B", true}, {"C", false}} {
+		t.Run("root_key.uri names "+tt.config, func(t *testing.T) {
+			rk, logs, err := e.open(t, tt.config)
+			if err != nil {
+				t.Fatalf("openRootKeys() err = %v, want nil", err)
+			}
+			if got := rk.set.IDs(); rk.set.ID() != idC || len(got) != 1 || len(rk.opened) != 1 {
+				t.Errorf("root keys %q (active %q), %d open; want only %q", got, rk.set.ID(), len(rk.opened), idC)
+			}
+			if strings.Contains(logs.String(), warning) != tt.warn {
+				t.Errorf("logs %q: warning %q logged %t, want %t", logs, warning, !tt.warn, tt.warn)
+			}
+			e.checkServes(t, rk, "new-"+strings.ToLower(tt.config))
+			// The rotator follows the latest rotation as it is: no refusal.
+			stop := rk.run(ctx)
+			time.Sleep(200 * time.Millisecond)
+			stop()
+			if rk.set.ID() != idC || strings.Contains(logs.String(), "refused") {
+				t.Errorf("after the rotator ran: active root key %q, logs %q; want %q and no refusal", rk.set.ID(), logs, idC)
+			}
+		})
+	}
+	t.Run("rotates on", func(t *testing.T) {
+		rk, _, err := e.open(t, "A")
+		if err != nil {
+			t.Fatalf("openRootKeys() err = %v, want nil", err)
+		}
+		job, err := rk.rotator.Start(ctx, e.uris["D"])
+		if err != nil {
+			t.Fatalf("Start(uri) err = %v, want nil", err)
+		}
+		if err := rotation.VerifyEndorsement(ctx, e.keys["C"], job); err != nil || job.FromID != idC {
+			t.Errorf("Start(uri) = job from %q, endorsement %v; want a job from %q it endorsed", job.FromID, err, idC)
+		}
+		rk2, logs, err := e.open(t, "A")
+		if err != nil {
+			t.Fatalf("openRootKeys() with C -> D running err = %v, want nil", err)
+		}
+		if got := rk2.set.IDs(); rk2.set.ID() != job.ToID || len(got) != 2 || !strings.Contains(logs.String(), "serving with both root keys") {
+			t.Errorf("C -> D running: root keys %q (active %q), logs %q; want C and D, D active", got, rk2.set.ID(), logs)
+		}
+	})
+}
+
+// posing is a root key that gives another key's id: how an attacker's key
+// endorses a job in another key's name.
+type posing struct {
+	kms.RootKey
+	id string
+}
+
+func (p posing) ID() string { return p.id }
+
+// TestOpenRootKeysRefusesForgedRotation writes rotation jobs to the store
+// as anyone who can write to it could, after the rotations A -> B -> C: the
+// start is refused with an error that names the job and no URI, the
+// attacker's key X is never opened (its file is gone: opening it would
+// fail otherwise), and every keyset stays under C. On SQLite and on
+// PostgreSQL.
+func TestOpenRootKeysRefusesForgedRotation(t *testing.T) {
+	ctx := context.Background()
+	stores := []struct {
+		name string
+		open func(t *testing.T) store.Store
+	}{
+		{"sqlite", openTestStore},
+		{"postgres", func(t *testing.T) store.Store {
+			st, err := store.OpenPostgres(ctx, pgtest.NewDatabase(t))
+			if err != nil {
+				t.Fatalf("OpenPostgres() err = %v, want nil", err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+	}
+	forgeries := []struct {
+		name   string
+		config string
+		forge  func(t *testing.T, e *chainEnv) store.RootKeyRotation // nil: no job
+		want   string                                                // in the error
+	}{
+		{"no endorsement", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			return store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+		}, "has no endorsement"},
+		{"endorsed by the attacker's key", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			j := store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+			var err error
+			if j.Endorsement, err = rotation.Endorse(ctx, posing{e.keys["X"], j.FromID}, j); err != nil {
+				t.Fatal(err)
+			}
+			return j
+		}, "does not unwrap"},
+		{"ToURI changed under a valid endorsement", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			j := e.job(t, "rkr-forged", "C", "D")
+			j.ToURI = e.uris["X"]
+			return j
+		}, "not of this job"},
+		{"ToID and ToURI changed under a valid endorsement", "B", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			j := e.job(t, "rkr-forged", "C", "D")
+			j.ToID, j.ToURI = e.keys["X"].ID(), e.uris["X"]
+			return j
+		}, "not of this job"},
+		{"endorsement of another job", "C", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			j := store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+			j.Endorsement = e.job(t, "rkr-legit", "C", "D").Endorsement
+			return j
+		}, "not of this job"},
+		{"from a root key outside the chain", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			return e.job(t, "rkr-forged", "X", "D")
+		}, "not a root key trusted on the way"},
+		{"running from the attacker's key to the configured key", "C", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
+			return e.job(t, "rkr-forged", "X", "C")
+		}, "cannot be verified from root_key.uri"},
+		{"root_key.uri names no key of the chain", "D", nil, "no root-key rotation in the key store moves from or to root key"},
+	}
+	for _, sto := range stores {
+		t.Run(sto.name, func(t *testing.T) {
+			for _, tt := range forgeries {
+				t.Run(tt.name, func(t *testing.T) {
+					e := newChainEnv(t, sto.open(t))
+					jobID := "rkr-bc"
+					if tt.forge != nil {
+						job := tt.forge(t, e)
+						if _, err := e.st.StartRootKeyRotation(ctx, job); err != nil {
+							t.Fatalf("StartRootKeyRotation(forged) err = %v, want nil", err)
+						}
+						jobID = job.ID
+					}
+					if err := os.Remove(strings.TrimPrefix(e.uris["X"], "local-file://")); err != nil {
+						t.Fatal(err)
+					}
+					_, _, err := e.open(t, tt.config)
+					if !errors.Is(err, rotation.ErrUnendorsedRotation) {
+						t.Fatalf("openRootKeys() err = %v, want ErrUnendorsedRotation", err)
+					}
+					t.Logf("openRootKeys() err = %v", err)
+					msg := err.Error()
+					for _, want := range []string{jobID, tt.want, "root_key.uri"} {
+						if !strings.Contains(msg, want) {
+							t.Errorf("openRootKeys() err = %q, want it to say %q", msg, want)
+						}
+					}
+					if strings.Contains(msg, e.dir) || strings.Contains(msg, "local-file://") {
+						t.Errorf("openRootKeys() err = %q, want no root key URI in it", msg)
+					}
+					e.checkUnder(t, e.keys["C"].ID())
+				})
+			}
+		})
+	}
+}
+
+// TestOpenRootKeysUnendorsedRotation: a rotation recorded before
+// endorsements were kept is trusted only when root_key.uri names its new
+// root key.
+func TestOpenRootKeysUnendorsedRotation(t *testing.T) {
+	ctx := context.Background()
+	e := &chainEnv{st: openTestStore(t), dir: t.TempDir(), uris: map[string]string{}, keys: map[string]kms.RootKey{}}
+	for _, name := range []string{"A", "B"} {
+		p := filepath.Join(e.dir, name+".key")
+		if _, err := localkek.CreateKeyFile(p); err != nil {
+			t.Fatal(err)
+		}
+		e.uris[name] = localkek.URI(p)
+		k, err := provider.Open(ctx, e.uris[name], slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer k.Close()
+		e.keys[name] = k
+	}
+	old := store.RootKeyRotation{ID: "rkr-old", FromID: e.keys["A"].ID(), FromURI: e.uris["A"], ToID: e.keys["B"].ID(), ToURI: e.uris["B"]}
+	if _, err := e.st.StartRootKeyRotation(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.FinishRootKeyRotation(ctx, old.ID); err != nil {
+		t.Fatal(err)
+	}
+	rk, _, err := e.open(t, "B")
+	if err != nil {
+		t.Fatalf("openRootKeys(root_key.uri naming the new key of an unendorsed rotation) err = %v, want nil", err)
+	}
+	if got := rk.set.IDs(); len(got) != 1 || got[0] != old.ToID {
+		t.Errorf("root keys %q, want only %q", got, old.ToID)
+	}
+	if _, _, err := e.open(t, "A"); !errors.Is(err, rotation.ErrUnendorsedRotation) || !strings.Contains(err.Error(), "has no endorsement") {
+		t.Errorf("openRootKeys(root_key.uri naming the old key of an unendorsed rotation) err = %v, want ErrUnendorsedRotation", err)
 	}
 }

@@ -638,7 +638,7 @@ func (s *PostgresStore) KeyRevisions(ctx context.Context, names []string) (map[s
 // Root-key rotations.
 
 const pgSelectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
-	total, rewrapped, start_time, update_time, end_time FROM root_key_rotations`
+	total, rewrapped, start_time, update_time, end_time, endorsement FROM root_key_rotations`
 
 // pgScanRotation reads a row of pgSelectRotationSQL.
 func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
@@ -648,7 +648,7 @@ func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
 		ended *time.Time
 	)
 	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
-		&r.Total, &r.Rewrapped, &r.StartTime, &r.UpdateTime, &ended); err != nil {
+		&r.Total, &r.Rewrapped, &r.StartTime, &r.UpdateTime, &ended, &r.Endorsement); err != nil {
 		return RootKeyRotation{}, err
 	}
 	var err error
@@ -666,8 +666,8 @@ func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
 // a running job is reported before a reused ID. Of two jobs started at
 // once, the unique index root_key_rotations_one_running refuses one.
 const pgStartRotationSQL = `INSERT INTO root_key_rotations (id, from_uri, to_uri,
-	from_id, to_id, state, total, rewrapped, start_time, update_time)
-SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8
+	from_id, to_id, state, total, rewrapped, start_time, update_time, endorsement)
+SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9::bytea
 WHERE NOT EXISTS (SELECT 1 FROM root_key_rotations WHERE state = 'RUNNING')`
 
 // StartRootKeyRotation implements [Store.StartRootKeyRotation] in one
@@ -682,7 +682,7 @@ func (s *PostgresStore) StartRootKeyRotation(ctx context.Context, r RootKeyRotat
 	now := storeTime(s.now())
 	r = startedRotation(r, now)
 	tag, err := s.pool.Exec(ctx, pgStartRotationSQL,
-		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now)
+		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now, blobArg(r.Endorsement))
 	var pe *pgconn.PgError
 	switch {
 	case err == nil && tag.RowsAffected() == 0,
@@ -709,6 +709,24 @@ func (s *PostgresStore) LatestRootKeyRotation(ctx context.Context) (RootKeyRotat
 		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", s.fail(err))
 	}
 	return r, nil
+}
+
+// ListRootKeyRotations implements [Store.ListRootKeyRotations].
+func (s *PostgresStore) ListRootKeyRotations(ctx context.Context) ([]RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, pgSelectRotationSQL+` ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", s.fail(err))
+	}
+	jobs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RootKeyRotation, error) {
+		return pgScanRotation(row)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", s.fail(err))
+	}
+	return jobs, nil
 }
 
 // ListKeysByRootKey implements [Store.ListKeysByRootKey].

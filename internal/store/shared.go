@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -180,8 +181,26 @@ func validateRotation(r RootKeyRotation) error {
 // startedRotation returns r as StartRootKeyRotation records it at now.
 func startedRotation(r RootKeyRotation, now time.Time) RootKeyRotation {
 	r.State, r.Rewrapped = RotationRunning, 0
+	r.Endorsement = nullBytes(r.Endorsement)
 	r.StartTime, r.UpdateTime, r.EndTime = now, now, time.Time{}
 	return r
+}
+
+// nullBytes returns a copy of b, or nil (stored as NULL) when b is empty.
+func nullBytes(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return bytes.Clone(b)
+}
+
+// blobArg is b as a statement argument: NULL when b is empty, since
+// drivers may bind a nil slice as an empty value.
+func blobArg(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }
 
 // finishedRotation returns job as FinishRootKeyRotation leaves it at now.

@@ -613,7 +613,7 @@ func (s *SQLite) keyRevisionsOf(ctx context.Context, namesJSON string, revisions
 // Root-key rotations.
 
 const selectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
-	total, rewrapped, start_time, update_time, end_time FROM root_key_rotations`
+	total, rewrapped, start_time, update_time, end_time, endorsement FROM root_key_rotations`
 
 // scanRotation reads a row of selectRotationSQL.
 func scanRotation(row interface{ Scan(...any) error }) (RootKeyRotation, error) {
@@ -624,7 +624,7 @@ func scanRotation(row interface{ Scan(...any) error }) (RootKeyRotation, error) 
 		ended            sql.NullInt64
 	)
 	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
-		&r.Total, &r.Rewrapped, &started, &updated, &ended); err != nil {
+		&r.Total, &r.Rewrapped, &started, &updated, &ended, &r.Endorsement); err != nil {
 		return RootKeyRotation{}, err
 	}
 	var err error
@@ -656,10 +656,10 @@ func (s *SQLite) StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (R
 			return sqliteErr(err)
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO root_key_rotations (id, from_uri, to_uri,
-			from_id, to_id, state, total, rewrapped, start_time, update_time)
-			VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+			from_id, to_id, state, total, rewrapped, start_time, update_time, endorsement)
+			VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`,
 			r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total,
-			now.UnixMicro(), now.UnixMicro())
+			now.UnixMicro(), now.UnixMicro(), blobArg(r.Endorsement))
 		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
 			return fmt.Errorf("%w: a job with this ID was started before", ErrAlreadyExists)
 		}
@@ -684,6 +684,30 @@ func (s *SQLite) LatestRootKeyRotation(ctx context.Context) (RootKeyRotation, er
 		return RootKeyRotation{}, fmt.Errorf("latest root key rotation: %w", sqliteErr(err))
 	}
 	return r, nil
+}
+
+// ListRootKeyRotations implements [Store.ListRootKeyRotations].
+func (s *SQLite) ListRootKeyRotations(ctx context.Context) ([]RootKeyRotation, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, selectRotationSQL+` ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", sqliteErr(err))
+	}
+	defer rows.Close()
+	var jobs []RootKeyRotation
+	for rows.Next() {
+		r, err := scanRotation(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list root key rotations: %w", sqliteErr(err))
+		}
+		jobs = append(jobs, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list root key rotations: %w", sqliteErr(err))
+	}
+	return jobs, nil
 }
 
 // ListKeysByRootKey implements [Store.ListKeysByRootKey].

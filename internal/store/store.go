@@ -306,14 +306,20 @@ type Store interface {
 
 	// StartRootKeyRotation records a new running job: the store sets State
 	// (RotationRunning), Rewrapped (0), StartTime and UpdateTime, and clears
-	// EndTime. It returns ErrConflict when a job is running, ErrAlreadyExists
-	// when the ID was used before, and ErrInvalidRotation for missing fields,
-	// FromID == ToID or a negative Total.
+	// EndTime. It keeps the Endorsement as given (an empty one as none) and
+	// does not check it. It returns ErrConflict when a job is running,
+	// ErrAlreadyExists when the ID was used before, and ErrInvalidRotation
+	// for missing fields, FromID == ToID or a negative Total.
 	StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (RootKeyRotation, error)
 	// LatestRootKeyRotation returns the most recently started job, running
 	// or done, or ErrNotFound when there has been none. The active root key
-	// is the latest job's ToURI.
+	// is the latest job's ToURI, once its Endorsement is verified (package
+	// rotation: the store alone never chooses the root key).
 	LatestRootKeyRotation(ctx context.Context) (RootKeyRotation, error)
+	// ListRootKeyRotations returns every job, running or done, in the order
+	// they were started (oldest first; the last is LatestRootKeyRotation's),
+	// and no error when there has been none.
+	ListRootKeyRotations(ctx context.Context) ([]RootKeyRotation, error)
 	// ListKeysByRootKey returns up to limit keys (whole, WrappedKeyset
 	// included) whose keyset is wrapped by rootKeyID, ordered by name,
 	// starting after afterName. DESTROYED keys hold no keyset and are never
@@ -385,6 +391,11 @@ type RootKeyRotation struct {
 	State          RotationState // RotationRunning or RotationDone
 	Total          int64         // keys to re-wrap when the job started
 	Rewrapped      int64         // keys re-wrapped so far
+	// Endorsement is a digest of ID, FromID, FromURI, ToID and ToURI
+	// wrapped by the old root key (rotation.Endorse): replicas follow the
+	// job only when it unwraps to that digest. It is empty for jobs
+	// recorded before the store kept it (schema migration 9).
+	Endorsement []byte
 	// StartTime and UpdateTime are set by the store; EndTime is zero while
 	// the job runs.
 	StartTime, UpdateTime, EndTime time.Time

@@ -528,6 +528,7 @@ func testNewMethodsContextCanceled(t *testing.T, s store.Store) {
 		{"KeyRevisions", func() error { _, err := s.KeyRevisions(ctx, []string{"k"}); return err }},
 		{"StartRootKeyRotation", func() error { _, err := s.StartRootKeyRotation(ctx, rotation("j", "r", "new")); return err }},
 		{"LatestRootKeyRotation", func() error { _, err := s.LatestRootKeyRotation(ctx); return err }},
+		{"ListRootKeyRotations", func() error { _, err := s.ListRootKeyRotations(ctx); return err }},
 		{"ListKeysByRootKey", func() error { _, err := s.ListKeysByRootKey(ctx, "r", "", 10); return err }},
 		{"CountKeysByRootKey", func() error { _, err := s.CountKeysByRootKey(ctx, "r"); return err }},
 		{"RewrapKeys", func() error { _, err := s.RewrapKeys(ctx, "j", nil); return err }},

@@ -48,6 +48,7 @@ func diffRotation(got, want store.RootKeyRotation) string {
 	if got.ID != want.ID || got.FromURI != want.FromURI || got.ToURI != want.ToURI ||
 		got.FromID != want.FromID || got.ToID != want.ToID || got.State != want.State ||
 		got.Total != want.Total || got.Rewrapped != want.Rewrapped ||
+		!bytes.Equal(got.Endorsement, want.Endorsement) ||
 		!sameTime(got.StartTime, want.StartTime) || !sameTime(got.UpdateTime, want.UpdateTime) ||
 		!sameTime(got.EndTime, want.EndTime) {
 		return fmt.Sprintf("got %+v, want %+v", got, want)
@@ -89,6 +90,9 @@ func testRotationNone(t *testing.T, s store.Store) {
 	k := mustCreate(t, s, keyUnder("k", "old"))
 	if _, err := s.LatestRootKeyRotation(t.Context()); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("LatestRootKeyRotation(ctx) on a new store err = %v, want ErrNotFound", err)
+	}
+	if jobs, err := s.ListRootKeyRotations(t.Context()); err != nil || len(jobs) != 0 {
+		t.Errorf("ListRootKeyRotations(ctx) on a new store = %d jobs, %v; want none, nil", len(jobs), err)
 	}
 	if _, err := s.FinishRootKeyRotation(t.Context(), "j"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRootKeyRotation(ctx, %q) with no job err = %v, want ErrNotFound", "j", err)
@@ -295,6 +299,76 @@ func testRotation(t *testing.T, s store.Store, c *clock) {
 	}
 	next.State, next.StartTime, next.UpdateTime = store.RotationRunning, c.stored(), c.stored()
 	mustLatest(t, s, next)
+}
+
+// mustList checks that ListRootKeyRotations returns want, in order.
+func mustList(t *testing.T, s store.Store, want ...store.RootKeyRotation) {
+	t.Helper()
+	got, err := s.ListRootKeyRotations(t.Context())
+	if err != nil {
+		t.Fatalf("ListRootKeyRotations(ctx) err = %v, want nil", err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ListRootKeyRotations(ctx) = %d jobs, want %d: %+v", len(got), len(want), got)
+	}
+	for i := range want {
+		if d := diffRotation(got[i], want[i]); d != "" {
+			t.Errorf("ListRootKeyRotations(ctx)[%d]: %s", i, d)
+		}
+	}
+}
+
+// testRotationEndorsement round-trips each job's endorsement (bytes of
+// every value, kept apart from the caller's slice; none stays none) and
+// lists the jobs oldest first, running and done.
+func testRotationEndorsement(t *testing.T, s store.Store, c *clock) {
+	endorsement := make([]byte, 256)
+	for i := range endorsement {
+		endorsement[i] = byte(i)
+	}
+	var want []store.RootKeyRotation
+	for i, e := range [][]byte{endorsement, nil, {}, {0}} {
+		id := fmt.Sprintf("j%d", i+1)
+		from, to := fmt.Sprintf("root-%d", i), fmt.Sprintf("root-%d", i+1)
+		r := rotation(id, from, to)
+		r.Endorsement = bytes.Clone(e)
+		job, err := s.StartRootKeyRotation(t.Context(), r)
+		if err != nil {
+			t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", id, err)
+		}
+		if len(r.Endorsement) > 0 {
+			r.Endorsement[0] ^= 0xff // the store keeps its own copy
+		}
+		w := rotation(id, from, to)
+		if len(e) > 0 {
+			w.Endorsement = bytes.Clone(e)
+		}
+		w.State, w.StartTime, w.UpdateTime = store.RotationRunning, c.stored(), c.stored()
+		if d := diffRotation(job, w); d != "" {
+			t.Errorf("StartRootKeyRotation(ctx, %q): %s", id, d)
+		}
+		mustLatest(t, s, w)
+		mustList(t, s, append(want, w)...)
+		c.Advance(time.Second)
+		done, err := s.FinishRootKeyRotation(t.Context(), id)
+		if err != nil {
+			t.Fatalf("FinishRootKeyRotation(ctx, %q) err = %v, want nil", id, err)
+		}
+		w.State, w.UpdateTime, w.EndTime = store.RotationDone, c.stored(), c.stored()
+		if d := diffRotation(done, w); d != "" {
+			t.Errorf("FinishRootKeyRotation(ctx, %q): %s", id, d)
+		}
+		want = append(want, w)
+		c.Advance(time.Second)
+	}
+	mustLatest(t, s, want[len(want)-1])
+	mustList(t, s, want...)
+	got, err := s.ListRootKeyRotations(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got[0].Endorsement[0] ^= 0xff
+	mustList(t, s, want...) // the store's copy is not the caller's
 }
 
 func keyNames(keys []store.Key) []string {

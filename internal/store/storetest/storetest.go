@@ -107,6 +107,7 @@ func Run(t *testing.T, open func(t *testing.T, opts ...store.Option) store.Store
 		{"LeaseConcurrent", testLeaseConcurrent},
 		{"LeaseLongTTL", testLeaseLongTTL},
 		{"Rotation", testRotation},
+		{"RotationEndorsement", testRotationEndorsement},
 	}
 	for _, tt := range clocked {
 		t.Run(tt.name, func(t *testing.T) {
