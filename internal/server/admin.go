@@ -70,6 +70,11 @@ func (s *adminService) status(ctx context.Context, err error) error {
 		return status.Error(codes.InvalidArgument, rotationMessage(err))
 	case errors.Is(err, rotation.ErrRotationRunning):
 		return status.Error(codes.FailedPrecondition, rotationMessage(err))
+	case errors.Is(err, rotation.ErrUnendorsedRotation):
+		// The store's latest job is not one this replica trusts: an
+		// operator must look before anything rotates again.
+		s.logger.ErrorContext(ctx, "root-key rotation refused: the latest job in the key store is not endorsed by a trusted root key", "err", err)
+		return status.Error(codes.FailedPrecondition, "the latest root-key rotation in the key store is not endorsed by a root key this server trusts; see the server log")
 	case errors.Is(err, rotation.ErrNoRotation):
 		return status.Error(codes.NotFound, rotationMessage(err))
 	case errors.Is(err, kms.ErrUnavailable), errors.Is(err, store.ErrUnavailable):

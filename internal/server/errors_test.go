@@ -14,6 +14,7 @@ import (
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/kms"
+	"github.com/tresorkms/tresor/rotation"
 )
 
 // TestToStatusLifecycleErrors: the errors of a key's lifecycle map to their
@@ -44,6 +45,28 @@ func TestToStatusLifecycleErrors(t *testing.T) {
 			err := toStatus(context.Background(), slog.New(slog.DiscardHandler), tt.err)
 			if status.Code(err) != tt.want || !strings.Contains(status.Convert(err).Message(), tt.wantMsg) {
 				t.Errorf("toStatus(%v) = %v, want %v containing %q", tt.err, err, tt.want, tt.wantMsg)
+			}
+		})
+	}
+}
+
+// TestAdminStatus: root-key rotation errors map to their codes.
+func TestAdminStatus(t *testing.T) {
+	s := &adminService{logger: slog.New(slog.DiscardHandler)}
+	tests := []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"forged latest job", fmt.Errorf("rotation: %w: job rkr-1 has no endorsement", rotation.ErrUnendorsedRotation), codes.FailedPrecondition},
+		{"running", fmt.Errorf("%w: job rkr-1", rotation.ErrRotationRunning), codes.FailedPrecondition},
+		{"bad uri", fmt.Errorf("%w: empty URI", rotation.ErrInvalidRootKey), codes.InvalidArgument},
+		{"provider down", fmt.Errorf("open: %w", kms.ErrUnavailable), codes.Unavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := status.Code(s.status(context.Background(), tt.err)); got != tt.want {
+				t.Errorf("status(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
 	}
