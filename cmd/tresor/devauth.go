@@ -127,12 +127,21 @@ func serveDevIssuer(ctx context.Context, iss *devissuer.Issuer, addr, certFile, 
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	go serveTLSLogged(srv, lis, logger)
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
 	return lis.Addr().String(), nil
+}
+
+// serveTLSLogged serves srv over TLS on lis (srv.TLSConfig holds the
+// certificate) until it is closed, and logs why it stopped serving unless
+// it was closed.
+func serveTLSLogged(srv *http.Server, lis net.Listener, logger *slog.Logger) {
+	if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error("dev: token issuer stopped serving", "addr", lis.Addr().String(), "err", err)
+	}
 }
 
 // mintDevToken mints a development token from the issuer under devDir,

@@ -34,10 +34,14 @@ PostgreSQL connections (twice), take the token's files away and put them back
 printed first; a shorter run compresses it.
 
 At the end every remembered ciphertext, data key and document must decrypt
-(or reveal) to what was sent, through either replica; the audit log must
-verify; memory and goroutines of each replica must not have grown without
-bound; and calls outside the fault windows must not have failed (at most
-0.1%). It prints a summary and exits 1 when a check failed.
+(or reveal) to what was sent, through each replica; every protected document
+must hold none of its classified values in clear; the audit log must verify,
+with a closed chain for every replica process stopped with SIGTERM and
+unclosed chains only for those killed with SIGKILL; memory and goroutines of
+each replica must not have grown without bound; calls outside the fault
+windows must not have failed (at most 0.1%); and both replicas must exit
+cleanly on the final SIGTERM. It prints a summary and exits 1 when a check
+failed.
 
 Needs PostgreSQL (a server where the user may create databases; the run's
 database is dropped at the end unless --keep) and SoftHSM2 (make test-deps
@@ -120,5 +124,9 @@ func verifySoakAudit(ctx context.Context, path string, extraRootKeys []string) (
 		}
 		return soak.AuditReport{}, fmt.Errorf("audit verify: %w", err)
 	}
-	return soak.AuditReport{Events: r.Events, Chains: len(r.Chains), Checkpoints: r.Checkpoints, Anchors: r.Anchors, Uncovered: r.Uncovered, Unclosed: r.Unclosed}, nil
+	rep := soak.AuditReport{Events: r.Events, Chains: len(r.Chains), Checkpoints: r.Checkpoints, Anchors: r.Anchors, Uncovered: r.Uncovered, Unclosed: r.Unclosed}
+	for _, c := range r.Chains {
+		rep.PerChain = append(rep.PerChain, soak.AuditChain{Chain: c.Chain, Events: c.Events, Uncovered: c.Uncovered, Closed: c.Closed})
+	}
+	return rep, nil
 }

@@ -21,7 +21,6 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -33,6 +32,7 @@ import (
 	"github.com/tresorkms/tresor/internal/authn"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
+	"github.com/tresorkms/tresor/internal/devtoken"
 	"github.com/tresorkms/tresor/internal/limits"
 	"github.com/tresorkms/tresor/internal/policy"
 	"github.com/tresorkms/tresor/internal/server"
@@ -128,7 +128,7 @@ type Harness struct {
 
 	crypto, openCrypto tresorv1.CryptoServiceClient
 	health, openHealth healthpb.HealthClient
-	tokens             *tokenSource
+	tokens             *devtoken.Source
 
 	cancel   context.CancelFunc
 	served   []chan error
@@ -234,7 +234,9 @@ func Start(ctx context.Context, opts HarnessOptions) (h *Harness, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: %w", err)
 	}
-	h.tokens = &tokenSource{iss: iss, cert: cliCert.Leaf, now: time.Now}
+	if h.tokens, err = newTokenSource(iss, cliCert.Leaf, time.Now); err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
 	popts, err := writeExamplePolicies(filepath.Join(dir, "policies"))
 	if err != nil {
 		return nil, err
@@ -374,56 +376,15 @@ func writeExamplePolicies(dir string) (policy.Options, error) {
 	return policy.Options{SchemaFile: filepath.Join(dir, examplepolicies.SchemaFile), PolicyDir: dir, Location: time.UTC}, nil
 }
 
-// tokenSource is the bench client's bearer token: a token bound to the
+// newTokenSource is the bench client's bearer token: a token bound to the
 // client certificate, minted on first use and again once half of
 // TokenLifetime has passed. It is the protected gRPC connection's per-RPC
 // credentials and the source of the REST client's Authorization header.
-type tokenSource struct {
-	iss  *devissuer.Issuer
-	cert *x509.Certificate
-	now  func() time.Time
-
-	mu  sync.Mutex // serializes minting
-	cur atomic.Pointer[bearerToken]
+func newTokenSource(iss *devissuer.Issuer, cert *x509.Certificate, now func() time.Time) (*devtoken.Source, error) {
+	return devtoken.New(devtoken.Config{Issuer: iss, Token: devissuer.TokenRequest{Subject: tokenSubject, Audience: tokenAudience, Lifetime: TokenLifetime, BindTo: cert},
+		RenewAfter: 0.5, Now: now})
 }
 
-type bearerToken struct {
-	authorization string // "Bearer <jwt>"
-	renewAt       time.Time
-}
-
-// authorization returns the current "Bearer <jwt>" value, minting a new
-// token when there is none or the current one is due for renewal.
-func (s *tokenSource) authorization() (string, error) {
-	if t := s.cur.Load(); t != nil && s.now().Before(t.renewAt) {
-		return t.authorization, nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
-	if t := s.cur.Load(); t != nil && now.Before(t.renewAt) {
-		return t.authorization, nil
-	}
-	tok, err := s.iss.Mint(devissuer.TokenRequest{Subject: tokenSubject, Audience: tokenAudience, Lifetime: TokenLifetime, BindTo: s.cert})
-	if err != nil {
-		return "", fmt.Errorf("loadtest: minting the bench token: %w", err)
-	}
-	t := &bearerToken{authorization: "Bearer " + tok, renewAt: now.Add(TokenLifetime / 2)}
-	s.cur.Store(t)
-	return t.authorization, nil
-}
-
-// GetRequestMetadata implements credentials.PerRPCCredentials.
-func (s *tokenSource) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	a, err := s.authorization()
-	if err != nil {
-		return nil, err
-	}
-	return map[string]string{"authorization": a}, nil
-}
-
-// RequireTransportSecurity implements credentials.PerRPCCredentials.
-func (*tokenSource) RequireTransportSecurity() bool { return true }
 func newHTTPClient(cfg *tls.Config, http1 bool) *http.Client {
 	tr := &http.Transport{
 		TLSClientConfig:     cfg.Clone(),
@@ -564,7 +525,7 @@ func EncryptBody(plaintext, associatedData []byte) []byte {
 // the protected server with the client's bearer token, of a random
 // size-byte plaintext.
 func (h *Harness) RESTEncrypt(size int) func(context.Context) error {
-	return restOp(h.REST, "https://"+h.HTTPAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)), h.tokens.authorization)
+	return restOp(h.REST, "https://"+h.HTTPAddr+"/v1/keys/"+KeyName+":encrypt", EncryptBody(Payload(size)), h.tokens.Authorization)
 }
 
 // RESTBaseline returns the same request (without a token) to the bare

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
+	"github.com/tresorkms/tresor/internal/devpki"
 	"github.com/tresorkms/tresor/internal/store"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
@@ -89,7 +92,7 @@ func TestUnknownFieldsRefused(t *testing.T) {
 			}
 			req.Header.Set("Content-Type", "application/json")
 			// tresor authenticates before it reads the body: send the token.
-			auth, err := h.tokens.authorization()
+			auth, err := h.tokens.Authorization()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,21 +144,39 @@ func TestProtectedServerEnforces(t *testing.T) {
 // TestTokenRenewal checks that the client presents one token until half its
 // lifetime has passed, then a new one.
 func TestTokenRenewal(t *testing.T) {
-	h := harness(t)
+	iss, err := devissuer.Open(filepath.Join(t.TempDir(), "issuer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := devpki.NewCA("renewal test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.IssueClient("bench", ClientID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
-	ts := &tokenSource{iss: h.tokens.iss, cert: h.tokens.cert, now: func() time.Time { return now }}
-	first, err := ts.authorization()
+	ts, err := newTokenSource(iss, cert.Leaf, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := ts.Authorization()
 	if err != nil || !strings.HasPrefix(first, "Bearer ") {
-		t.Fatalf("authorization() = %q, %v; want a bearer token", first, err)
+		t.Fatalf("Authorization() = %q, %v; want a bearer token", first, err)
 	}
 	now = now.Add(TokenLifetime/2 - time.Second)
-	if again, _ := ts.authorization(); again != first {
-		t.Errorf("authorization() before renewal changed the token")
+	if again, _ := ts.Authorization(); again != first {
+		t.Errorf("Authorization() before renewal changed the token")
 	}
 	now = now.Add(2 * time.Second)
-	renewed, err := ts.authorization()
+	renewed, err := ts.Authorization()
 	if err != nil || renewed == first {
-		t.Errorf("authorization() after half the lifetime = same token, %v; want a new one", err)
+		t.Errorf("Authorization() after half the lifetime = same token, %v; want a new one", err)
 	}
 	md, err := ts.GetRequestMetadata(context.Background())
 	if err != nil || md["authorization"] != renewed {

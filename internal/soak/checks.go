@@ -12,16 +12,15 @@ import (
 
 // summarize attributes the calls to the fault windows and applies the
 // checks.
-func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Duration, remembered []Remembered, audit AuditReport, auditErr error, stopErrs []string) *Summary {
+func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summary {
 	o := h.opts
-	s := &Summary{Seed: o.Seed, DurationS: o.Duration.Seconds(), ElapsedS: elapsed.Seconds(), Clients: o.Clients, Replicas: len(h.replicas),
+	s := &Summary{Seed: o.Seed, DurationS: o.Duration.Seconds(), ElapsedS: end.elapsed.Seconds(), Clients: o.Clients, Replicas: len(h.replicas),
 		Database: h.db.where, WorkDir: o.WorkDir, ByMethod: map[string]int64{}, Latency: map[string]LatencyStats{}, LatencyCalm: map[string]LatencyStats{},
-		Rotations: h.traffic.rotations.Load(), TokensMinted: h.minted.Load(), Remem: remembered}
+		Rotations: h.traffic.rotations.Load(), TokensMinted: h.minted(), Remem: end.remembered}
 	var calls []Call
 	firstErr := map[errKey]string{}
 	for _, c := range h.clients {
 		calls = append(calls, c.calls...)
-		s.Unrecorded += c.dropped
 		for k, m := range c.firstErr {
 			if _, ok := firstErr[k]; !ok {
 				firstErr[k] = m
@@ -77,6 +76,14 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Durat
 	}
 
 	errs := map[errKey]*ErrorCount{}
+	errCount := func(k errKey) *ErrorCount {
+		e := errs[k]
+		if e == nil {
+			e = &ErrorCount{Method: k.method.String(), Code: k.code.String(), Message: firstErr[k]}
+			errs[k] = e
+		}
+		return e
+	}
 	lat, calm := make([][]time.Duration, numMethods), make([][]time.Duration, numMethods)
 	for _, c := range calls {
 		s.Requests++
@@ -92,12 +99,7 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Durat
 			}
 			continue
 		}
-		k := errKey{c.Method, c.Code}
-		e := errs[k]
-		if e == nil {
-			e = &ErrorCount{Method: c.Method.String(), Code: c.Code.String(), Message: firstErr[k]}
-			errs[k] = e
-		}
+		e := errCount(errKey{c.Method, c.Code})
 		if in {
 			e.InFault++
 			s.ErrorsInFault++
@@ -106,6 +108,7 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Durat
 			s.ErrorsOutside++
 		}
 	}
+	attributeUnrecorded(&h.traffic.unrecorded, windows, s, errCount)
 	for m := range numMethods {
 		s.Latency[m.String()], s.LatencyCalm[m.String()] = Latencies(lat[m]), Latencies(calm[m])
 	}
@@ -186,16 +189,28 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Durat
 	limit := int64(math.Floor(MaxOutsideErrorRate * float64(s.CallsOutside)))
 	check("errors outside fault windows", s.ErrorsOutside <= limit,
 		fmt.Sprintf("%d of %d calls outside the fault windows failed; at most %.1f%% (%d) may", s.ErrorsOutside, s.CallsOutside, MaxOutsideErrorRate*100, limit))
-	for _, r := range remembered {
-		check("every remembered "+r.Kind+" checks out", r.Failed == 0 && r.Checked == r.Kept,
-			fmt.Sprintf("%d of %d kept (%d handed back) checked through both replicas, %d failed", r.Checked, r.Kept, r.Seen, r.Failed))
+	for _, r := range end.remembered {
+		detail := fmt.Sprintf("%d of %d kept (%d handed back) checked through every replica (%d), %d failed", r.Checked, r.Kept, r.Seen, len(h.replicas), r.Failed)
+		if r.Kept == 0 {
+			detail = "none kept: nothing was checked"
+		}
+		check("every remembered "+r.Kind+" checks out", r.Kept > 0 && r.Failed == 0 && r.Checked == r.Kept, detail)
 	}
-	if auditErr != nil {
-		check("audit log verifies", false, auditErr.Error())
+	if end.auditErr != nil {
+		check("audit log verifies", false, end.auditErr.Error())
 	} else {
-		s.Audit = &audit
-		check("audit log verifies", audit.Events > 0, fmt.Sprintf("%d events in %d chains, %d checkpoints verified under %d root keys; %d chains unclosed (killed processes)",
-			audit.Events, audit.Chains, audit.Checkpoints, len(h.tok.roots), len(audit.Unclosed)))
+		s.Audit = &end.audit
+		kills, graceful := 0, end.cleanStops
+		for _, f := range faults {
+			switch {
+			case f.Kind == FaultKill:
+				kills++
+			case f.Kind == FaultTerm && f.err == nil:
+				graceful++
+			}
+		}
+		pass, detail := judgeAudit(end.audit, kills, graceful)
+		check("audit log verifies", pass, fmt.Sprintf("%s; %d checkpoints verified under %d root keys", detail, end.audit.Checkpoints, len(h.tok.roots)))
 	}
 	detail = fmt.Sprintf("%d process series, %d /metrics reads failed", len(keys), h.sampleErrs.Load())
 	if len(memProblems) > 0 {
@@ -213,14 +228,99 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, elapsed time.Durat
 		detail = strings.Join(crashed, "; ")
 	}
 	check("replicas stayed up", len(crashed) == 0, detail)
-	detail = "both replicas exited cleanly on SIGTERM"
-	if len(stopErrs) > 0 {
-		detail = strings.Join(stopErrs, "; ")
+	detail = fmt.Sprintf("%d of %d replicas exited cleanly on SIGTERM at the end", end.cleanStops, len(h.replicas))
+	if len(end.stopProblems) > 0 {
+		detail += ": " + strings.Join(end.stopProblems, "; ")
 	}
-	check("clean shutdown", len(stopErrs) == 0, detail)
+	check("clean shutdown", len(end.stopProblems) == 0 && end.cleanStops == len(h.replicas), detail)
 	s.Passed = true
 	for _, c := range s.Checks {
 		s.Passed = s.Passed && c.Pass
 	}
 	return s
+}
+
+// attributeUnrecorded adds the calls past the record bound to the counts
+// of s, by the second they started in: a failure counts in a fault window
+// only when that whole second is in one, else outside; a success counts
+// as a call outside the windows only when no window touches its second.
+// Both err on the side of a higher error rate outside the windows.
+func attributeUnrecorded(u *unrecorded, windows []Window, s *Summary, errCount func(errKey) *ErrorCount) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s.Unrecorded = u.n
+	s.Requests += u.n
+	for m, n := range u.byMethod {
+		if n > 0 {
+			s.ByMethod[Method(m).String()] += n
+		}
+	}
+	second := func(i int) Call {
+		return Call{Start: time.Duration(i) * time.Second, End: time.Duration(i+1)*time.Second - 1}
+	}
+	for i, n := range u.ok {
+		if n > 0 && !InWindow(second(i), windows) {
+			s.CallsOutside += n
+		}
+	}
+	for k, n := range u.failed {
+		e := errCount(k.errKey)
+		sec := second(k.second)
+		inside := false
+		for _, w := range windows {
+			inside = inside || (w.Start <= sec.Start && sec.End <= w.End)
+		}
+		if inside {
+			e.InFault += n
+			s.ErrorsInFault += n
+			continue
+		}
+		e.Outside += n
+		s.ErrorsOutside += n
+		s.CallsOutside += n
+	}
+}
+
+// judgeAudit is the audit check on a log that verified. Each SIGKILL
+// leaves its process's chain without a final checkpoint; every process
+// stopped gracefully (SIGTERM, during the run or at its end) must have
+// closed its chain. So: at most kills chains are unclosed, at least
+// graceful chains are closed, and events after the last checkpoint are
+// only in unclosed chains. With the per-chain report, the newest chain
+// (which Report.Unclosed leaves out) counts as well; without it, the
+// counts of the report are judged.
+func judgeAudit(a AuditReport, kills, graceful int) (bool, string) {
+	var problems []string
+	unclosed, closed, uncoveredClosed := len(a.Unclosed), a.Chains-len(a.Unclosed), int64(0)
+	if len(a.PerChain) > 0 {
+		unclosed, closed = 0, 0
+		for _, c := range a.PerChain {
+			if c.Closed {
+				closed++
+				uncoveredClosed += c.Uncovered
+			} else {
+				unclosed++
+			}
+		}
+	} else if unclosed == 0 {
+		uncoveredClosed = a.Uncovered
+	}
+	if a.Events <= 0 {
+		problems = append(problems, "no events")
+	}
+	if unclosed > kills {
+		problems = append(problems, fmt.Sprintf("%d chains unclosed, more than the %d processes killed with SIGKILL", unclosed, kills))
+	}
+	if closed < graceful {
+		problems = append(problems, fmt.Sprintf("%d chains closed, fewer than the %d processes stopped gracefully", closed, graceful))
+	}
+	if uncoveredClosed > 0 {
+		problems = append(problems, fmt.Sprintf("%d events after the last checkpoint of a closed chain", uncoveredClosed))
+	}
+	detail := fmt.Sprintf("%d events in %d chains: %d closed (%d processes stopped gracefully), %d unclosed (%d killed), %d events after the last checkpoint",
+		a.Events, a.Chains, closed, graceful, unclosed, kills, a.Uncovered)
+	if len(problems) > 0 {
+		return false, detail + ": " + strings.Join(problems, "; ")
+	}
+	return true, detail
 }

@@ -53,33 +53,10 @@ type exit struct {
 
 // start starts the process and waits until it listens on its gRPC port.
 func (r *replica) start(ctx context.Context) error {
-	logs, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	exited, err := r.spawn()
 	if err != nil {
-		return fmt.Errorf("soak: replica %s log: %w", r.cfg.name, err)
+		return err
 	}
-	cmd := r.command(r.cfg.path)
-	cmd.Env = append(slices.Clone(r.env), cmd.Env...) // the command's own variables last: they win
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		logs.Close()
-		return fmt.Errorf("soak: start replica %s: %w", r.cfg.name, err)
-	}
-	exited := make(chan struct{})
-	r.mu.Lock()
-	r.cmd, r.exited, r.exitErr, r.stopping = cmd, exited, nil, false
-	r.generation++
-	r.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		logs.Close()
-		r.mu.Lock()
-		r.exitErr = err
-		if !r.stopping {
-			r.unexpected = append(r.unexpected, exit{at: r.since(), err: fmt.Sprint(err)})
-		}
-		r.mu.Unlock()
-		close(exited)
-	}()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		c, err := net.DialTimeout("tcp", r.cfg.grpc, 200*time.Millisecond)
@@ -98,6 +75,40 @@ func (r *replica) start(ctx context.Context) error {
 			return fmt.Errorf("soak: replica %s did not listen on %s within %v; see %s", r.cfg.name, r.cfg.grpc, startTimeout, r.logPath)
 		}
 	}
+}
+
+// spawn starts the process, its output appended to the log, and watches
+// for its exit: an exit no stop caused is recorded as unexpected. The
+// channel is closed when the process has exited.
+func (r *replica) spawn() (<-chan struct{}, error) {
+	logs, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("soak: replica %s log: %w", r.cfg.name, err)
+	}
+	cmd := r.command(r.cfg.path)
+	cmd.Env = append(slices.Clone(r.env), cmd.Env...) // the command's own variables last: they win
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("soak: start replica %s: %w", r.cfg.name, err)
+	}
+	exited := make(chan struct{})
+	r.mu.Lock()
+	r.cmd, r.exited, r.exitErr, r.stopping = cmd, exited, nil, false
+	r.generation++
+	r.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logs.Close()
+		r.mu.Lock()
+		r.exitErr = err
+		if !r.stopping {
+			r.unexpected = append(r.unexpected, exit{at: r.since(), err: fmt.Sprint(err)})
+		}
+		r.mu.Unlock()
+		close(exited)
+	}()
+	return exited, nil
 }
 
 func (r *replica) err() error {
@@ -131,14 +142,15 @@ func (r *replica) running() (bool, int) {
 // stop sends sig and waits for the process to exit; after SIGTERM it
 // waits up to stopTimeout (or until ctx ends), then kills it. It reports
 // whether the process exited by itself (always false for SIGKILL) and its
-// exit error.
+// exit error. A replica that was never started, or had exited before the
+// signal, is an error.
 func (r *replica) stop(ctx context.Context, sig syscall.Signal) (clean bool, err error) {
 	r.mu.Lock()
 	cmd, exited := r.cmd, r.exited
 	r.stopping = true
 	r.mu.Unlock()
 	if cmd == nil {
-		return false, nil
+		return false, fmt.Errorf("replica %s was never started", r.cfg.name)
 	}
 	select {
 	case <-exited:
@@ -161,6 +173,25 @@ func (r *replica) stop(ctx context.Context, sig syscall.Signal) (clean bool, err
 	_ = cmd.Process.Kill()
 	<-exited
 	return false, err
+}
+
+// stopReplicas stops every replica with SIGTERM at the end of a run. It
+// returns what went wrong, one line a replica that did not exit cleanly
+// by itself (an error, an exit status, a kill after stopTimeout, a
+// replica not running), and how many did.
+func stopReplicas(ctx context.Context, replicas []*replica) (problems []string, clean int) {
+	for _, r := range replicas {
+		ok, err := r.stop(ctx, syscall.SIGTERM)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("replica %s: %v", r.cfg.name, err))
+		case !ok:
+			problems = append(problems, fmt.Sprintf("replica %s did not exit by itself on SIGTERM", r.cfg.name))
+		default:
+			clean++
+		}
+	}
+	return problems, clean
 }
 
 // metrics reads the replica's /metrics.

@@ -14,9 +14,11 @@
 // terminated, the token's files taken away and put back, and a root-key
 // rotation to a new key in the token. At the end it checks that every
 // remembered ciphertext, data key and document still decrypts to what was
-// sent, that the audit log verifies, that memory and goroutines did not
-// grow without bound ([JudgeGrowth]) and that calls outside the fault
-// windows ([Recover]) did not fail; [Summary] holds what it measured.
+// sent through each replica, that the audit log verifies with a closed
+// chain for each process stopped gracefully and unclosed ones only for the
+// killed, that memory and goroutines did not grow without bound
+// ([JudgeGrowth]) and that calls outside the fault windows ([Recover]) did
+// not fail; [Summary] holds what it measured.
 //
 // It is a development tool: it only ever starts replicas on loopback.
 package soak
@@ -44,6 +46,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tresorkms/tresor/internal/authn/devissuer"
+	"github.com/tresorkms/tresor/internal/devtoken"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -62,7 +66,8 @@ const (
 	DefaultRemember      = 20_000
 	DefaultTokenLifetime = 5 * time.Minute
 	// maxRecorded bounds the calls recorded (24 bytes each); later calls
-	// are counted only.
+	// are counted by the second they started in and their outcome only
+	// (see unrecorded), without their latency.
 	maxRecorded = 4 << 20
 )
 
@@ -173,7 +178,7 @@ type harness struct {
 	id       *identity
 	replicas []*replica
 	admin    []stubs // connections of setup, faults and final checks
-	minted   atomic.Int64
+	sources  []*devtoken.Source
 	traffic  *traffic
 	clients  []*client
 
@@ -289,7 +294,11 @@ func (h *harness) setup(ctx context.Context) error {
 		h.logf("replica %s serving: gRPC %s, metrics %s, log %s", r.cfg.name, r.cfg.grpc, r.cfg.metrics, r.logPath)
 	}
 	for i, r := range h.replicas {
-		conn, err := dial(r.cfg.grpc, h.id, h.tokens(fmt.Sprintf("soak-admin-%d", i)))
+		src, err := h.tokens(fmt.Sprintf("soak-admin-%d", i))
+		if err != nil {
+			return err
+		}
+		conn, err := dial(r.cfg.grpc, h.id, src)
 		if err != nil {
 			return err
 		}
@@ -305,9 +314,25 @@ func rateString(r float64) string {
 	return fmt.Sprintf("%g calls/s", r)
 }
 
-// tokens returns a token source for subject.
-func (h *harness) tokens(subject string) *tokenSource {
-	return &tokenSource{iss: h.id.issuer, cert: h.id.clientCert, subject: subject, lifetime: h.opts.TokenLifetime, minted: &h.minted}
+// tokens returns a token source for subject: tokens bound to the client
+// certificate, minted again after two thirds of their lifetime.
+func (h *harness) tokens(subject string) (*devtoken.Source, error) {
+	src, err := devtoken.New(devtoken.Config{Issuer: h.id.issuer, RenewAfter: 2.0 / 3,
+		Token: devissuer.TokenRequest{Subject: subject, Audience: tokenAudience, Lifetime: h.opts.TokenLifetime, BindTo: h.id.clientCert}})
+	if err != nil {
+		return nil, fmt.Errorf("soak: %w", err)
+	}
+	h.sources = append(h.sources, src)
+	return src, nil
+}
+
+// minted is how many tokens the run's sources minted.
+func (h *harness) minted() int64 {
+	var n int64
+	for _, s := range h.sources {
+		n += s.Minted()
+	}
+	return n
 }
 
 // createKeys creates the run's keys and stores its schema, retrying while
@@ -378,7 +403,10 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 	}
 	for i := range o.Clients {
 		c := &client{t: h.traffic, id: i, rng: mrand.New(mrand.NewPCG(o.Seed, uint64(i+1))), maxCalls: maxRecorded / o.Clients, firstErr: map[errKey]string{}}
-		src := h.tokens(fmt.Sprintf("soak-client-%d", i))
+		src, err := h.tokens(fmt.Sprintf("soak-client-%d", i))
+		if err != nil {
+			return nil, err
+		}
 		for _, r := range h.replicas {
 			conn, err := dial(r.cfg.grpc, h.id, src)
 			if err != nil {
@@ -456,17 +484,23 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 	sampler.Wait()
 
 	h.closeConns()
-	var stopErrs []string
-	for _, r := range h.replicas {
-		if _, err := r.stop(checkCtx, syscall.SIGTERM); err != nil {
-			stopErrs = append(stopErrs, fmt.Sprintf("replica %s: %v", r.cfg.name, err))
-		}
-	}
+	end := ending{elapsed: elapsed, remembered: remembered}
+	end.stopProblems, end.cleanStops = stopReplicas(checkCtx, h.replicas)
 	h.logf("replicas stopped; verifying the audit log")
 	extra := h.tok.roots[:len(h.tok.roots)-1]
-	audit, auditErr := o.VerifyAudit(checkCtx, h.replicas[0].cfg.path, extra)
+	end.audit, end.auditErr = o.VerifyAudit(checkCtx, h.replicas[0].cfg.path, extra)
 
-	return h.summarize(sched, faults, elapsed, remembered, audit, auditErr, stopErrs), nil
+	return h.summarize(sched, faults, end), nil
+}
+
+// ending is what a run found once the traffic stopped.
+type ending struct {
+	elapsed      time.Duration // the traffic's time
+	remembered   []Remembered
+	audit        AuditReport
+	auditErr     error
+	stopProblems []string // replicas that did not exit cleanly on the final SIGTERM
+	cleanStops   int      // replicas that did
 }
 
 // sample reads every running replica's /metrics every interval.
@@ -502,8 +536,10 @@ func (h *harness) sample(ctx context.Context, every time.Duration) {
 }
 
 // checkRemembered decrypts every remembered ciphertext and data key and
-// reveals every remembered document, alternating the replicas, each from
-// one of the clients' connections.
+// reveals every remembered document through every replica (starting with
+// a different one from item to item), over the clients' connections. An
+// item is checked once every replica has answered for it, and failed when
+// one answered wrong or not at all.
 func (h *harness) checkRemembered(ctx context.Context) []Remembered {
 	type job struct {
 		it item
@@ -520,17 +556,25 @@ func (h *harness) checkRemembered(ctx context.Context) []Remembered {
 		for _, c := range h.clients {
 			wg.Go(func() {
 				for j := range jobs {
-					replica := j.n % len(c.replicas)
-					retried, err := h.checkItem(ctx, c.replicas[replica], j.it)
+					var anyRetried bool
+					var failure string
+					for k := range c.replicas {
+						replica := (j.n + k) % len(c.replicas)
+						retried, err := h.checkItem(ctx, c.replicas[replica], j.it)
+						anyRetried = anyRetried || retried
+						if err != nil && failure == "" {
+							failure = fmt.Sprintf("replica %s: %v", replicaName(replica), err)
+						}
+					}
 					mu.Lock()
 					rem.Checked++
-					if retried {
+					if anyRetried {
 						rem.Retried++
 					}
-					if err != nil {
+					if failure != "" {
 						rem.Failed++
 						if firstFailure == "" {
-							firstFailure = fmt.Sprintf("replica %s: %v", replicaName(replica), err)
+							firstFailure = failure
 						}
 					}
 					mu.Unlock()

@@ -32,7 +32,7 @@ type Summary struct {
 	ErrorsInFault int64                   `json:"errors_in_fault_windows"`
 	ErrorsOutside int64                   `json:"errors_outside_fault_windows"`
 	CallsOutside  int64                   `json:"calls_outside_fault_windows"`
-	Unrecorded    int64                   `json:"calls_not_recorded"` // past the record bound
+	Unrecorded    int64                   `json:"calls_not_recorded"` // past the record bound: counted, latency not recorded
 	Rotations     int64                   `json:"key_rotations"`
 	TokensMinted  int64                   `json:"tokens_minted"`
 	Violations    []Violation             `json:"violations"`
@@ -92,7 +92,8 @@ type SeriesReport struct {
 }
 
 // Remembered is how many items of a kind were handed back, kept, and
-// checked at the end.
+// checked at the end. An item is checked once every replica answered for
+// it, and failed when one answered wrong or not at all.
 type Remembered struct {
 	Kind    string `json:"kind"`
 	Seen    int64  `json:"seen"`
@@ -102,14 +103,28 @@ type Remembered struct {
 	Retried int    `json:"retried"`
 }
 
-// AuditReport is what verifying the audit log found.
+// AuditReport is what verifying the audit log found (audit.Report).
 type AuditReport struct {
-	Events      int64    `json:"events"`
-	Chains      int      `json:"chains"`
-	Checkpoints int64    `json:"checkpoints"`
-	Anchors     int64    `json:"anchors"`
-	Uncovered   int64    `json:"uncovered"`
-	Unclosed    []string `json:"unclosed"`
+	Events      int64 `json:"events"`
+	Chains      int   `json:"chains"`
+	Checkpoints int64 `json:"checkpoints"`
+	Anchors     int64 `json:"anchors"`
+	Uncovered   int64 `json:"uncovered"`
+	// Unclosed names the chains without a final checkpoint, but for the
+	// newest chain (audit.Report.Unclosed).
+	Unclosed []string `json:"unclosed"`
+	// PerChain is each chain's report, the newest included; empty when
+	// the verifier gives only the counts.
+	PerChain []AuditChain `json:"per_chain,omitempty"`
+}
+
+// AuditChain is what verifying one chain found (audit.ChainReport): one
+// replica process's events.
+type AuditChain struct {
+	Chain     string `json:"chain"`
+	Events    int64  `json:"events"`
+	Uncovered int64  `json:"uncovered"` // events after its last checkpoint
+	Closed    bool   `json:"closed"`    // it ends with a final checkpoint
 }
 
 // Check is one final check.
@@ -144,7 +159,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 
 	fmt.Fprintf(&b, "\nrequests: %d (%.1f/s), %d key rotations, %d tokens minted", s.Requests, float64(s.Requests)/max(s.ElapsedS, 1e-9), s.Rotations, s.TokensMinted)
 	if s.Unrecorded > 0 {
-		fmt.Fprintf(&b, ", %d calls past the record bound not recorded", s.Unrecorded)
+		fmt.Fprintf(&b, ", %d calls past the record bound counted without their latency", s.Unrecorded)
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -213,7 +228,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 
 	b.WriteString("\nremembered and checked at the end:\n")
 	for _, r := range s.Remem {
-		fmt.Fprintf(&b, "  %-10s %d handed back, %d kept, %d checked, %d failed (%d needed a retry)\n", r.Kind, r.Seen, r.Kept, r.Checked, r.Failed, r.Retried)
+		fmt.Fprintf(&b, "  %-10s %d handed back, %d kept, %d checked through every replica, %d failed (%d needed a retry)\n", r.Kind, r.Seen, r.Kept, r.Checked, r.Failed, r.Retried)
 	}
 	if a := s.Audit; a != nil {
 		fmt.Fprintf(&b, "audit log: %d events in %d chains, %d checkpoints, %d anchors, %d events after the last checkpoint; unclosed chains: %d\n",

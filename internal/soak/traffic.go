@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -74,39 +73,6 @@ inspection:
 
 // maxPlaintext bounds the random plaintexts (log-uniform in 1..maxPlaintext).
 const maxPlaintext = 16 << 10
-
-// tokenSource is a client's bearer token from the development issuer,
-// bound to the client certificate, minted again once two thirds of its
-// lifetime have passed.
-type tokenSource struct {
-	iss      *devissuer.Issuer
-	cert     *x509.Certificate
-	subject  string
-	lifetime time.Duration
-	minted   *atomic.Int64
-
-	mu      sync.Mutex
-	authz   string
-	renewAt time.Time
-}
-
-// GetRequestMetadata implements credentials.PerRPCCredentials.
-func (s *tokenSource) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now := time.Now(); s.authz == "" || !now.Before(s.renewAt) {
-		tok, err := s.iss.Mint(devissuer.TokenRequest{Subject: s.subject, Audience: tokenAudience, Lifetime: s.lifetime, BindTo: s.cert})
-		if err != nil {
-			return nil, fmt.Errorf("soak: minting a token: %w", err)
-		}
-		s.authz, s.renewAt = "Bearer "+tok, now.Add(s.lifetime*2/3)
-		s.minted.Add(1)
-	}
-	return map[string]string{"authorization": s.authz}, nil
-}
-
-// RequireTransportSecurity implements credentials.PerRPCCredentials.
-func (*tokenSource) RequireTransportSecurity() bool { return true }
 
 // dial connects to addr with mutual TLS and per-RPC credentials, with a
 // reconnect backoff capped at 1s so that a restarted replica is found
@@ -251,6 +217,7 @@ type traffic struct {
 	ciphertexts *reservoir
 	dataKeys    *reservoir
 	documents   *reservoir
+	unrecorded  unrecorded
 
 	mu         sync.Mutex
 	violations []Violation
@@ -272,6 +239,42 @@ type errKey struct {
 	code   codes.Code
 }
 
+// unrecorded counts the calls past the record bound (maxRecorded): not
+// their latency, but when they started (to the second) and how they
+// ended, so that the error-rate check still counts every call (see
+// [attributeUnrecorded]).
+type unrecorded struct {
+	mu       sync.Mutex
+	n        int64
+	byMethod [numMethods]int64
+	ok       []int64                 // calls that succeeded, by second of their start
+	failed   map[unrecordedKey]int64 // calls that failed, by second of their start, method and code
+}
+
+type unrecordedKey struct {
+	second int
+	errKey
+}
+
+func (u *unrecorded) add(start time.Duration, m Method, code codes.Code) {
+	sec := max(int(start/time.Second), 0)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.n++
+	u.byMethod[m]++
+	if code == codes.OK {
+		for len(u.ok) <= sec {
+			u.ok = append(u.ok, 0)
+		}
+		u.ok[sec]++
+		return
+	}
+	if u.failed == nil {
+		u.failed = map[unrecordedKey]int64{}
+	}
+	u.failed[unrecordedKey{sec, errKey{m, code}}]++
+}
+
 // client is one caller: its own connections to every replica, its own
 // token, its own random stream and record of calls.
 type client struct {
@@ -280,8 +283,7 @@ type client struct {
 	rng      *rand.Rand
 	replicas []stubs
 	calls    []Call
-	maxCalls int
-	dropped  int64
+	maxCalls int // calls past it are counted in t.unrecorded
 	firstErr map[errKey]string
 	docs     int
 }
@@ -339,7 +341,7 @@ func (c *client) call(ctx context.Context, m Method, replica int, fn func(contex
 	if len(c.calls) < c.maxCalls {
 		c.calls = append(c.calls, Call{Start: start.Sub(c.t.t0), End: end.Sub(c.t.t0), Method: m, Code: code, Replica: int8(replica)})
 	} else {
-		c.dropped++
+		c.t.unrecorded.add(start.Sub(c.t.t0), m, code)
 	}
 	if err != nil {
 		k := errKey{m, code}
@@ -455,7 +457,7 @@ func (c *client) reEncrypt(ctx context.Context) {
 func (c *client) document(ctx context.Context) {
 	c.docs++
 	id := fmt.Sprintf("doc-%d-%d", c.id, c.docs)
-	doc, clear := c.genDocument(id)
+	doc, classified := c.genDocument(id)
 	var protected string
 	if c.call(ctx, MethodProtectDocument, c.replica(), func(ctx context.Context, s stubs) error {
 		r, err := s.fields.ProtectDocument(ctx, &tresorv1.ProtectDocumentRequest{Schema: schemaName, Document: doc, DocumentId: id})
@@ -464,8 +466,9 @@ func (c *client) document(ctx context.Context) {
 	}) != nil {
 		return
 	}
-	if strings.Contains(protected, clear) {
-		c.t.violate(MethodProtectDocument, "soak-doc-pii", "a protected document holds a classified value in clear")
+	if clear := inClear(protected, classified); len(clear) > 0 {
+		c.t.violate(MethodProtectDocument, schemaName, fmt.Sprintf("a protected document holds %d of its %d classified values in clear: %s",
+			len(clear), len(classified), strings.Join(clear, ", ")))
 	}
 	it := item{kind: kindDocument, key: schemaName, ciphertext: protected, plaintext: []byte(doc), aad: []byte(id)}
 	c.t.documents.add(it)
@@ -545,9 +548,29 @@ func (c *client) aad() []byte {
 	}
 }
 
-// genDocument returns a random customer document with id, and its tax id
-// (a value that must not appear in clear once protected).
-func (c *client) genDocument(id string) (doc, taxID string) {
+// classifiedValue is a value of a document the schema classifies (not
+// public): it must not appear in clear once the document is protected.
+type classifiedValue struct {
+	path  string // where it is, e.g. $.accounts[1].iban: printable
+	value string // never printed
+}
+
+// inClear returns the paths of the classified values that appear in clear
+// anywhere in a protected document. It names no value.
+func inClear(protected string, classified []classifiedValue) []string {
+	var paths []string
+	for _, v := range classified {
+		if strings.Contains(protected, v.value) {
+			paths = append(paths, v.path)
+		}
+	}
+	return paths
+}
+
+// genDocument returns a random customer document with id, and its
+// classified values: the tax id, the email, and each account's IBAN and
+// number.
+func (c *client) genDocument(id string) (doc string, classified []classifiedValue) {
 	digits := func(n int) string {
 		b := make([]byte, n)
 		for i := range b {
@@ -562,7 +585,7 @@ func (c *client) genDocument(id string) (doc, taxID string) {
 		}
 		return string(b)
 	}
-	taxID = digits(3) + "-" + digits(2) + "-" + digits(4)
+	taxID := digits(3) + "-" + digits(2) + "-" + digits(4)
 	type account struct {
 		IBAN   string `json:"iban"`
 		Number string `json:"number"`
@@ -571,6 +594,7 @@ func (c *client) genDocument(id string) (doc, taxID string) {
 	for i := range accounts {
 		accounts[i] = account{IBAN: "DE" + digits(20), Number: digits(10)}
 	}
+	email := letters(6) + "@" + letters(5) + ".example"
 	b, _ := json.Marshal(struct {
 		ID       string    `json:"id"`
 		Name     string    `json:"name"`
@@ -578,8 +602,12 @@ func (c *client) genDocument(id string) (doc, taxID string) {
 		Email    string    `json:"email"`
 		Accounts []account `json:"accounts"`
 		Balance  float64   `json:"balance"`
-	}{id, letters(3 + c.rng.IntN(10)), taxID, letters(6) + "@" + letters(5) + ".example", accounts, float64(c.rng.IntN(10_000_000)) / 100})
-	return string(b), taxID
+	}{id, letters(3 + c.rng.IntN(10)), taxID, email, accounts, float64(c.rng.IntN(10_000_000)) / 100})
+	classified = []classifiedValue{{"$.tax_id", taxID}, {"$.email", email}}
+	for i, a := range accounts {
+		classified = append(classified, classifiedValue{fmt.Sprintf("$.accounts[%d].iban", i), a.IBAN}, classifiedValue{fmt.Sprintf("$.accounts[%d].number", i), a.Number})
+	}
+	return string(b), classified
 }
 
 func firstLine(s string) string {

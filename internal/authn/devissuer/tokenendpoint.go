@@ -3,6 +3,8 @@ package devissuer
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -12,8 +14,9 @@ import (
 // with its TLS certificate (RFC 8705 tls_client_auth), and gets a token
 // for Audience whose subject is its client_id and which is bound to that
 // certificate. The client_id must be one of the certificate's URI SANs (its
-// SPIFFE ID) or its common name. Serve it over TLS that verifies client
-// certificates; without one the request fails invalid_client.
+// SPIFFE ID); the common name is not an identity and is never accepted.
+// Serve it over TLS that verifies client certificates; without one the
+// request fails invalid_client.
 type TokenEndpoint struct {
 	Issuer   *Issuer
 	Audience string
@@ -21,6 +24,11 @@ type TokenEndpoint struct {
 	Lifetime time.Duration
 	// Roles are given to every token.
 	Roles []string
+	// Scopes are the scopes a client may ask for (the scope parameter);
+	// they reach the authorization policies, so a request asking for one
+	// outside this list fails invalid_scope. Empty: no scope is granted,
+	// and a request asking for any fails.
+	Scopes []string
 }
 
 // ServeHTTP answers POST application/x-www-form-urlencoded token requests.
@@ -50,21 +58,24 @@ func (e *TokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cert := r.TLS.VerifiedChains[0][0]
-	named := cert.Subject.CommonName == id
+	named := false
 	for _, u := range cert.URIs {
 		named = named || u.String() == id
 	}
 	if !named {
-		tokenError(w, http.StatusUnauthorized, "invalid_client", "client_id does not name the client certificate")
+		tokenError(w, http.StatusUnauthorized, "invalid_client", "client_id is not a URI SAN (SPIFFE ID) of the client certificate")
 		return
+	}
+	scopes := strings.Fields(r.PostForm.Get("scope"))
+	for _, s := range scopes {
+		if !slices.Contains(e.Scopes, s) {
+			tokenError(w, http.StatusBadRequest, "invalid_scope", "scope "+strconv.Quote(s)+" is not granted by this endpoint")
+			return
+		}
 	}
 	life := e.Lifetime
 	if life == 0 {
 		life = DefaultLifetime
-	}
-	var scopes []string
-	if s := strings.TrimSpace(r.PostForm.Get("scope")); s != "" {
-		scopes = strings.Fields(s)
 	}
 	tok, err := e.Issuer.Mint(TokenRequest{Subject: id, Audience: e.Audience, Roles: e.Roles, Scopes: scopes, Lifetime: life, BindTo: cert})
 	if err != nil {

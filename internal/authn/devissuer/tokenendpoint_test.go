@@ -33,10 +33,15 @@ func TestTokenEndpoint(t *testing.T) {
 	cliPair, _ := ca.IssueClient("payments", id, time.Hour)
 	cliCert, _ := cliPair.TLSCertificate()
 
-	srv := httptest.NewUnstartedServer(&TokenEndpoint{Issuer: iss, Audience: "tresor", Lifetime: 2 * time.Minute, Roles: []string{"app"}})
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{srvCert}, ClientCAs: ca.Pool(), ClientAuth: tls.VerifyClientCertIfGiven}
-	srv.StartTLS()
-	defer srv.Close()
+	serve := func(e *TokenEndpoint) *httptest.Server {
+		srv := httptest.NewUnstartedServer(e)
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{srvCert}, ClientCAs: ca.Pool(), ClientAuth: tls.VerifyClientCertIfGiven}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	scoped := serve(&TokenEndpoint{Issuer: iss, Audience: "tresor", Lifetime: 2 * time.Minute, Roles: []string{"app"}, Scopes: []string{"encrypt", "decrypt", "reveal"}})
+	unscoped := serve(&TokenEndpoint{Issuer: iss, Audience: "tresor", Lifetime: 2 * time.Minute, Roles: []string{"app"}})
 	client := func(withCert bool) *http.Client {
 		cfg := &tls.Config{RootCAs: ca.Pool()}
 		if withCert {
@@ -52,26 +57,33 @@ func TestTokenEndpoint(t *testing.T) {
 		return v
 	}
 	tests := []struct {
-		name     string
-		method   string
-		cert     bool
-		body     url.Values
-		basic    bool
-		code     int
-		errField string
+		name      string
+		srv       *httptest.Server
+		method    string
+		cert      bool
+		body      url.Values
+		basic     bool
+		code      int
+		errField  string
+		wantScope string
 	}{
-		{"granted", http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "scope", "encrypt decrypt"), false, 200, ""},
-		{"GET", http.MethodGet, true, nil, false, 405, "invalid_request"},
-		{"other grant", http.MethodPost, true, form("grant_type", "password", "client_id", id), false, 400, "unsupported_grant_type"},
-		{"no certificate", http.MethodPost, false, form("grant_type", "client_credentials", "client_id", id), false, 401, "invalid_client"},
-		{"another client_id", http.MethodPost, true, form("grant_type", "client_credentials", "client_id", "spiffe://bank.example/other"), false, 401, "invalid_client"},
-		{"no client_id", http.MethodPost, true, form("grant_type", "client_credentials"), false, 401, "invalid_client"},
-		{"a secret", http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "client_secret", "hunter2"), false, 401, "invalid_client"},
-		{"basic auth", http.MethodPost, true, form("grant_type", "client_credentials"), true, 401, "invalid_client"},
+		{"granted", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "scope", "encrypt decrypt"), false, 200, "", "encrypt decrypt"},
+		{"granted without a scope", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id), false, 200, "", ""},
+		{"no allow-list, no scope asked", unscoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id), false, 200, "", ""},
+		{"a scope outside the allow-list", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "scope", "encrypt admin"), false, 400, "invalid_scope", ""},
+		{"any scope without an allow-list", unscoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "scope", "encrypt"), false, 400, "invalid_scope", ""},
+		{"common name as client_id", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", "payments"), false, 401, "invalid_client", ""},
+		{"GET", scoped, http.MethodGet, true, nil, false, 405, "invalid_request", ""},
+		{"other grant", scoped, http.MethodPost, true, form("grant_type", "password", "client_id", id), false, 400, "unsupported_grant_type", ""},
+		{"no certificate", scoped, http.MethodPost, false, form("grant_type", "client_credentials", "client_id", id), false, 401, "invalid_client", ""},
+		{"another client_id", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", "spiffe://bank.example/other"), false, 401, "invalid_client", ""},
+		{"no client_id", scoped, http.MethodPost, true, form("grant_type", "client_credentials"), false, 401, "invalid_client", ""},
+		{"a secret", scoped, http.MethodPost, true, form("grant_type", "client_credentials", "client_id", id, "client_secret", "hunter2"), false, 401, "invalid_client", ""},
+		{"basic auth", scoped, http.MethodPost, true, form("grant_type", "client_credentials"), true, 401, "invalid_client", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tt.method, srv.URL+"/token", strings.NewReader(tt.body.Encode()))
+			req, _ := http.NewRequest(tt.method, tt.srv.URL+"/token", strings.NewReader(tt.body.Encode()))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			if tt.basic {
 				req.SetBasicAuth(id, "hunter2")
@@ -124,9 +136,9 @@ func TestTokenEndpoint(t *testing.T) {
 				t.Fatal(err)
 			}
 			sum := sha256.Sum256(cliCert.Certificate[0])
-			if claims.Sub != id || claims.Aud != "tresor" || claims.Scope != "encrypt decrypt" || len(claims.Roles) != 1 ||
+			if claims.Sub != id || claims.Aud != "tresor" || claims.Scope != tt.wantScope || len(claims.Roles) != 1 ||
 				claims.Cnf["x5t#S256"] != base64.RawURLEncoding.EncodeToString(sum[:]) {
-				t.Errorf("claims = %+v, want sub %s, aud tresor, the scopes, roles [app], bound to the client certificate", claims, id)
+				t.Errorf("claims = %+v, want sub %s, aud tresor, scope %q, roles [app], bound to the client certificate", claims, id, tt.wantScope)
 			}
 		})
 	}
