@@ -95,7 +95,7 @@ func BenchmarkLocalDecrypt1KiB(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := l.Decrypt(ctx, msg, aad); err != nil {
+			if _, err := e.Decrypt(ctx, msg, aad); err != nil {
 				b.Fatal(err)
 			}
 		}

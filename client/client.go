@@ -25,10 +25,19 @@ type Config struct {
 	// Required; see TLSFromFiles.
 	TLS *tls.Config
 	// Tokens gives the access token sent with every call: ClientCredentials
-	// for OAuth 2.0 client credentials, or any oauth2.TokenSource. Tokens
-	// are cached and refreshed a minute (RefreshBefore) before they expire,
-	// and once after the server answers UNAUTHENTICATED. Required unless
-	// the server runs without tokens.
+	// for OAuth 2.0 client credentials, or any oauth2.TokenSource. The
+	// Client caches the tokens itself, and asks the source for a new one a
+	// minute (RefreshBefore) before the cached one expires, and once after
+	// the server answers UNAUTHENTICATED: so the source should fetch a new
+	// token on every call of its Token method. A source that caches
+	// (oauth2.ReuseTokenSource, the TokenSource method of
+	// clientcredentials.Config) hands back the token the Client is
+	// replacing, which defeats both. One fetch is in flight at a time;
+	// calls waiting for it give up when their context ends. A token
+	// endpoint that cannot be reached or answers 5xx fails the call with
+	// UNAVAILABLE (retried as Retry says); one that refuses the client
+	// (4xx) fails it with UNAUTHENTICATED. Required unless the server runs
+	// without tokens.
 	Tokens oauth2.TokenSource
 	// RefreshBefore is how long before its expiry a token is replaced;
 	// zero means one minute.
@@ -36,7 +45,7 @@ type Config struct {
 	// Timeout bounds each call whose context has no deadline; zero means
 	// 30 seconds. Retries happen within it.
 	Timeout time.Duration
-	// Retry governs retries of UNAVAILABLE.
+	// Retry governs retries of UNAVAILABLE, for the calls safe to repeat.
 	Retry RetryPolicy
 	// DialOptions are added to the gRPC client's options (interceptors
 	// of the caller's own, a load-balancing config, ...).
@@ -45,8 +54,22 @@ type Config struct {
 
 // RetryPolicy governs how calls that fail with UNAVAILABLE are retried:
 // with exponential backoff and full jitter, within the call's deadline.
-// No other code is retried, and calls that change state when repeated
-// (RotateKey, RotateRootKey) are never retried.
+// No other code is retried.
+//
+// UNAVAILABLE does not prove that the server did nothing (it withholds the
+// result of a call it ran when its audit log cannot record it; a
+// connection may drop after the server acted), so only the calls that are
+// safe to repeat are retried: GetKey, ListKeys, Encrypt, Decrypt,
+// ReEncrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
+// BatchEncrypt, BatchDecrypt, GetRootKeyRotation, VerifyAudit,
+// QueryAudit, GetSchema, ListSchemas, ListSchemaVersions, ProtectDocument
+// and RevealDocument. A repetition of one of those changes no state; it
+// counts again against rate limits and decrypt budgets, and is audited
+// again. Calls that change state (CreateKey, UpdateKey, RotateKey,
+// DisableKey, EnableKey, ScheduleKeyDeletion, CancelKeyDeletion,
+// RotateRootKey, PutSchema) are tried once: on ErrUnavailable, read the
+// state back (GetKey, GetSchema, GetRootKeyRotation) before trying again.
+// Streams are never retried.
 type RetryPolicy struct {
 	// MaxAttempts counts the first attempt; zero means 4, one disables
 	// retries.

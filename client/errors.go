@@ -8,10 +8,28 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Sentinel errors. Every error a Client method returns for a failed call
-// matches exactly one of the code sentinels with errors.Is (and
-// ErrDecryptionFailed as well, for a failed decryption), and keeps its gRPC
-// status for status.FromError.
+// Sentinel errors, matched with errors.Is.
+//
+// Every error a Client method returns for a failed call is an *Error that
+// keeps its gRPC status (for status.FromError) and matches exactly one of
+// the code sentinels ErrInvalidArgument to ErrInternal, the one for its
+// code (OUT_OF_RANGE matches ErrInvalidArgument, codes without a sentinel
+// of their own ErrInternal). The one exception is the server's opaque
+// decryption failure, an INVALID_ARGUMENT "decryption failed": it matches
+// both ErrDecryptionFailed and ErrInvalidArgument.
+//
+// Local decryption (Encryptor.Decrypt and DecryptStream) returns exactly
+// ErrDecryptionFailed, and nothing else, for anything that does not open,
+// including a data key tresor refuses to unwrap as not decrypting (its
+// INVALID_ARGUMENT or NOT_FOUND); other failures to unwrap (PERMISSION_DENIED,
+// UNAVAILABLE, ...) keep their *Error. A context that ends while a local
+// operation waits (for a data key another caller is fetching, between
+// stream chunks) gives an error matching ErrCanceled or
+// ErrDeadlineExceeded and the context's own error, not an *Error.
+//
+// ErrInvalidStruct and ErrSchemaMismatch are the SDK's own, from the
+// struct helpers (ProtectStruct, RevealStruct, StructSchema); they never
+// come from the server and match no code sentinel.
 var (
 	ErrInvalidArgument    = errors.New("tresor: invalid argument")
 	ErrNotFound           = errors.New("tresor: not found")
@@ -29,8 +47,9 @@ var (
 
 	// ErrDecryptionFailed is every failed decryption, remote or local: a
 	// wrong key, wrong associated data, a tampered, truncated or reordered
-	// message or stream, or bytes that are not a message at all. It never
-	// says which.
+	// message or stream, a message or stream of another key or key
+	// context than the Encryptor's, or bytes that are not a message at
+	// all. It never says which.
 	ErrDecryptionFailed = errors.New("tresor: decryption failed")
 )
 

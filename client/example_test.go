@@ -120,7 +120,7 @@ func ExampleEncryptor_Encrypt() {
 	// GenerateDataKey calls: 1
 }
 
-func ExampleLocalEncryption_Decrypt() {
+func ExampleEncryptor_Decrypt() {
 	s, stop := client.StartExampleServer()
 	defer stop()
 	ctx := context.Background()
@@ -135,7 +135,7 @@ func ExampleLocalEncryption_Decrypt() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	enc, err := writer.Encryptor("ledger", nil)
+	enc, err := writer.Encryptor("ledger", []byte("tenant=acme"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -148,14 +148,19 @@ func ExampleLocalEncryption_Decrypt() {
 		sealed = append(sealed, msg)
 	}
 
-	// ...and a reader elsewhere opens: one Decrypt of the wrapped data key
-	// the messages carry opens all of them.
+	// ...and a reader elsewhere opens, naming the key and key context it
+	// expects: one Decrypt of the wrapped data key the messages carry
+	// opens all of them.
 	reader, err := client.NewLocalEncryption(c, client.CachePolicy{})
 	if err != nil {
 		log.Fatal(err)
 	}
+	dec, err := reader.Encryptor("ledger", []byte("tenant=acme"))
+	if err != nil {
+		log.Fatal(err)
+	}
 	for i, msg := range sealed {
-		pt, err := reader.Decrypt(ctx, msg, []byte("ledger"))
+		pt, err := dec.Decrypt(ctx, msg, []byte("ledger"))
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -166,13 +171,27 @@ func ExampleLocalEncryption_Decrypt() {
 	fmt.Println("data keys unwrapped:", reader.Stats().DataKeysUnwrapped)
 
 	// Other associated data, or any change to the message, does not open.
-	_, err = reader.Decrypt(ctx, sealed[0], []byte("payroll"))
+	_, err = dec.Decrypt(ctx, sealed[0], []byte("payroll"))
 	fmt.Println("wrong associated data:", errors.Is(err, client.ErrDecryptionFailed))
+
+	// Nor does a message sealed under another key context, although the
+	// reader may unwrap its data key.
+	other, err := writer.Encryptor("ledger", []byte("tenant=mallory"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	forged, err := other.Encrypt(ctx, []byte("entry 0"), []byte("ledger"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = dec.Decrypt(ctx, forged, []byte("ledger"))
+	fmt.Println("another key context:", errors.Is(err, client.ErrDecryptionFailed))
 	// Output:
 	// entry 0
 	// entry 99
 	// data keys unwrapped: 1
 	// wrong associated data: true
+	// another key context: true
 }
 
 // Customer is a record whose tagged fields tresor protects.
@@ -324,14 +343,14 @@ func ExampleEncryptor_EncryptStream() {
 	fmt.Println("sealed", n, "bytes")
 
 	var opened bytes.Buffer
-	if _, err := local.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()), []byte("statement=2024-06")); err != nil {
+	if _, err := enc.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()), []byte("statement=2024-06")); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("opened intact:", opened.String() == statement)
 
 	// A stream cut short fails, as does one with its chunks reordered.
 	opened.Reset()
-	_, err = local.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()[:sealed.Len()-100]), []byte("statement=2024-06"))
+	_, err = enc.DecryptStream(ctx, &opened, bytes.NewReader(sealed.Bytes()[:sealed.Len()-100]), []byte("statement=2024-06"))
 	fmt.Println("truncated:", errors.Is(err, client.ErrDecryptionFailed))
 	// Output:
 	// sealed 1048545 bytes

@@ -53,7 +53,35 @@ type TestServer struct {
 
 	// Calls counts the unary calls the server answered, by full method.
 	calls *callCounter
+	// tokenEndpoint counts the token endpoint's requests.
+	tokenEndpoint *countingTokenEndpoint
 }
+
+// countingTokenEndpoint is the token endpoint, counting its requests; it
+// answers the next bogus ones with a token tresor refuses.
+type countingTokenEndpoint struct {
+	next     http.Handler
+	requests atomic.Int64
+	bogus    atomic.Int64
+}
+
+func (e *countingTokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.requests.Add(1)
+	if e.bogus.Add(-1) >= 0 {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"not-a-token","token_type":"Bearer","expires_in":3600}`)
+		return
+	}
+	e.bogus.Store(0)
+	e.next.ServeHTTP(w, r)
+}
+
+// TokenRequests is the number of requests the token endpoint received.
+func (s *TestServer) TokenRequests() int64 { return s.tokenEndpoint.requests.Load() }
+
+// RefuseNextTokens makes the token endpoint answer its next n requests
+// with an access token tresor refuses.
+func (s *TestServer) RefuseNextTokens(n int64) { s.tokenEndpoint.bogus.Store(n) }
 
 type callCounter struct {
 	mu       sync.Mutex
@@ -203,8 +231,9 @@ func StartTestServer(tb testing.TB) *TestServer {
 	}
 	tokTLS := srvTLS.Clone()
 	tokTLS.ClientAuth = tls.VerifyClientCertIfGiven
+	s.tokenEndpoint = &countingTokenEndpoint{next: &devissuer.TokenEndpoint{Issuer: iss, Audience: testAudience}}
 	hs := &http.Server{
-		Handler:           &devissuer.TokenEndpoint{Issuer: iss, Audience: testAudience},
+		Handler:           s.tokenEndpoint,
 		TLSConfig:         tokTLS,
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -37,14 +38,17 @@ import (
 // key from the key name and key context (deterministic, so that seeds
 // stay valid from run to run) and wraps it as "tresor:v1:" and the
 // unpadded base64url of nonce || AES-256-GCM(master key, data key, key
-// context). Decrypt opens that, failing as the server does. The base64
-// is deliberately not strict: two strings may wrap one data key, as a
+// context). Decrypt opens that, failing as the server does, and names
+// the key GenerateDataKey was given, as the server does. The base64 is
+// deliberately not strict: two strings may wrap one data key, as a
 // header's bytes are authenticated whatever the unwrapping accepts.
 type fuzzKMS struct {
 	master []byte
 	aead   cipher.AEAD
 	// fail, when set, is every Decrypt's error.
 	fail error
+	// names maps each data key generated to its key's name.
+	names sync.Map
 
 	generated, decrypted atomic.Int64
 }
@@ -66,6 +70,7 @@ func (k *fuzzKMS) GenerateDataKey(_ context.Context, req *tresorv1.GenerateDataK
 	mac.Write([]byte{0})
 	mac.Write(req.GetAssociatedData())
 	dk := mac.Sum(nil)
+	k.names.Store(string(dk), req.GetKey())
 	n := sha256.Sum256(dk)
 	nonce := n[:nonceLen:nonceLen]
 	wrapped := k.aead.Seal(nonce, nonce, dk, req.GetAssociatedData())
@@ -94,7 +99,9 @@ func (k *fuzzKMS) Decrypt(_ context.Context, req *tresorv1.DecryptRequest) (*tre
 	if err != nil {
 		return nil, refused
 	}
-	return &tresorv1.DecryptResponse{Plaintext: pt, Key: "fuzz", KeyVersion: 1}, nil
+	name, _ := k.names.Load(string(pt))
+	key, _ := name.(string)
+	return &tresorv1.DecryptResponse{Plaintext: pt, Key: key, KeyVersion: 1}, nil
 }
 
 // newFuzzLocal is local encryption against a fuzzKMS.
@@ -108,13 +115,41 @@ func newFuzzLocal(tb testing.TB, policy CachePolicy) (*LocalEncryption, *fuzzKMS
 	return l, kms
 }
 
-// fuzzSeed is an input and, for a valid one, its plaintext.
+// fuzzSeed is an input and, for a valid one, its plaintext and the key
+// and key context of the only Encryptor that opens it.
 type fuzzSeed struct {
-	name     string
-	in, aad  []byte
-	want     []byte // nil: must fail
-	op, i, j uint16 // FuzzDecryptStream's edit
+	name       string
+	in, aad    []byte
+	want       []byte // nil: must fail
+	key        string
+	keyContext []byte
+	op, i, j   uint16 // FuzzDecryptStream's edit
 }
+
+// fuzzReaders are the Encryptors the fuzz targets open every input with:
+// each opens only the valid inputs of its key and key context.
+func fuzzReaders(tb testing.TB, l *LocalEncryption) []*Encryptor {
+	tb.Helper()
+	var out []*Encryptor
+	for _, r := range []struct {
+		key        string
+		keyContext []byte
+	}{
+		{"payments", nil},
+		{"payments", []byte("tenant=7")},
+		{"cards", fuzzLongContext},
+	} {
+		e, err := l.Encryptor(r.key, r.keyContext)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// fuzzLongContext is the longest key context.
+var fuzzLongContext = bytes.Repeat([]byte("c"), maxKeyContext)
 
 // fuzzPattern is n bytes of a fixed pattern.
 func fuzzPattern(n int) []byte {
@@ -147,12 +182,16 @@ func fuzzMessage(tb testing.TB, kms *fuzzKMS, key string, keyContext, pt, aad []
 // given to Decrypt (which must fail).
 func fuzzMessages(tb testing.TB, kms *fuzzKMS, streams []fuzzSeed) []fuzzSeed {
 	tb.Helper()
-	long := bytes.Repeat([]byte("c"), maxKeyContext)
+	long := fuzzLongContext
 	seeds := []fuzzSeed{
-		{name: "empty", in: fuzzMessage(tb, kms, "payments", nil, []byte{}, nil, 1), want: []byte{}},
-		{name: "short", in: fuzzMessage(tb, kms, "payments", nil, []byte("x"), nil, 2), want: []byte("x")},
-		{name: "aad", in: fuzzMessage(tb, kms, "payments", []byte("tenant=7"), fuzzPattern(100), []byte("row 12"), 3), aad: []byte("row 12"), want: fuzzPattern(100)},
-		{name: "long context", in: fuzzMessage(tb, kms, "cards", long, fuzzPattern(33), nil, 4), want: fuzzPattern(33)},
+		{name: "empty", in: fuzzMessage(tb, kms, "payments", nil, []byte{}, nil, 1), want: []byte{}, key: "payments"},
+		{name: "short", in: fuzzMessage(tb, kms, "payments", nil, []byte("x"), nil, 2), want: []byte("x"), key: "payments"},
+		{name: "aad", in: fuzzMessage(tb, kms, "payments", []byte("tenant=7"), fuzzPattern(100), []byte("row 12"), 3), aad: []byte("row 12"), want: fuzzPattern(100), key: "payments", keyContext: []byte("tenant=7")},
+		{name: "long context", in: fuzzMessage(tb, kms, "cards", long, fuzzPattern(33), nil, 4), want: fuzzPattern(33), key: "cards", keyContext: long},
+		// Valid messages no reader may open: another key, another key
+		// context.
+		{name: "other key", in: fuzzMessage(tb, kms, "other", []byte("tenant=7"), fuzzPattern(10), nil, 5), want: fuzzPattern(10), key: "other", keyContext: []byte("tenant=7")},
+		{name: "other context", in: fuzzMessage(tb, kms, "payments", []byte("tenant=8"), fuzzPattern(10), nil, 6), want: fuzzPattern(10), key: "payments", keyContext: []byte("tenant=8")},
 	}
 	for _, s := range seeds[:3] {
 		// The same with another aad, and cut to its header.
@@ -205,7 +244,7 @@ func fuzzStreams(tb testing.TB, l *LocalEncryption) []fuzzSeed {
 		{"two and a bit", 2*streamMinChunk + 100, []byte("aad")},
 	} {
 		pt := fuzzPattern(c.size)
-		seeds = append(seeds, fuzzSeed{name: c.name, in: seal("payments", []byte("tenant=7"), pt, c.aad), aad: c.aad, want: pt})
+		seeds = append(seeds, fuzzSeed{name: c.name, in: seal("payments", []byte("tenant=7"), pt, c.aad), aad: c.aad, want: pt, key: "payments", keyContext: []byte("tenant=7")})
 	}
 	last := seeds[len(seeds)-1]
 	for _, op := range []struct {
@@ -220,7 +259,7 @@ func fuzzStreams(tb testing.TB, l *LocalEncryption) []fuzzSeed {
 		{"trailing", fuzzOpTrail, 0, 7},
 		{"one byte reads", fuzzOpOneByte, 0, 0},
 	} {
-		seeds = append(seeds, fuzzSeed{name: op.name, in: last.in, aad: last.aad, want: last.want, op: op.op, i: op.i, j: op.j})
+		seeds = append(seeds, fuzzSeed{name: op.name, in: last.in, aad: last.aad, want: last.want, key: last.key, keyContext: last.keyContext, op: op.op, i: op.i, j: op.j})
 	}
 	return seeds
 }
@@ -264,8 +303,8 @@ func fuzzEdit(b []byte, op, i, j uint16) []byte {
 	return append(bytes.Clone(prefix), bytes.Join(chunks, nil)...)
 }
 
-// fuzzRegistry maps input and aad to the plaintext of the valid inputs.
-type fuzzRegistry map[[2]string][]byte
+// fuzzRegistry maps input and aad to the valid inputs' seeds.
+type fuzzRegistry map[[2]string]fuzzSeed
 
 func newFuzzRegistry(seeds []fuzzSeed, edit bool) fuzzRegistry {
 	r := fuzzRegistry{}
@@ -275,15 +314,20 @@ func newFuzzRegistry(seeds []fuzzSeed, edit bool) fuzzRegistry {
 			in = fuzzEdit(in, s.op, s.i, s.j)
 		}
 		if s.want != nil && (!edit || s.op&7 == 0) {
-			r[[2]string{string(in), string(s.aad)}] = s.want
+			r[[2]string{string(in), string(s.aad)}] = s
 		}
 	}
 	return r
 }
 
-func (r fuzzRegistry) lookup(in, aad []byte) ([]byte, bool) {
-	pt, ok := r[[2]string{string(in), string(aad)}]
-	return pt, ok
+// lookup returns the plaintext of in with aad for reader e, if it is
+// valid and of e's key and key context.
+func (r fuzzRegistry) lookup(e *Encryptor, in, aad []byte) ([]byte, bool) {
+	s, ok := r[[2]string{string(in), string(aad)}]
+	if !ok || s.key != e.key || !bytes.Equal(s.keyContext, e.keyContext) {
+		return nil, false
+	}
+	return s.want, true
 }
 
 // FuzzParseHeader: parseHeader on any bytes. What parses re-encodes to
@@ -388,9 +432,10 @@ func fuzzHeaderSeeds(tb testing.TB) []fuzzSeed {
 	}
 }
 
-// FuzzDecrypt: Decrypt of any bytes with any aad fails with exactly
-// ErrDecryptionFailed, unless they are a valid message with its aad, which
-// opens to exactly its plaintext.
+// FuzzDecrypt: Decrypt of any bytes with any aad, by Encryptors of three
+// keys and key contexts, fails with exactly ErrDecryptionFailed, unless
+// they are a valid message with its aad, of the Encryptor's key and key
+// context, which opens to exactly its plaintext.
 func FuzzDecrypt(f *testing.F) {
 	l, kms := newFuzzLocal(f, CachePolicy{})
 	seeds := fuzzMessages(f, kms, fuzzStreams(f, l))
@@ -398,28 +443,33 @@ func FuzzDecrypt(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.in, s.aad)
 	}
+	readers := fuzzReaders(f, l)
 	ctx := context.Background()
 	f.Fuzz(func(t *testing.T, msg, aad []byte) {
 		in := bytes.Clone(msg)
-		pt, err := l.Decrypt(ctx, msg, aad)
-		if !bytes.Equal(msg, in) {
-			t.Fatalf("Decrypt(%x) modified its input", in)
-		}
-		want, ok := valid.lookup(msg, aad)
-		switch {
-		case ok && (err != nil || !bytes.Equal(pt, want)):
-			t.Fatalf("Decrypt(valid %x, %q) = %d bytes, %v, want its %d bytes, nil", msg, aad, len(pt), err, len(want))
-		case !ok && (err != ErrDecryptionFailed || pt != nil):
-			t.Fatalf("Decrypt(%x, %q) = %d bytes, %v, want nil, exactly ErrDecryptionFailed", msg, aad, len(pt), err)
+		for _, e := range readers {
+			pt, err := e.Decrypt(ctx, msg, aad)
+			if !bytes.Equal(msg, in) {
+				t.Fatalf("Decrypt(%x) modified its input", in)
+			}
+			want, ok := valid.lookup(e, msg, aad)
+			switch {
+			case ok && (err != nil || !bytes.Equal(pt, want)):
+				t.Fatalf("%s/%.20q Decrypt(valid %x, %q) = %d bytes, %v, want its %d bytes, nil", e.key, e.keyContext, msg, aad, len(pt), err, len(want))
+			case !ok && (err != ErrDecryptionFailed || pt != nil):
+				t.Fatalf("%s/%.20q Decrypt(%x, %q) = %d bytes, %v, want nil, exactly ErrDecryptionFailed", e.key, e.keyContext, msg, aad, len(pt), err)
+			}
 		}
 	})
 }
 
 // FuzzDecryptStream: DecryptStream of any bytes, streams edited chunk by
 // chunk among them (truncated, reordered, dropped, repeated, extended),
-// read whole or a byte at a time, fails with exactly ErrDecryptionFailed,
-// unless they are a valid stream with its aad, which opens to exactly its
-// plaintext. The count returned is always what was written.
+// read whole or a byte at a time, by Encryptors of three keys and key
+// contexts, fails with exactly ErrDecryptionFailed, unless they are a
+// valid stream with its aad, of the Encryptor's key and key context,
+// which opens to exactly its plaintext. The count returned is always what
+// was written.
 func FuzzDecryptStream(f *testing.F) {
 	l, kms := newFuzzLocal(f, CachePolicy{})
 	streams := fuzzStreams(f, l)
@@ -430,25 +480,28 @@ func FuzzDecryptStream(f *testing.F) {
 	for _, s := range fuzzMessages(f, kms, nil) {
 		f.Add(s.in, s.aad, uint16(0), uint16(0), uint16(0))
 	}
+	readers := fuzzReaders(f, l)
 	ctx := context.Background()
 	var out bytes.Buffer
 	f.Fuzz(func(t *testing.T, stream, aad []byte, op, i, j uint16) {
 		in := fuzzEdit(stream, op, i, j)
-		var src io.Reader = bytes.NewReader(in)
-		if op&fuzzOpOneByte != 0 {
-			src = iotest.OneByteReader(src)
-		}
-		out.Reset()
-		n, err := l.DecryptStream(ctx, &out, src, aad)
-		if n != int64(out.Len()) {
-			t.Fatalf("DecryptStream(%x, %q) = %d, but wrote %d bytes", in, aad, n, out.Len())
-		}
-		want, ok := valid.lookup(in, aad)
-		switch {
-		case ok && (err != nil || !bytes.Equal(out.Bytes(), want)):
-			t.Fatalf("DecryptStream(valid %x, %q) wrote %d bytes, err = %v, want its %d bytes, nil", in, aad, out.Len(), err, len(want))
-		case !ok && err != ErrDecryptionFailed:
-			t.Fatalf("DecryptStream(%x, %q) err = %v, want exactly ErrDecryptionFailed", in, aad, err)
+		for _, e := range readers {
+			var src io.Reader = bytes.NewReader(in)
+			if op&fuzzOpOneByte != 0 {
+				src = iotest.OneByteReader(src)
+			}
+			out.Reset()
+			n, err := e.DecryptStream(ctx, &out, src, aad)
+			if n != int64(out.Len()) {
+				t.Fatalf("DecryptStream(%x, %q) = %d, but wrote %d bytes", in, aad, n, out.Len())
+			}
+			want, ok := valid.lookup(e, in, aad)
+			switch {
+			case ok && (err != nil || !bytes.Equal(out.Bytes(), want)):
+				t.Fatalf("%s/%.20q DecryptStream(valid %x, %q) wrote %d bytes, err = %v, want its %d bytes, nil", e.key, e.keyContext, in, aad, out.Len(), err, len(want))
+			case !ok && err != ErrDecryptionFailed:
+				t.Fatalf("%s/%.20q DecryptStream(%x, %q) err = %v, want exactly ErrDecryptionFailed", e.key, e.keyContext, in, aad, err)
+			}
 		}
 	})
 }

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,8 +77,15 @@ type ciphertextDecrypter interface {
 // from tresor (envelope encryption), so that large or frequent data never
 // travels to tresor: one GenerateDataKey serves many messages while the
 // CachePolicy allows, and one Decrypt of a wrapped data key opens every
-// message sealed under it. Use Encryptor to seal, Decrypt and
-// DecryptStream to open. Safe for concurrent use.
+// message sealed under it. Encryptor gives the sealer and opener for one
+// named key and key context. Safe for concurrent use.
+//
+// LocalEncryption keeps one Encryptor for every (key, key context) pair
+// it has been asked for, for as long as it lives: make one per set of
+// pairs a process uses, not one per tenant of an unbounded set. Each
+// Encryptor holds at most one data key for sealing, dropped and zeroed
+// once replaced or found expired; unwrapped data keys for opening are
+// bounded by CachePolicy.MaxOpenKeys.
 type LocalEncryption struct {
 	gen    dataKeyGenerator
 	dec    ciphertextDecrypter
@@ -108,6 +114,7 @@ func newLocalEncryption(gen dataKeyGenerator, dec ciphertextDecrypter, policy Ca
 	}
 	l := &LocalEncryption{gen: gen, dec: dec, policy: p, now: time.Now, encryptors: make(map[encryptorID]*Encryptor)}
 	l.open.keys = make(map[string]*openKey)
+	l.open.inflight = make(map[string]*unwrapCall)
 	return l, nil
 }
 
@@ -123,11 +130,18 @@ func (l *LocalEncryption) Stats() LocalStats {
 	return LocalStats{DataKeysGenerated: l.generated.Load(), DataKeysUnwrapped: l.unwrapped.Load()}
 }
 
-// Encryptor returns the sealer for the named key and key context; the
-// same one for the same pair. keyContext is associated data that tresor
-// binds to each data key (its policies and audit log see it) and that
-// every message carries in its header; per-message associated data is
-// the aad argument of Encrypt instead, and stays local.
+// Encryptor returns the sealer and opener for the named key (its id, as
+// in keys/{key}) and key context; the same one for the same pair.
+// keyContext is associated data that tresor binds to each data key (its
+// policies and audit log see it) and that every message carries in its
+// header; per-message associated data is the aad argument of Encrypt
+// and Decrypt instead, and stays local.
+//
+// The pair is what the Encryptor's Decrypt and DecryptStream accept: a
+// message whose data key another key wrapped, or that carries another
+// key context, does not open, even though the caller may unwrap its data
+// key. So a reader names what it expects, and a writer allowed to use
+// some other key cannot pass its messages off as this key's.
 func (l *LocalEncryption) Encryptor(key string, keyContext []byte) (*Encryptor, error) {
 	if len(keyContext) > maxKeyContext {
 		return nil, fmt.Errorf("client: key context of %d bytes is above %d", len(keyContext), maxKeyContext)
@@ -138,30 +152,62 @@ func (l *LocalEncryption) Encryptor(key string, keyContext []byte) (*Encryptor, 
 	if e, ok := l.encryptors[id]; ok {
 		return e, nil
 	}
-	e := &Encryptor{l: l, key: key, keyContext: bytes.Clone(keyContext)}
+	e := &Encryptor{l: l, key: key, keyContext: bytes.Clone(keyContext), lock: make(chan struct{}, 1)}
 	l.encryptors[id] = e
 	return e, nil
 }
 
-// Encryptor seals messages and streams under one named key's data keys.
+// Encryptor seals and opens messages and streams under one named key's
+// data keys and one key context. Safe for concurrent use.
 type Encryptor struct {
 	l          *LocalEncryption
 	key        string
 	keyContext []byte
 
 	cur atomic.Pointer[sealKey]
-	mu  sync.Mutex // one GenerateDataKey at a time
+	// lock is held by the one caller asking tresor for a data key; the
+	// others wait for it, or for their ctx.
+	lock chan struct{}
 }
 
 // sealKey is a data key in use for sealing: its cipher, the header every
 // message under it starts with, and what it has sealed so far.
 type sealKey struct {
 	aead     cipher.AEAD
-	raw      []byte // for stream keys; never leaves the process
 	header   []byte // the message header
 	expires  time.Time
 	messages atomic.Uint64
 	bytes    atomic.Uint64
+
+	// raw is the data key, for stream keys; never leaves the process.
+	// retire zeroes it once the Encryptor has replaced the key; a stream
+	// that finds it retired asks for the new key.
+	rawMu sync.RWMutex
+	raw   []byte
+}
+
+// errKeyRetired is a sealKey replaced between its reservation and its
+// use for a stream.
+var errKeyRetired = errors.New("client: data key retired")
+
+// streamCipher derives a stream's cipher from the data key.
+func (k *sealKey) streamCipher(prefix, aad []byte) (*streamCipher, error) {
+	k.rawMu.RLock()
+	defer k.rawMu.RUnlock()
+	if k.raw == nil {
+		return nil, errKeyRetired
+	}
+	return newStreamCipher(k.raw, prefix, aad)
+}
+
+// retire zeroes and drops the data key. Messages sealed under the key
+// already reserved still seal (their cipher keeps its own schedule);
+// streams do not.
+func (k *sealKey) retire() {
+	k.rawMu.Lock()
+	clear(k.raw)
+	k.raw = nil
+	k.rawMu.Unlock()
 }
 
 // Encrypt seals plaintext with aad into a message (see message.go). It
@@ -193,19 +239,32 @@ func messageAAD(header, aad []byte) []byte {
 }
 
 // reserve returns a data key that may seal one more message of n bytes,
-// counting it; a new one from tresor when the current one is spent.
+// counting it; a new one from tresor when the current one is spent. A
+// caller waiting for another's GenerateDataKey gives up when ctx ends.
 func (e *Encryptor) reserve(ctx context.Context, n uint64) (*sealKey, error) {
-	if k := e.cur.Load(); k != nil && k.admit(e.l, n) {
-		return k, nil
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	// Another caller may have replaced it meanwhile.
 	if k := e.cur.Load(); k != nil && k.admit(e.l, n) {
 		return k, nil
 	}
 	if n > e.l.policy.MaxBytes {
 		return nil, fmt.Errorf("client: a message of %d bytes is above CachePolicy.MaxBytes", n)
+	}
+	select {
+	case e.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, contextError(ctx)
+	}
+	defer func() { <-e.lock }()
+	// Another caller may have replaced it meanwhile.
+	old := e.cur.Load()
+	if old != nil && old.admit(e.l, n) {
+		return old, nil
+	}
+	if old != nil && !e.l.now().Before(old.expires) {
+		// Expired: it seals nothing more, whether or not tresor gives a
+		// new one now. Only the lock's holder writes cur.
+		e.cur.Store(nil)
+		old.retire()
+		old = nil
 	}
 	k, err := e.l.generate(ctx, e.key, e.keyContext)
 	if err != nil {
@@ -214,11 +273,15 @@ func (e *Encryptor) reserve(ctx context.Context, n uint64) (*sealKey, error) {
 	k.messages.Store(1)
 	k.bytes.Store(n)
 	e.cur.Store(k)
+	if old != nil {
+		old.retire()
+	}
 	return k, nil
 }
 
 // admit counts one more message of n bytes if the key's limits allow it.
-// A key refused once stays refused: its counters only grow.
+// The message count may pass MaxMessages (a refused message is counted,
+// and refused); the byte count never passes MaxBytes.
 func (k *sealKey) admit(l *LocalEncryption, n uint64) bool {
 	if !l.now().Before(k.expires) {
 		return false
@@ -226,15 +289,21 @@ func (k *sealKey) admit(l *LocalEncryption, n uint64) bool {
 	if k.messages.Add(1) > l.policy.MaxMessages {
 		return false
 	}
-	if b := k.bytes.Add(n); b > l.policy.MaxBytes || b < n {
-		k.bytes.Store(math.MaxUint64) // overflowed or over: spent for good
-		return false
+	max := l.policy.MaxBytes
+	for {
+		b := k.bytes.Load()
+		if b > max || n > max-b {
+			return false
+		}
+		if k.bytes.CompareAndSwap(b, b+n) {
+			return true
+		}
 	}
-	return true
 }
 
-// generate asks tresor for a data key and makes it the sealing key, and
-// an opening key too: messages sealed here open without a call.
+// generate asks tresor for a data key of the named key and makes it the
+// sealing key, and an opening key too: messages sealed here open without
+// a call.
 func (l *LocalEncryption) generate(ctx context.Context, key string, keyContext []byte) (*sealKey, error) {
 	resp, err := l.gen.GenerateDataKey(ctx, &tresorv1.GenerateDataKeyRequest{Key: key, AssociatedData: keyContext})
 	l.generated.Add(1)
@@ -252,11 +321,11 @@ func (l *LocalEncryption) generate(ctx context.Context, key string, keyContext [
 	now := l.now()
 	k := &sealKey{
 		aead:    aead,
-		raw:     raw,
+		raw:     bytes.Clone(raw), // retire zeroes it; the opening cache keeps raw
 		header:  appendHeader(nil, kindMessage, resp.GetCiphertext(), keyContext),
 		expires: now.Add(l.policy.MaxAge),
 	}
-	l.open.put(k.header, &openKey{aead: aead, raw: raw, expires: k.expires}, l.policy.MaxOpenKeys, now)
+	l.open.put(k.header, &openKey{aead: aead, raw: raw, keyName: key, expires: k.expires}, l.policy.MaxOpenKeys, now)
 	return k, nil
 }
 
@@ -268,16 +337,21 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// Decrypt opens a message sealed by an Encryptor, with the same aad. Any
-// failure to open, from a malformed message to a wrong aad, is
+// Decrypt opens a message sealed by an Encryptor of the same key and key
+// context, with the same aad. It opens nothing else: a message whose
+// header carries another key context, or whose data key tresor reports
+// was wrapped by another key, fails before any opening, even when the
+// caller may unwrap that data key.
+//
+// Any failure to open, from a malformed message to a wrong aad, is
 // ErrDecryptionFailed; a failure to reach tresor or a refusal keeps its
 // own error (ErrUnavailable, ErrPermissionDenied, ...).
-func (l *LocalEncryption) Decrypt(ctx context.Context, message, aad []byte) ([]byte, error) {
+func (e *Encryptor) Decrypt(ctx context.Context, message, aad []byte) ([]byte, error) {
 	h, n, err := parseHeader(message)
-	if err != nil || h.kind != kindMessage || len(message)-n < nonceLen+tagLen {
+	if err != nil || h.kind != kindMessage || len(message)-n < nonceLen+tagLen || !bytes.Equal(h.keyContext, e.keyContext) {
 		return nil, ErrDecryptionFailed
 	}
-	k, err := l.openKey(ctx, message[:n], h)
+	k, err := e.openKey(ctx, message[:n], h)
 	if err != nil {
 		return nil, err
 	}
@@ -289,15 +363,54 @@ func (l *LocalEncryption) Decrypt(ctx context.Context, message, aad []byte) ([]b
 	return pt, nil
 }
 
+// openKey returns the data key of a header whose key context the caller
+// has checked, if e's key wrapped it: else ErrDecryptionFailed.
+func (e *Encryptor) openKey(ctx context.Context, hdr []byte, h header) (*openKey, error) {
+	k, err := e.l.openKey(ctx, hdr, h)
+	if err != nil {
+		return nil, err
+	}
+	if k.keyName != e.key {
+		return nil, ErrDecryptionFailed
+	}
+	return k, nil
+}
+
 // openKey returns the data key of a header: cached, or unwrapped by
 // tresor. The cache is keyed by the whole header with the kind byte set to
 // message, so that a stream and a message under one data key share it.
+// One unwrap of a header is in flight at a time: concurrent callers wait
+// for its result, or for their ctx.
 func (l *LocalEncryption) openKey(ctx context.Context, hdr []byte, h header) (*openKey, error) {
 	id := cacheID(hdr)
-	now := l.now()
-	if k := l.open.get(id, now); k != nil {
-		return k, nil
+	for {
+		now := l.now()
+		if k := l.open.get(id, now); k != nil {
+			return k, nil
+		}
+		u, leader := l.open.join(id, now)
+		if u == nil {
+			continue // cached meanwhile
+		}
+		if leader {
+			k, err := l.unwrap(ctx, h, now)
+			l.open.finish(id, u, k, err, l.policy.MaxOpenKeys, now)
+			return k, err
+		}
+		select {
+		case <-u.done:
+		case <-ctx.Done():
+			return nil, contextError(ctx)
+		}
+		if u.err != nil && isContextFailure(u.err) && ctx.Err() == nil {
+			continue // the leader gave up on its own ctx; this caller has not
+		}
+		return u.k, u.err
 	}
+}
+
+// unwrap asks tresor for the data key of h.
+func (l *LocalEncryption) unwrap(ctx context.Context, h header, now time.Time) (*openKey, error) {
 	resp, err := l.dec.Decrypt(ctx, &tresorv1.DecryptRequest{Ciphertext: string(h.wrapped), AssociatedData: h.keyContext})
 	l.unwrapped.Add(1)
 	if err != nil {
@@ -314,9 +427,27 @@ func (l *LocalEncryption) openKey(ctx context.Context, hdr []byte, h header) (*o
 	if err != nil {
 		return nil, ErrDecryptionFailed
 	}
-	k := &openKey{aead: aead, raw: raw, expires: now.Add(l.policy.MaxAge)}
-	l.open.put(bytes.Clone(id), k, l.policy.MaxOpenKeys, now)
-	return k, nil
+	return &openKey{aead: aead, raw: raw, keyName: resp.GetKey(), expires: now.Add(l.policy.MaxAge)}, nil
+}
+
+// isContextFailure reports whether err is a call's ctx ending.
+func isContextFailure(err error) bool {
+	return errors.Is(err, ErrCanceled) || errors.Is(err, ErrDeadlineExceeded) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// contextError is nil while ctx is live, else an error matching
+// ErrCanceled or ErrDeadlineExceeded, and ctx's own error.
+func contextError(ctx context.Context) error {
+	err := ctx.Err()
+	if err == nil {
+		return nil
+	}
+	sentinel := ErrCanceled
+	if errors.Is(err, context.DeadlineExceeded) {
+		sentinel = ErrDeadlineExceeded
+	}
+	return fmt.Errorf("client: %w: %w", sentinel, err)
 }
 
 // cacheID is the opening cache's key for a header: the header itself for
@@ -330,17 +461,30 @@ func cacheID(hdr []byte) []byte {
 	return b
 }
 
-// openKey is an unwrapped data key kept for opening.
+// openKey is an unwrapped data key kept for opening, with the id of the
+// named key that wrapped it (tresor's answer to Decrypt, or the key
+// GenerateDataKey was asked for).
 type openKey struct {
 	aead    cipher.AEAD
 	raw     []byte
+	keyName string
 	expires time.Time
 }
 
-// openKeys is the opening cache: header -> data key, bounded, expiring.
+// openKeys is the opening cache: header -> data key, bounded, expiring;
+// and the unwraps in flight.
 type openKeys struct {
-	mu   sync.RWMutex
-	keys map[string]*openKey
+	mu       sync.RWMutex
+	keys     map[string]*openKey
+	inflight map[string]*unwrapCall
+}
+
+// unwrapCall is an unwrap in flight; k and err are set before done is
+// closed.
+type unwrapCall struct {
+	done chan struct{}
+	k    *openKey
+	err  error
 }
 
 func (c *openKeys) get(id []byte, now time.Time) *openKey {
@@ -353,9 +497,42 @@ func (c *openKeys) get(id []byte, now time.Time) *openKey {
 	return k
 }
 
+// join returns the unwrap in flight for id, or starts one (leader true);
+// nil if id is cached by now.
+func (c *openKeys) join(id []byte, now time.Time) (u *unwrapCall, leader bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := c.keys[string(id)]; k != nil && now.Before(k.expires) {
+		return nil, false
+	}
+	if u := c.inflight[string(id)]; u != nil {
+		return u, false
+	}
+	u = &unwrapCall{done: make(chan struct{})}
+	c.inflight[string(id)] = u
+	return u, true
+}
+
+// finish ends the unwrap u of id: caches its key, if any, and wakes its
+// waiters.
+func (c *openKeys) finish(id []byte, u *unwrapCall, k *openKey, err error, max int, now time.Time) {
+	u.k, u.err = k, err
+	c.mu.Lock()
+	if err == nil {
+		c.putLocked(id, k, max, now)
+	}
+	delete(c.inflight, string(id))
+	c.mu.Unlock()
+	close(u.done)
+}
+
 func (c *openKeys) put(hdr []byte, k *openKey, max int, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.putLocked(hdr, k, max, now)
+}
+
+func (c *openKeys) putLocked(hdr []byte, k *openKey, max int, now time.Time) {
 	if len(c.keys) >= max {
 		for id, old := range c.keys {
 			if !now.Before(old.expires) {

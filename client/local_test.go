@@ -4,11 +4,19 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
@@ -61,7 +69,11 @@ func TestLocalRoundTrip(t *testing.T) {
 			if len(tt.plaintext) > 8 && bytes.Contains(msg, tt.plaintext) {
 				t.Errorf("Encrypt() output holds the plaintext")
 			}
-			for name, opener := range map[string]*LocalEncryption{"same": l, "fresh": fresh} {
+			for name, local := range map[string]*LocalEncryption{"same": l, "fresh": fresh} {
+				opener, err := local.Encryptor("payments", tt.keyContext)
+				if err != nil {
+					t.Fatal(err)
+				}
 				got, err := opener.Decrypt(ctx, msg, tt.aad)
 				if err != nil || !bytes.Equal(got, tt.plaintext) {
 					t.Errorf("%s Decrypt() = %d bytes, %v; want the %d bytes sealed", name, len(got), err, len(tt.plaintext))
@@ -135,7 +147,11 @@ func TestLocalDecryptFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for name, opener := range map[string]*LocalEncryption{"cached": l, "fresh": fresh} {
+			for name, local := range map[string]*LocalEncryption{"cached": l, "fresh": fresh} {
+				opener, err := local.Encryptor("payments", []byte("ctx"))
+				if err != nil {
+					t.Fatal(err)
+				}
 				got, err := opener.Decrypt(ctx, tt.msg, tt.aad)
 				if !errors.Is(err, ErrDecryptionFailed) || got != nil {
 					t.Errorf("%s Decrypt() = %q, %v; want nil, ErrDecryptionFailed", name, got, err)
@@ -150,7 +166,11 @@ func TestLocalDecryptFailures(t *testing.T) {
 	t.Run("wrapped key", func(t *testing.T) {
 		b := bytes.Clone(msg)
 		b[fixedHeaderLen+len(wrappedKeyPrefix)+5] ^= 1
-		if _, err := fresh.Decrypt(ctx, b, []byte("aad")); !errors.Is(err, ErrDecryptionFailed) {
+		fe, err := fresh.Encryptor("payments", []byte("ctx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fe.Decrypt(ctx, b, []byte("aad")); !errors.Is(err, ErrDecryptionFailed) {
 			t.Errorf("Decrypt() err = %v, want ErrDecryptionFailed", err)
 		}
 	})
@@ -166,7 +186,11 @@ func TestLocalDecryptFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ol.Decrypt(ctx, msg, []byte("aad")); !errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrDecryptionFailed) {
+		oe, err := ol.Encryptor("payments", []byte("ctx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := oe.Decrypt(ctx, msg, []byte("aad")); !errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrDecryptionFailed) {
 			t.Errorf("Decrypt() by a stranger err = %v, want ErrPermissionDenied", err)
 		}
 	})
@@ -273,7 +297,11 @@ func TestCallsPer10000Messages(t *testing.T) {
 		}
 	}
 	sealCalls := s.TotalCalls() - before
-	opener, err := NewLocalEncryption(c, CachePolicy{})
+	reader, err := NewLocalEncryption(c, CachePolicy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opener, err := reader.Encryptor("payments", []byte("tenant=acme"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +341,7 @@ func TestLocalConcurrent(t *testing.T) {
 					errs <- err
 					return
 				}
-				got, err := l.Decrypt(ctx, msg, nil)
+				got, err := e.Decrypt(ctx, msg, nil)
 				if err != nil || !bytes.Equal(got, pt) {
 					errs <- errors.Join(errors.New("round trip failed"), err)
 					return
@@ -337,5 +365,464 @@ func TestLocalConcurrent(t *testing.T) {
 	}
 	if got, min := l.Stats().DataKeysGenerated, uint64(workers*each/100); got < min || int(got) != len(perKey) {
 		t.Errorf("DataKeysGenerated = %d for %d keys seen, want %d keys or more, one call each", got, len(perKey), min)
+	}
+}
+
+// forgeMessage builds a well-formed message by hand around a data key
+// the caller chose and had tresor wrap: what any caller allowed to
+// Encrypt under some key can make.
+func forgeMessage(t *testing.T, wrapped string, keyContext, dataKey, pt, aad []byte) []byte {
+	t.Helper()
+	hdr := appendHeader(nil, kindMessage, wrapped, keyContext)
+	aead, err := newGCM(dataKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := make([]byte, nonceLen)
+	rand.Read(nonce)
+	return aead.Seal(append(bytes.Clone(hdr), nonce...), nonce, pt, messageAAD(hdr, aad))
+}
+
+// forgeStream is forgeMessage for a stream of one chunk.
+func forgeStream(t *testing.T, wrapped string, keyContext, dataKey, pt, aad []byte) []byte {
+	t.Helper()
+	prefix := appendHeader(nil, kindStream, wrapped, keyContext)
+	prefix = binary.BigEndian.AppendUint32(prefix, streamMinChunk)
+	salt := make([]byte, streamSaltLen)
+	rand.Read(salt)
+	prefix = append(prefix, salt...)
+	sc, err := newStreamCipher(dataKey, prefix, aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := sc.seal(nil, pt, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(prefix, ct...)
+}
+
+// TestLocalForgedMessages: a caller who may Encrypt under a key the
+// reader may decrypt wraps a data key of its own choosing, under another
+// key or another key context, and builds messages and streams around it.
+// The reader's Encryptor("payments", "tenant=acme") opens none of them,
+// whether or not its cache already holds that data key.
+func TestLocalForgedMessages(t *testing.T) {
+	s, c, l := localSetup(t, CachePolicy{})
+	ctx := context.Background()
+	if _, err := c.CreateKey(ctx, createKey("other")); err != nil {
+		t.Fatal(err)
+	}
+	acme, mallory := []byte("tenant=acme"), []byte("tenant=mallory")
+	pt, aad := []byte("pay mallory 1,000,000 EUR"), []byte("txn-1")
+	decrypts := func() int64 { return s.Calls(tresorv1.CryptoService_Decrypt_FullMethodName) }
+	tests := []struct {
+		name       string
+		key        string // what the attacker had its data key wrapped under
+		keyContext []byte
+	}{
+		{"wrapped by another key", "other", acme},
+		{"wrapped under another key context", "payments", mallory},
+		{"wrapped by another key under another key context", "other", mallory},
+	}
+	for _, tt := range tests {
+		dataKey := make([]byte, dataKeyLen)
+		rand.Read(dataKey)
+		enc, err := c.Encrypt(ctx, &tresorv1.EncryptRequest{Key: tt.key, Plaintext: dataKey, AssociatedData: tt.keyContext})
+		if err != nil {
+			t.Fatalf("Encrypt() err = %v", err)
+		}
+		msg := forgeMessage(t, enc.GetCiphertext(), tt.keyContext, dataKey, pt, aad)
+		stream := forgeStream(t, enc.GetCiphertext(), tt.keyContext, dataKey, pt, aad)
+		for _, warm := range []bool{false, true} {
+			name := tt.name
+			if warm {
+				name += ", data key cached"
+			}
+			t.Run(name, func(t *testing.T) {
+				local, err := NewLocalEncryption(c, CachePolicy{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The forgery is well formed: an Encryptor of the key and
+				// key context it was made under opens it.
+				if warm {
+					own, _ := local.Encryptor(tt.key, tt.keyContext)
+					if got, err := own.Decrypt(ctx, msg, aad); err != nil || !bytes.Equal(got, pt) {
+						t.Fatalf("Encryptor(%s, %s).Decrypt(forged) = %q, %v; want it to open", tt.key, tt.keyContext, got, err)
+					}
+				}
+				reader, _ := local.Encryptor("payments", acme)
+				before := decrypts()
+				if got, err := reader.Decrypt(ctx, msg, aad); err != ErrDecryptionFailed || got != nil {
+					t.Errorf("reader Decrypt(forged message) = %q, %v; want nil, ErrDecryptionFailed", got, err)
+				}
+				var out bytes.Buffer
+				if n, err := reader.DecryptStream(ctx, &out, bytes.NewReader(stream), aad); err != ErrDecryptionFailed || n != 0 || out.Len() != 0 {
+					t.Errorf("reader DecryptStream(forged stream) = %d, %v and wrote %d bytes; want 0, ErrDecryptionFailed, nothing", n, err, out.Len())
+				}
+				if !bytes.Equal(tt.keyContext, acme) && decrypts() != before {
+					t.Errorf("another key context cost %d Decrypt calls, want none", decrypts()-before)
+				}
+			})
+		}
+	}
+	t.Run("genuine message", func(t *testing.T) {
+		w, _ := l.Encryptor("payments", acme)
+		msg, err := w.Encrypt(ctx, pt, aad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, _ := NewLocalEncryption(c, CachePolicy{})
+		reader, _ := local.Encryptor("payments", acme)
+		if got, err := reader.Decrypt(ctx, msg, aad); err != nil || !bytes.Equal(got, pt) {
+			t.Errorf("reader Decrypt(genuine) = %q, %v; want it to open", got, err)
+		}
+	})
+}
+
+// TestSealKeyAdmitConcurrent: however many callers race, a data key
+// seals exactly the messages and bytes its limits allow.
+func TestSealKeyAdmitConcurrent(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy CachePolicy
+		size   uint64
+		want   uint64 // messages admitted
+	}{
+		{"bytes, 1-byte messages", CachePolicy{MaxMessages: 1 << 32, MaxBytes: 1000}, 1, 1000},
+		{"bytes, 7-byte messages", CachePolicy{MaxMessages: 1 << 32, MaxBytes: 1000}, 7, 142},
+		{"bytes, 300-byte messages", CachePolicy{MaxMessages: 1 << 32, MaxBytes: 1000}, 300, 3},
+		{"messages", CachePolicy{MaxMessages: 100, MaxBytes: 1 << 40}, 0, 100},
+		{"bytes near 2^64", CachePolicy{MaxMessages: 1 << 32, MaxBytes: math.MaxUint64 - 1}, 1 << 62, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &LocalEncryption{policy: tt.policy, now: time.Now}
+			for range 20 {
+				k := &sealKey{expires: time.Now().Add(time.Hour)}
+				var admitted atomic.Uint64
+				var wg sync.WaitGroup
+				for range 8 {
+					wg.Go(func() {
+						for range 2000 {
+							if k.admit(l, tt.size) {
+								admitted.Add(1)
+							}
+						}
+					})
+				}
+				wg.Wait()
+				if got := admitted.Load(); got != tt.want {
+					t.Fatalf("admitted %d messages of %d bytes, want %d", got, tt.size, tt.want)
+				}
+				if b := k.bytes.Load(); b != tt.want*tt.size {
+					t.Fatalf("bytes counted = %d, want %d", b, tt.want*tt.size)
+				}
+			}
+		})
+	}
+}
+
+// hookKMS is a fuzzKMS whose calls may wait at a gate (until it is
+// closed, or their ctx ends, as a real call would) and whose
+// GenerateDataKey may fail.
+type hookKMS struct {
+	*fuzzKMS
+	genErr           error
+	genGate, decGate chan struct{}
+	entered          chan string // each call's method, as it starts waiting
+}
+
+func newHookLocal(t *testing.T, policy CachePolicy) (*LocalEncryption, *hookKMS) {
+	t.Helper()
+	kms := &hookKMS{fuzzKMS: newFuzzKMS(t), entered: make(chan string, 100)}
+	l, err := newLocalEncryption(kms, kms, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, kms
+}
+
+func (k *hookKMS) wait(ctx context.Context, gate chan struct{}, method string) error {
+	if gate == nil {
+		return nil
+	}
+	k.entered <- method
+	select {
+	case <-gate:
+		return nil
+	case <-ctx.Done():
+		return callError(method, status.FromContextError(ctx.Err()).Err())
+	}
+}
+
+func (k *hookKMS) GenerateDataKey(ctx context.Context, req *tresorv1.GenerateDataKeyRequest) (*tresorv1.GenerateDataKeyResponse, error) {
+	if err := k.wait(ctx, k.genGate, tresorv1.CryptoService_GenerateDataKey_FullMethodName); err != nil {
+		return nil, err
+	}
+	if k.genErr != nil {
+		return nil, k.genErr
+	}
+	return k.fuzzKMS.GenerateDataKey(ctx, req)
+}
+
+func (k *hookKMS) Decrypt(ctx context.Context, req *tresorv1.DecryptRequest) (*tresorv1.DecryptResponse, error) {
+	if err := k.wait(ctx, k.decGate, tresorv1.CryptoService_Decrypt_FullMethodName); err != nil {
+		return nil, err
+	}
+	return k.fuzzKMS.Decrypt(ctx, req)
+}
+
+// TestUnwrapSingleFlight: callers opening messages of one data key at
+// once make one Decrypt call between them.
+func TestUnwrapSingleFlight(t *testing.T) {
+	s, c, l := localSetup(t, CachePolicy{})
+	ctx := context.Background()
+	w, _ := l.Encryptor("payments", []byte("tenant=acme"))
+	const n = 16
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		var err error
+		if msgs[i], err = w.Encrypt(ctx, []byte{byte(i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local, _ := NewLocalEncryption(c, CachePolicy{})
+	reader, _ := local.Encryptor("payments", []byte("tenant=acme"))
+	before := s.Calls(tresorv1.CryptoService_Decrypt_FullMethodName)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if pt, err := reader.Decrypt(ctx, msgs[i], nil); err != nil || !bytes.Equal(pt, []byte{byte(i)}) {
+				errs <- fmt.Errorf("Decrypt(message %d) = %x, %v", i, pt, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := s.Calls(tresorv1.CryptoService_Decrypt_FullMethodName) - before; got != 1 {
+		t.Errorf("server saw %d Decrypt calls for %d concurrent opens of one data key, want 1", got, n)
+	}
+	if st := local.Stats(); st.DataKeysUnwrapped != 1 {
+		t.Errorf("Stats() = %+v, want 1 data key unwrapped", st)
+	}
+}
+
+// TestUnwrapWaiters: a caller waiting for another's unwrap gives up when
+// its own ctx ends, and takes over when the other gave up on its ctx.
+func TestUnwrapWaiters(t *testing.T) {
+	tests := []struct {
+		name string
+		// cancelFirst ends the first caller's ctx while both wait;
+		// otherwise the second caller's ctx has a short deadline.
+		cancelFirst bool
+		second      error // the second caller's error
+		decrypts    int64
+	}{
+		{"waiter's deadline", false, ErrDeadlineExceeded, 1},
+		{"first caller gives up", true, nil, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, kms := newHookLocal(t, CachePolicy{})
+			e, _ := l.Encryptor("payments", nil)
+			msg, err := e.Encrypt(context.Background(), []byte("x"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reader, _ := newLocalEncryption(kms, kms, CachePolicy{})
+			re, _ := reader.Encryptor("payments", nil)
+			kms.decGate = make(chan struct{})
+
+			ctx1, cancel1 := context.WithCancel(context.Background())
+			defer cancel1()
+			first := make(chan error, 1)
+			go func() {
+				_, err := re.Decrypt(ctx1, msg, nil)
+				first <- err
+			}()
+			<-kms.entered // the first caller's unwrap is in flight
+
+			ctx2 := context.Background()
+			if !tt.cancelFirst {
+				var cancel2 context.CancelFunc
+				ctx2, cancel2 = context.WithTimeout(ctx2, 100*time.Millisecond)
+				defer cancel2()
+			}
+			second := make(chan error, 1)
+			start := time.Now()
+			go func() {
+				_, err := re.Decrypt(ctx2, msg, nil)
+				second <- err
+			}()
+			if tt.cancelFirst {
+				time.Sleep(50 * time.Millisecond) // the second caller waits for the first
+				cancel1()
+				if err := <-first; !errors.Is(err, ErrCanceled) {
+					t.Errorf("first Decrypt() err = %v, want ErrCanceled", err)
+				}
+				<-kms.entered // the second caller's own unwrap
+				close(kms.decGate)
+			}
+			if err := <-second; tt.second == nil && err != nil || tt.second != nil && !errors.Is(err, tt.second) {
+				t.Errorf("second Decrypt() err = %v, want %v", err, tt.second)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("second Decrypt() took %v, want well under 1s", d)
+			}
+			if !tt.cancelFirst {
+				close(kms.decGate)
+				if err := <-first; err != nil {
+					t.Errorf("first Decrypt() err = %v, want nil", err)
+				}
+			}
+			if got := reader.Stats().DataKeysUnwrapped; got != uint64(tt.decrypts) {
+				t.Errorf("Decrypt calls = %d, want %d", got, tt.decrypts)
+			}
+		})
+	}
+}
+
+// TestEncryptorWaitRespectsContext: a caller waiting for another's
+// GenerateDataKey gives up when its ctx ends.
+func TestEncryptorWaitRespectsContext(t *testing.T) {
+	tests := []struct {
+		name string
+		seal func(ctx context.Context, e *Encryptor) error
+	}{
+		{"Encrypt", func(ctx context.Context, e *Encryptor) error {
+			_, err := e.Encrypt(ctx, []byte("x"), nil)
+			return err
+		}},
+		{"EncryptStream", func(ctx context.Context, e *Encryptor) error {
+			_, err := e.EncryptStream(ctx, io.Discard, bytes.NewReader([]byte("x")), nil)
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, kms := newHookLocal(t, CachePolicy{})
+			kms.genGate = make(chan struct{})
+			e, _ := l.Encryptor("payments", nil)
+			first := make(chan error, 1)
+			go func() { first <- tt.seal(context.Background(), e) }()
+			<-kms.entered // the first caller holds the lock, in GenerateDataKey
+			// Released at the latest in 3s, so that a second caller that
+			// ignores its ctx fails the test rather than hangs it.
+			release := sync.OnceFunc(func() { close(kms.genGate) })
+			defer time.AfterFunc(3*time.Second, release).Stop()
+
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := tt.seal(ctx, e)
+			if !errors.Is(err, ErrDeadlineExceeded) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("second %s() err = %v, want ErrDeadlineExceeded", tt.name, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("second %s() took %v, want well under 1s", tt.name, d)
+			}
+			release()
+			if err := <-first; err != nil {
+				t.Errorf("first %s() err = %v, want nil", tt.name, err)
+			}
+			if got := kms.generated.Load(); got != 1 {
+				t.Errorf("GenerateDataKey calls = %d, want 1", got)
+			}
+		})
+	}
+}
+
+// TestSealKeyRetired: a data key the Encryptor replaces, or that expired,
+// is dropped and zeroed; messages sealed under it still open.
+func TestSealKeyRetired(t *testing.T) {
+	errDown := &Error{Method: tresorv1.CryptoService_GenerateDataKey_FullMethodName, Code: codes.Unavailable, Message: "down"}
+	tests := []struct {
+		name    string
+		policy  CachePolicy
+		advance time.Duration // clock step before the second message
+		genErr  error         // GenerateDataKey's error for the second message
+		wantCur bool          // a key is cached after the second message
+	}{
+		{"expired, replaced", CachePolicy{MaxAge: time.Minute}, 2 * time.Minute, nil, true},
+		{"spent, replaced", CachePolicy{MaxMessages: 1}, 0, nil, true},
+		{"expired, tresor down", CachePolicy{MaxAge: time.Minute}, 2 * time.Minute, errDown, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, kms := newHookLocal(t, tt.policy)
+			now := time.Now()
+			l.now = func() time.Time { return now }
+			ctx := context.Background()
+			e, _ := l.Encryptor("payments", nil)
+			msg, err := e.Encrypt(ctx, []byte("first"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k1 := e.cur.Load()
+			raw := k1.raw
+			if len(raw) != dataKeyLen || bytes.Equal(raw, make([]byte, dataKeyLen)) {
+				t.Fatalf("first data key = %x, want 32 bytes, not all zero", raw)
+			}
+			now = now.Add(tt.advance)
+			kms.genErr = tt.genErr
+			_, err = e.Encrypt(ctx, []byte("second"), nil)
+			if tt.genErr != nil && !errors.Is(err, ErrUnavailable) || tt.genErr == nil && err != nil {
+				t.Fatalf("second Encrypt() err = %v, want %v", err, tt.genErr)
+			}
+			cur := e.cur.Load()
+			if cur == k1 || (cur != nil) != tt.wantCur {
+				t.Errorf("cached key after the second message = %p (first %p), want a new one: %v", cur, k1, tt.wantCur)
+			}
+			if k1.raw != nil || !bytes.Equal(raw, make([]byte, dataKeyLen)) {
+				t.Errorf("first data key after replacement = %x, want it dropped and zeroed", raw)
+			}
+			if _, err := k1.streamCipher(make([]byte, 64), nil); !errors.Is(err, errKeyRetired) {
+				t.Errorf("streamCipher() of the retired key err = %v, want errKeyRetired", err)
+			}
+			if pt, err := e.Decrypt(ctx, msg, nil); err != nil || string(pt) != "first" {
+				t.Errorf("Decrypt(first message) = %q, %v; want it to open", pt, err)
+			}
+		})
+	}
+}
+
+// TestStreamsWhileKeysAreReplaced: streams sealed while other callers
+// replace (and zero) the data key all open.
+func TestStreamsWhileKeysAreReplaced(t *testing.T) {
+	l, _ := newFuzzLocal(t, CachePolicy{MaxMessages: 2})
+	e, _ := l.Encryptor("payments", nil)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				pt := []byte{byte(w), byte(i)}
+				var b bytes.Buffer
+				if _, err := e.EncryptStream(ctx, &b, bytes.NewReader(pt), nil); err != nil {
+					errs <- err
+					return
+				}
+				var out bytes.Buffer
+				if _, err := e.DecryptStream(ctx, &out, &b, nil); err != nil || !bytes.Equal(out.Bytes(), pt) {
+					errs <- fmt.Errorf("stream %d/%d: %x, %v", w, i, out.Bytes(), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

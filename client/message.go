@@ -32,6 +32,12 @@ import (
 // A stream (kind 2) follows its header with the fields that streams add
 // (see stream.go) and its chunks.
 //
+// The header is the writer's claim, and anyone who may Encrypt under some
+// key can wrap a data key of its choosing: a reader accepts a message only
+// for the key and key context it names (Encryptor.Decrypt), comparing the
+// key context before any call and the key tresor's Decrypt reports for the
+// wrapped data key before opening.
+//
 // Many messages share a data key while the cache's limits allow; random
 // 96-bit nonces keep them apart, which is why a data key never seals more
 // than 2^32 messages (NIST SP 800-38D, section 8.3).

@@ -14,16 +14,39 @@ import (
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
-// notRetried are the methods whose repetition changes state again: a
-// second RotateKey adds a second version, even when the first one's answer
-// was lost.
-var notRetried = map[string]bool{
-	tresorv1.KeyService_RotateKey_FullMethodName:       true,
-	tresorv1.AdminService_RotateRootKey_FullMethodName: true,
+// retried are the methods safe to repeat after an UNAVAILABLE answer.
+// Such an answer does not prove that the server did nothing: it runs a
+// call and then withholds the result when the audit log cannot record it,
+// and a connection may drop after the server acted. So only calls whose
+// repetition changes no state are retried: reads, and the cryptographic
+// calls, whose repetition costs only usage (rate limits, decrypt budgets,
+// audit events). Every other method (CreateKey, UpdateKey, RotateKey,
+// DisableKey, EnableKey, ScheduleKeyDeletion, CancelKeyDeletion,
+// RotateRootKey, PutSchema, and any method this list does not know) is
+// tried once.
+var retried = map[string]bool{
+	tresorv1.KeyService_GetKey_FullMethodName:                             true,
+	tresorv1.KeyService_ListKeys_FullMethodName:                           true,
+	tresorv1.CryptoService_Encrypt_FullMethodName:                         true,
+	tresorv1.CryptoService_Decrypt_FullMethodName:                         true,
+	tresorv1.CryptoService_ReEncrypt_FullMethodName:                       true,
+	tresorv1.CryptoService_GenerateDataKey_FullMethodName:                 true,
+	tresorv1.CryptoService_GenerateDataKeyWithoutPlaintext_FullMethodName: true,
+	tresorv1.CryptoService_BatchEncrypt_FullMethodName:                    true,
+	tresorv1.CryptoService_BatchDecrypt_FullMethodName:                    true,
+	tresorv1.AdminService_GetRootKeyRotation_FullMethodName:               true,
+	tresorv1.AdminService_VerifyAudit_FullMethodName:                      true,
+	tresorv1.AdminService_QueryAudit_FullMethodName:                       true,
+	tresorv1.FieldService_GetSchema_FullMethodName:                        true,
+	tresorv1.FieldService_ListSchemas_FullMethodName:                      true,
+	tresorv1.FieldService_ListSchemaVersions_FullMethodName:               true,
+	tresorv1.FieldService_ProtectDocument_FullMethodName:                  true,
+	tresorv1.FieldService_RevealDocument_FullMethodName:                   true,
 }
 
 // retrier is the Client's unary interceptor: it retries UNAVAILABLE with
-// backoff, replaces a refused token once, and turns errors into *Error.
+// backoff for the methods in retried, replaces a refused token once, and
+// turns errors into *Error.
 type retrier struct {
 	policy RetryPolicy
 	tokens *tokenCache // nil without tokens
@@ -54,7 +77,7 @@ func (r *retrier) unary(ctx context.Context, method string, req, reply any, cc *
 			attempt--
 			continue
 		case codes.Unavailable:
-			if attempt >= r.policy.MaxAttempts || notRetried[method] {
+			if attempt >= r.policy.MaxAttempts || !retried[method] {
 				return callError(method, err)
 			}
 		default:

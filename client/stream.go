@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -61,7 +62,8 @@ var errStreamTooLong = errors.New("client: a stream holds at most 2^32 chunks")
 
 // EncryptStream seals everything src holds, up to io.EOF, with aad into a
 // stream on dst (see the format above), in chunks of 64 KiB: use it for
-// payloads too large to hold in memory, and DecryptStream to open them.
+// payloads too large to hold in memory, and DecryptStream (of an
+// Encryptor for the same key and key context) to open them.
 // It returns the number of plaintext bytes read from src.
 //
 // A stream counts as one message against the CachePolicy's MaxMessages
@@ -83,24 +85,32 @@ func (e *Encryptor) encryptStream(ctx context.Context, dst io.Writer, src io.Rea
 	if chunkSize < streamMinChunk || chunkSize > streamMaxChunk {
 		return 0, fmt.Errorf("client: stream chunk size %d is outside %d to %d", chunkSize, streamMinChunk, streamMaxChunk)
 	}
-	if err := streamCtxErr(ctx); err != nil {
+	if err := contextError(ctx); err != nil {
 		return 0, err
 	}
-	k, err := e.reserve(ctx, 0)
-	if err != nil {
-		return 0, err
-	}
-	hl := len(k.header)
-	prefix := make([]byte, hl+streamPrefixTail)
-	copy(prefix, k.header)
-	prefix[5] = kindStream
-	binary.BigEndian.PutUint32(prefix[hl:], uint32(chunkSize))
-	if _, err := io.ReadFull(random, prefix[hl+4:]); err != nil {
-		return 0, fmt.Errorf("client: stream salt: %w", err)
-	}
-	sc, err := newStreamCipher(k.raw, prefix, aad)
-	if err != nil {
-		return 0, err
+	var prefix []byte
+	var sc *streamCipher
+	for {
+		k, err := e.reserve(ctx, 0)
+		if err != nil {
+			return 0, err
+		}
+		hl := len(k.header)
+		prefix = make([]byte, hl+streamPrefixTail)
+		copy(prefix, k.header)
+		prefix[5] = kindStream
+		binary.BigEndian.PutUint32(prefix[hl:], uint32(chunkSize))
+		if _, err := io.ReadFull(random, prefix[hl+4:]); err != nil {
+			return 0, fmt.Errorf("client: stream salt: %w", err)
+		}
+		sc, err = k.streamCipher(prefix, aad)
+		if errors.Is(err, errKeyRetired) {
+			continue // replaced since it was reserved: take the new one
+		}
+		if err != nil {
+			return 0, err
+		}
+		break
 	}
 	if err := streamWrite(dst, prefix); err != nil {
 		return 0, err
@@ -110,7 +120,7 @@ func (e *Encryptor) encryptStream(ctx context.Context, dst io.Writer, src io.Rea
 	defer clear(buf)
 	var read int64
 	for {
-		if err := streamCtxErr(ctx); err != nil {
+		if err := contextError(ctx); err != nil {
 			return read, err
 		}
 		n, err := io.ReadFull(src, buf[:chunkSize])
@@ -138,9 +148,13 @@ func (e *Encryptor) encryptStream(ctx context.Context, dst io.Writer, src io.Rea
 	}
 }
 
-// DecryptStream opens a stream sealed by EncryptStream, with the same
-// aad, from src to dst, and returns the number of plaintext bytes written
-// to dst. It reads src to its end: the stream must be all that src holds.
+// DecryptStream opens a stream sealed by EncryptStream of an Encryptor
+// of the same key and key context, with the same aad, from src to dst,
+// and returns the number of plaintext bytes written to dst. It reads src
+// to its end: the stream must be all that src holds. As Decrypt, it opens
+// nothing else: a stream whose header carries another key context, or
+// whose data key tresor reports was wrapped by another key, fails before
+// any chunk is opened or written.
 //
 // It writes each chunk's plaintext only once the chunk is authenticated,
 // but the stream as a whole is authenticated only when DecryptStream
@@ -154,15 +168,18 @@ func (e *Encryptor) encryptStream(ctx context.Context, dst io.Writer, src io.Rea
 // or ErrDeadlineExceeded); a failure to reach tresor or a refusal to
 // unwrap the data key keeps its own error (ErrUnavailable,
 // ErrPermissionDenied, ...).
-func (l *LocalEncryption) DecryptStream(ctx context.Context, dst io.Writer, src io.Reader, aad []byte) (int64, error) {
-	if err := streamCtxErr(ctx); err != nil {
+func (e *Encryptor) DecryptStream(ctx context.Context, dst io.Writer, src io.Reader, aad []byte) (int64, error) {
+	if err := contextError(ctx); err != nil {
 		return 0, err
 	}
 	prefix, h, hl, err := readStreamPrefix(src)
 	if err != nil {
 		return 0, err
 	}
-	k, err := l.openKey(ctx, prefix[:hl], h)
+	if !bytes.Equal(h.keyContext, e.keyContext) {
+		return 0, ErrDecryptionFailed
+	}
+	k, err := e.openKey(ctx, prefix[:hl], h)
 	if err != nil {
 		return 0, err
 	}
@@ -176,7 +193,7 @@ func (l *LocalEncryption) DecryptStream(ctx context.Context, dst io.Writer, src 
 	defer clear(buf)
 	var written int64
 	for {
-		if err := streamCtxErr(ctx); err != nil {
+		if err := contextError(ctx); err != nil {
 			return written, err
 		}
 		n, err := io.ReadFull(src, buf)
@@ -274,20 +291,6 @@ func streamWrite(dst io.Writer, b []byte) error {
 		return fmt.Errorf("client: stream: writing: %w", err)
 	}
 	return nil
-}
-
-// streamCtxErr is nil while ctx is live, else an error matching
-// ErrCanceled or ErrDeadlineExceeded, and ctx's own error.
-func streamCtxErr(ctx context.Context) error {
-	err := ctx.Err()
-	if err == nil {
-		return nil
-	}
-	sentinel := ErrCanceled
-	if errors.Is(err, context.DeadlineExceeded) {
-		sentinel = ErrDeadlineExceeded
-	}
-	return fmt.Errorf("client: stream stopped: %w: %w", sentinel, err)
 }
 
 // streamCipher seals or opens one stream's chunks in order.

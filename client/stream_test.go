@@ -153,9 +153,9 @@ func TestStreamRoundTrip(t *testing.T) {
 				t.Fatalf("EncryptStream(%d bytes) wrote %d bytes in %d chunks, want %d chunks of %d bytes after the prefix",
 					len(tt.pt), stream.Len(), len(got), chunks, chunk+tagLen)
 			}
-			for _, l := range []*LocalEncryption{env.l, opener} {
+			for _, e := range []*Encryptor{env.e, streamEncryptor(t, opener, streamTestKey)} {
 				var out bytes.Buffer
-				n, err := l.DecryptStream(ctx, &out, reader(stream.Bytes(), tt.read), tt.aad)
+				n, err := e.DecryptStream(ctx, &out, reader(stream.Bytes(), tt.read), tt.aad)
 				if err != nil || n != int64(len(tt.pt)) || !bytes.Equal(out.Bytes(), tt.pt) {
 					t.Fatalf("DecryptStream() = %d, %v and %d bytes, want the %d bytes sealed, nil", n, err, out.Len(), len(tt.pt))
 				}
@@ -255,7 +255,7 @@ func TestDecryptStreamTampered(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			n, err := env.l.DecryptStream(ctx, &out, bytes.NewReader(tt.in), tt.aad)
+			n, err := env.e.DecryptStream(ctx, &out, bytes.NewReader(tt.in), tt.aad)
 			if err != ErrDecryptionFailed {
 				t.Errorf("DecryptStream(...) err = %v, want exactly ErrDecryptionFailed", err)
 			}
@@ -266,7 +266,7 @@ func TestDecryptStreamTampered(t *testing.T) {
 	}
 	t.Run("Decrypt of a stream", func(t *testing.T) {
 		for _, in := range [][]byte{stream, exact, set(5, kindMessage)} {
-			if pt, err := env.l.Decrypt(ctx, in, aad); err != ErrDecryptionFailed || pt != nil {
+			if pt, err := env.e.Decrypt(ctx, in, aad); err != ErrDecryptionFailed || pt != nil {
 				t.Errorf("Decrypt(stream) = %d bytes, %v, want exactly ErrDecryptionFailed", len(pt), err)
 			}
 		}
@@ -303,7 +303,7 @@ func TestDecryptStreamReadsOnlyThePrefix(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := bytes.NewReader(tt.in)
-			_, err := l.DecryptStream(context.Background(), io.Discard, r, nil)
+			_, err := e.DecryptStream(context.Background(), io.Discard, r, nil)
 			if err != ErrDecryptionFailed {
 				t.Errorf("DecryptStream(...) err = %v, want exactly ErrDecryptionFailed", err)
 			}
@@ -398,7 +398,7 @@ func TestStreamIOErrors(t *testing.T) {
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				n, err := env.l.DecryptStream(ctx, tt.dst, tt.src, nil)
+				n, err := env.e.DecryptStream(ctx, tt.dst, tt.src, nil)
 				if !errors.Is(err, tt.want) || errors.Is(err, ErrDecryptionFailed) {
 					t.Errorf("DecryptStream(...) err = %v, want %v", err, tt.want)
 				}
@@ -498,7 +498,7 @@ func TestStreamContext(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				ctx, dst := tt.ctx()
-				n, err := env.l.DecryptStream(ctx, dst, bytes.NewReader(stream), nil)
+				n, err := env.e.DecryptStream(ctx, dst, bytes.NewReader(stream), nil)
 				if !errors.Is(err, tt.want) || !errors.Is(err, tt.want2) {
 					t.Errorf("DecryptStream(...) err = %v, want %v and %v", err, tt.want, tt.want2)
 				}
@@ -543,7 +543,7 @@ func TestStreamKeyCache(t *testing.T) {
 		t.Helper()
 		before := calls(decrypt)
 		for _, s := range streams {
-			if _, err := env.l.DecryptStream(ctx, io.Discard, bytes.NewReader(s), nil); err != nil {
+			if _, err := env.e.DecryptStream(ctx, io.Discard, bytes.NewReader(s), nil); err != nil {
 				t.Fatalf("DecryptStream() err = %v", err)
 			}
 		}
@@ -571,7 +571,8 @@ func TestStreamKeyCache(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			opener := streamLocal(t, env.c, CachePolicy{})
+			local := streamLocal(t, env.c, CachePolicy{})
+			opener := streamEncryptor(t, local, streamTestKey)
 			before := calls(decrypt)
 			openStream := func() {
 				if _, err := opener.DecryptStream(ctx, io.Discard, bytes.NewReader(tt.stream), nil); err != nil {
@@ -587,7 +588,7 @@ func TestStreamKeyCache(t *testing.T) {
 			if !tt.streamFirst {
 				openStream()
 			}
-			if got, st := calls(decrypt)-before, opener.Stats(); got != 1 || st.DataKeysUnwrapped != 1 {
+			if got, st := calls(decrypt)-before, local.Stats(); got != 1 || st.DataKeysUnwrapped != 1 {
 				t.Errorf("Decrypt calls = %d, Stats() = %+v, want one unwrap for both", got, st)
 			}
 		})
@@ -632,17 +633,17 @@ func TestStreamKeyErrors(t *testing.T) {
 	t.Run("DecryptStream", func(t *testing.T) {
 		tests := []struct {
 			name   string
-			l      *LocalEncryption
+			e      *Encryptor
 			stream []byte
 			want   error
 		}{
-			{"permission denied", strangerLocal, stream, ErrPermissionDenied},
-			{"unavailable", down, fakeStream, ErrUnavailable},
+			{"permission denied", streamEncryptor(t, strangerLocal, streamTestKey), stream, ErrPermissionDenied},
+			{"unavailable", streamEncryptor(t, down, "payments"), fakeStream, ErrUnavailable},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				var out bytes.Buffer
-				n, err := tt.l.DecryptStream(ctx, &out, bytes.NewReader(tt.stream), nil)
+				n, err := tt.e.DecryptStream(ctx, &out, bytes.NewReader(tt.stream), nil)
 				if !errors.Is(err, tt.want) || errors.Is(err, ErrDecryptionFailed) || n != 0 || out.Len() != 0 {
 					t.Errorf("DecryptStream(...) = %d, %v and wrote %d bytes, want 0, %v, nothing", n, err, out.Len(), tt.want)
 				}
@@ -789,7 +790,7 @@ func TestStreamNoPerChunkAllocs(t *testing.T) {
 		sr := bytes.NewReader(stream)
 		dec = testing.AllocsPerRun(20, func() {
 			sr.Reset(stream)
-			if _, err := l.DecryptStream(ctx, io.Discard, sr, nil); err != nil {
+			if _, err := e.DecryptStream(ctx, io.Discard, sr, nil); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -837,7 +838,7 @@ func BenchmarkDecryptStream1MiB(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Reset(stream.Bytes())
-		if _, err := l.DecryptStream(ctx, io.Discard, r, nil); err != nil {
+		if _, err := e.DecryptStream(ctx, io.Discard, r, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -57,7 +57,8 @@ var (
 	// Go field, never its value.
 	ErrInvalidStruct = errors.New("tresor: invalid struct for field protection")
 	// ErrSchemaMismatch means the schema and the struct's tresor tags
-	// disagree: the server changed a field that has no tag, or StructSchema
+	// disagree: the server changed a field that has no tag, ProtectStruct
+	// got back a tagged field the schema did not protect, or StructSchema
 	// was given no tier for a tag. The struct is left unchanged.
 	ErrSchemaMismatch = errors.New("tresor: the schema and the struct's tresor tags disagree")
 )
@@ -159,7 +160,9 @@ const DefaultTier = "public"
 //
 // A tag naming a tier missing from tiers gives ErrSchemaMismatch; a tier
 // table or name the server would refuse (an unknown protection, a missing
-// key, a tier listed twice) gives ErrInvalidArgument; an unusable struct
+// key, a tier listed twice) or a tag naming a tier other than
+// DefaultTier whose protection is none (ProtectStruct wants every tagged
+// field but DefaultTier's protected) gives ErrInvalidArgument; an unusable struct
 // gives ErrInvalidStruct. The server checks the rest when the schema is
 // put.
 func StructSchema(name string, version int64, v any, tiers ...SchemaTier) ([]byte, error) {
@@ -200,6 +203,11 @@ func StructSchema(name string, version int64, v any, tiers ...SchemaTier) ([]byt
 		t, ok := table[p.tier]
 		if !ok && p.tier != DefaultTier {
 			return nil, fmt.Errorf("client: StructSchema: field %s is tagged with tier %q, which the tier table lacks: %w", p.goField, p.tier, ErrSchemaMismatch)
+		}
+		if ok && p.tier != DefaultTier && t.Protection == ProtectNone {
+			// ProtectStruct would refuse every answer: it wants tagged
+			// fields protected.
+			return nil, fmt.Errorf("client: StructSchema: field %s is tagged with tier %q, whose protection is none: tag it %q: %w", p.goField, p.tier, DefaultTier, ErrInvalidArgument)
 		}
 		if ok {
 			doc.Tiers[p.tier] = t.doc()
@@ -314,10 +322,19 @@ func validTierName(s string) bool {
 // (to ciphertexts, tokens, masks or "[REDACTED]" as their tiers say), and
 // the "_bidx" sibling fields that receive blind indexes.
 //
+// It fails closed: every tagged field that holds a string (not a nil
+// pointer) must come back protected, tokenized, masked or redacted, by a
+// protection other than none, as the response's Fields say. A schema that
+// leaves one as it was (it does not list the path, its default tier
+// protects nothing, it is another schema) fails the call with
+// ErrSchemaMismatch. The one exception is a field tagged with DefaultTier
+// (`tresor:"public"`), which its tag says is public.
+//
 // v is left unchanged on any error: ErrInvalidStruct for a v that is not
 // a non-nil pointer to a struct or whose tags cannot be used, the call's
 // error (ErrPermissionDenied, ErrInvalidArgument, ...), or
-// ErrSchemaMismatch when the server's answer changes something untagged.
+// ErrSchemaMismatch when the server's answer changes something untagged
+// or leaves a tagged field unprotected.
 func (c *Client) ProtectStruct(ctx context.Context, schema, documentID string, v any) (*tresorv1.ProtectDocumentResponse, error) {
 	rv, info, err := structTarget(v)
 	if err != nil {
@@ -331,10 +348,36 @@ func (c *Client) ProtectStruct(ctx context.Context, schema, documentID string, v
 	if err != nil {
 		return nil, err
 	}
-	if err := writeBack(info, rv, doc, []byte(resp.GetDocument())); err != nil {
+	verify := func(tagged []string) error { return checkProtected(tagged, resp.GetFields()) }
+	if err := writeBack(info, rv, doc, []byte(resp.GetDocument()), verify); err != nil {
 		return nil, fmt.Errorf("client: ProtectStruct: %w", err)
 	}
 	return resp, nil
+}
+
+// protectOutcomes are the outcomes of a field ProtectDocument changed.
+var protectOutcomes = map[string]bool{"protected": true, "tokenized": true, "masked": true, "redacted": true}
+
+// checkProtected fails closed: every tagged field sent with a value (its
+// concrete path in tagged) must have an outcome saying that a protection
+// other than none protected, tokenized, masked or redacted it. A schema
+// that does not classify a tagged field (another schema, an edited one, a
+// default tier that protects nothing) would return its value unchanged.
+func checkProtected(tagged []string, outcomes []*tresorv1.FieldOutcome) error {
+	byPath := make(map[string]*tresorv1.FieldOutcome, len(outcomes))
+	for _, f := range outcomes {
+		byPath[f.GetPath()] = f
+	}
+	for _, p := range tagged {
+		f := byPath[p]
+		switch {
+		case f == nil:
+			return mismatch([]byte(p), "the schema did not protect tagged")
+		case f.GetProtection() == string(ProtectNone) || !protectOutcomes[f.GetOutcome()]:
+			return fmt.Errorf("the schema gave tagged %s protection %q, outcome %q: %w", p, f.GetProtection(), f.GetOutcome(), ErrSchemaMismatch)
+		}
+	}
+	return nil
 }
 
 // RevealStruct reveals the struct v points to, protected by ProtectStruct
@@ -358,7 +401,7 @@ func (c *Client) RevealStruct(ctx context.Context, schema string, schemaVersion 
 	if err != nil {
 		return nil, err
 	}
-	if err := writeBack(info, rv, doc, []byte(resp.GetDocument())); err != nil {
+	if err := writeBack(info, rv, doc, []byte(resp.GetDocument()), nil); err != nil {
 		return nil, fmt.Errorf("client: RevealStruct: %w", err)
 	}
 	return resp, nil
@@ -823,9 +866,11 @@ type assignment struct {
 
 // writeBack checks the server's document got against the document sent,
 // sent: equal but for tagged fields (strings, or null where null was
-// sent) and blind index siblings. Then, and only then, it sets those
-// fields of rv (the struct) to got's values.
-func writeBack(info *structInfo, rv reflect.Value, sent, got []byte) error {
+// sent) and blind index siblings; and, when verify is not nil, gives it
+// the concrete path of every field sent as a string that is tagged with
+// a tier other than DefaultTier. Then, and
+// only then, it sets those fields of rv (the struct) to got's values.
+func writeBack(info *structInfo, rv reflect.Value, sent, got []byte, verify func(tagged []string) error) error {
 	orig, err := decodeJSON(sent)
 	if err != nil {
 		return fmt.Errorf("the document sent does not decode: %w", err)
@@ -838,6 +883,11 @@ func writeBack(info *structInfo, rv reflect.Value, sent, got []byte) error {
 	w := &writer{}
 	if err := w.value(info.root, rv, orig, answer, []byte{'$'}); err != nil {
 		return err
+	}
+	if verify != nil {
+		if err := verify(w.tagged); err != nil {
+			return err
+		}
 	}
 	for _, a := range w.set {
 		a.dst.Set(a.val)
@@ -859,7 +909,8 @@ func decodeJSON(b []byte) (any, error) {
 }
 
 type writer struct {
-	set []assignment
+	set    []assignment
+	tagged []string // the paths of the tagged fields sent as strings, but DefaultTier's
 }
 
 func mismatch(path []byte, what string) error {
@@ -887,6 +938,9 @@ func (w *writer) value(n *planNode, fv reflect.Value, orig, got any, path []byte
 			g, ok := got.(string)
 			if !ok {
 				return mismatch(path, "the server returned a non-string for")
+			}
+			if n.kind == planTagged && n.tier != DefaultTier {
+				w.tagged = append(w.tagged, string(path))
 			}
 			if g != o {
 				return w.stage(fv, g, path)

@@ -392,6 +392,8 @@ func TestStructSchemaErrors(t *testing.T) {
 		{"mask without mask", "customer", 1, testAddress{}, []SchemaTier{{Name: "restricted", Protection: ProtectMask}}, ErrInvalidArgument},
 		{"none with mask", "customer", 1, testAddress{}, []SchemaTier{aead, {Name: "plain", Protection: ProtectNone, Mask: &TierMask{Format: "text"}}}, ErrInvalidArgument},
 		{"public tier not none", "customer", 1, testAddress{}, []SchemaTier{aead, {Name: DefaultTier, Protection: ProtectRedact}}, ErrInvalidArgument},
+		// ProtectStruct would refuse every answer for such a tag.
+		{"tagged tier protects nothing", "customer", 1, testAddress{}, []SchemaTier{{Name: "restricted", Protection: ProtectNone}}, ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -400,6 +402,83 @@ func TestStructSchemaErrors(t *testing.T) {
 				t.Fatalf("StructSchema() = %q, %v; want nil, %v", def, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestCheckProtected: ProtectStruct's check of the outcomes against the
+// tagged fields sent.
+func TestCheckProtected(t *testing.T) {
+	out := func(path, protection, outcome string) *tresorv1.FieldOutcome {
+		return &tresorv1.FieldOutcome{Path: path, Tier: "t", Protection: protection, Outcome: outcome}
+	}
+	all := []*tresorv1.FieldOutcome{
+		out("$.a", "aead", "protected"), out("$.b[0].c", "tokenize", "tokenized"),
+		out("$.d", "mask", "masked"), out("$.e", "redact", "redacted"), out("$.f", "deterministic", "protected"),
+	}
+	tagged := []string{"$.a", "$.b[0].c", "$.d", "$.e", "$.f"}
+	tests := []struct {
+		name     string
+		tagged   []string
+		outcomes []*tresorv1.FieldOutcome
+		want     error
+		path     string
+	}{
+		{"every tagged field protected", tagged, all, nil, ""},
+		{"nothing tagged sent", nil, nil, nil, ""},
+		{"outcomes for untagged paths too", []string{"$.a"}, all, nil, ""},
+		{"no outcomes", tagged, nil, ErrSchemaMismatch, "$.a"},
+		{"one missing", tagged, all[:4], ErrSchemaMismatch, "$.f"},
+		{"another array index", []string{"$.b[1].c"}, all, ErrSchemaMismatch, "$.b[1].c"},
+		{"protection none", []string{"$.x"}, []*tresorv1.FieldOutcome{out("$.x", "none", "protected")}, ErrSchemaMismatch, "$.x"},
+		{"outcome withheld", []string{"$.x"}, []*tresorv1.FieldOutcome{out("$.x", "aead", "withheld")}, ErrSchemaMismatch, "$.x"},
+		{"outcome clear", []string{"$.x"}, []*tresorv1.FieldOutcome{out("$.x", "aead", "clear")}, ErrSchemaMismatch, "$.x"},
+		{"no outcome", []string{"$.x"}, []*tresorv1.FieldOutcome{out("$.x", "aead", "")}, ErrSchemaMismatch, "$.x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkProtected(tt.tagged, tt.outcomes)
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("checkProtected() err = %v, want %v", err, tt.want)
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.path) {
+				t.Errorf("checkProtected() err = %q, want it to name %s", err, tt.path)
+			}
+		})
+	}
+}
+
+// TestWriteBackTaggedPaths: writeBack hands ProtectStruct the concrete
+// path of every tagged field sent as a string: not nulls, not omitted
+// fields, not blind indexes, not DefaultTier's fields; and v stays
+// unchanged when the check fails.
+func TestWriteBackTaggedPaths(t *testing.T) {
+	v := newCustomer()
+	v.BirthDate = nil
+	b, _ := json.Marshal(v)
+	info, err := structInfoOf(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	refuse := errors.New("refused")
+	before := cloneCustomer(v)
+	answer := strings.Replace(string(b), `"123-45-6789"`, `"tresor:v1:AAAA"`, 1)
+	err = writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(answer), func(tagged []string) error {
+		got = tagged
+		return refuse
+	})
+	if !errors.Is(err, refuse) {
+		t.Fatalf("writeBack() err = %v, want verify's error", err)
+	}
+	if !reflect.DeepEqual(v, before) {
+		t.Errorf("writeBack() changed v when verify failed")
+	}
+	want := []string{"$.tax_id", "$.email", "$.password", "$.address.street", "$.accounts[0].iban", "$.accounts[0].number",
+		"$.accounts[1].iban", "$.accounts[1].number", "$.cards[0].pan"}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("writeBack() tagged paths = %q, want %q", got, want)
 	}
 }
 
@@ -472,7 +551,7 @@ func TestWriteBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(tt.answer)); err != nil {
+			if err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(tt.answer), nil); err != nil {
 				t.Fatalf("writeBack() err = %v, want nil", err)
 			}
 			tt.check(t, &before, v)
@@ -509,7 +588,7 @@ func TestWriteBackMismatch(t *testing.T) {
 			before.Accounts = slices.Clone(v.Accounts)
 			b, _ := json.Marshal(v)
 			info, _ := structInfoOf(v)
-			err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(tt.answer))
+			err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(tt.answer), nil)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("writeBack() err = %v, want %v", err, tt.want)
 			}
@@ -529,7 +608,7 @@ func TestWriteBackMismatch(t *testing.T) {
 		b, _ := json.Marshal(v)
 		for _, answer := range []string{`{"name":"s3cr3t-value`, string(b) + ` s3cr3t`, string(b) + `{}`, `s3cr3t`, ``} {
 			info, _ := structInfoOf(v)
-			err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(answer))
+			err := writeBack(info, reflect.ValueOf(v).Elem(), b, []byte(answer), nil)
 			if err == nil || strings.Contains(err.Error(), "s3cr3t") {
 				t.Errorf("writeBack(%q) err = %v, want an error without the document", answer, err)
 			}
@@ -836,6 +915,16 @@ func TestStructErrors(t *testing.T) {
 	if _, err := c.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: wrong}); err != nil {
 		t.Fatalf("PutSchema(wrong) err = %v, want nil", err)
 	}
+	// Schemas that leave tagged fields as they are: one that lists no
+	// field (its default tier protects nothing), and one edited to give
+	// tax_id a tier without protection.
+	noFields := `{"name":"no-fields","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"}},"fields":[]}`
+	edited := `{"name":"edited","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"},"restricted":{"protection":"aead","key":"customer-pii"},"secret":{"protection":"redact"},"searchable":{"protection":"deterministic","key":"customer-siv"}},"fields":[{"path":"$.tax_id","tier":"public"},{"path":"$.birth_date","tier":"restricted"},{"path":"$.email","tier":"searchable"},{"path":"$.password","tier":"secret"},{"path":"$.address.street","tier":"restricted"},{"path":"$.accounts[*].iban","tier":"restricted"},{"path":"$.accounts[*].number","tier":"restricted"},{"path":"$.cards[*].pan","tier":"restricted"}]}`
+	for _, def := range []string{noFields, edited} {
+		if _, err := c.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: def}); err != nil {
+			t.Fatalf("PutSchema(%.40s) err = %v, want nil", def, err)
+		}
+	}
 	// A schema whose default tier seals every untagged value.
 	sealAll := `{"name":"seal-all","version":1,"default_tier":"restricted","tiers":{"restricted":{"protection":"aead","key":"customer-pii"}},"fields":[]}`
 	if _, err := c.PutSchema(ctx, &tresorv1.PutSchemaRequest{Definition: sealAll}); err != nil {
@@ -886,6 +975,9 @@ func TestStructErrors(t *testing.T) {
 		{"reveal unknown schema", c, true, "nope", "cust-1", cloneCustomer(protected), ErrNotFound, false},
 		{"protect untagged field listed", c, false, "wrong", "", newCustomer(), ErrSchemaMismatch, false},
 		{"protect default tier seals", c, false, "seal-all", "", newCustomer(), ErrSchemaMismatch, false},
+		{"protect under a schema listing no field", c, false, "no-fields", "", newCustomer(), ErrSchemaMismatch, false},
+		{"protect under a schema leaving one tagged field public", c, false, "edited", "", newCustomer(), ErrSchemaMismatch, false},
+		{"protect one tagged field under a schema listing no field", c, false, "no-fields", "", &testAddress{Street: "12 St James's Square"}, ErrSchemaMismatch, false},
 		{"reveal untagged field listed", c, true, "wrong", "", sealedName, ErrSchemaMismatch, false},
 		{"reveal with another document id", c, true, "customer", "cust-2", cloneCustomer(protected), ErrDecryptionFailed, false},
 		{"reveal a moved ciphertext", c, true, "customer", "cust-1", tampered, ErrDecryptionFailed, false},

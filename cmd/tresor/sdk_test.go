@@ -64,7 +64,11 @@ func TestSDKAgainstDev(t *testing.T) {
 		t.Fatalf("Encrypt() err = %v, want nil", err)
 	}
 	fresh, _ := client.NewLocalEncryption(c, client.CachePolicy{})
-	if got, err := fresh.Decrypt(ctx, msg, nil); err != nil || !bytes.Equal(got, []byte("hello")) {
+	reader, err := fresh.Encryptor("sdk-dev", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := reader.Decrypt(ctx, msg, nil); err != nil || !bytes.Equal(got, []byte("hello")) {
 		t.Fatalf("Decrypt() = %q, %v; want hello", got, err)
 	}
 	// The CLI decrypts the wrapped data key the message carries (format
