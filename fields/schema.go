@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -700,5 +701,34 @@ func (s *Schema) Marshal() ([]byte, error) {
 	if s.inspection != nil {
 		d.Inspection = &inspectionDoc{Action: string(s.inspection.Action), Tier: s.inspection.Tier, Detectors: s.inspection.Detectors}
 	}
-	return json.Marshal(d)
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	return yamlSafe(b), nil
+}
+
+// yamlSafe escapes, as \uXXXX, the characters of JSON text b that a YAML
+// reader refuses (DEL, the C1 controls, U+FFFE, U+FFFF) or reads as a line
+// break (NEL; encoding/json already escapes U+2028 and U+2029). ParseSchema
+// reads JSON as YAML, and must read Marshal's output back as written. Such
+// characters occur only inside strings, where an escape means the same.
+func yamlSafe(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0xfffe || r == 0xffff {
+			if out == nil {
+				out = append(make([]byte, 0, len(b)+16), b[:i]...)
+			}
+			out = fmt.Appendf(out, `\u%04x`, r)
+		} else if out != nil {
+			out = append(out, b[i:i+n]...)
+		}
+		i += n
+	}
+	if out == nil {
+		return b
+	}
+	return out
 }

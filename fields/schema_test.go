@@ -106,6 +106,28 @@ func TestSchemaMarshalRoundTrip(t *testing.T) {
 	}
 }
 
+// TestSchemaMarshalRoundTripPaths: paths holding characters that YAML
+// refuses or reads as a line break (found by FuzzSchemaPath) keep their
+// meaning through the canonical form, as stored and read by other replicas.
+func TestSchemaMarshalRoundTripPaths(t *testing.T) {
+	for _, path := range []string{`$["\u0085"]`, `$["\u007f"]`, `$["a\u009fb"]`, `$["\ufffe"]`, `$["\u2028"]`, `$["\u00e9"]`} {
+		t.Run(path, func(t *testing.T) {
+			s := mustSchema(t, "name: c\nversion: 1\ndefault_tier: p\ntiers: {p: {protection: none}}\nfields: [{path: '"+path+"', tier: p}]\n")
+			b, err := s.Marshal()
+			if err != nil {
+				t.Fatalf("Marshal() err = %v, want nil", err)
+			}
+			s2, err := ParseSchema(b)
+			if err != nil {
+				t.Fatalf("ParseSchema(Marshal()) err = %v, want nil\n%s", err, b)
+			}
+			if got, want := s2.Fields(), s.Fields(); len(got) != 1 || got[0] != want[0] {
+				t.Errorf("ParseSchema(Marshal()) fields = %q, want %q", got, want)
+			}
+		})
+	}
+}
+
 func TestSchemaErrors(t *testing.T) {
 	base := func(tiers, fields string) string {
 		return "name: c\nversion: 1\ndefault_tier: pub\ntiers:\n  pub: {protection: none}\n" + tiers + "fields:\n" + fields
