@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"strconv"
@@ -520,6 +521,9 @@ func (c Config) Validate() error {
 	if c.Anomaly.Enabled && (c.Anomaly.MaxPrincipals < 1 || c.Anomaly.LogFor <= 0 || c.Anomaly.StepUpFor <= 0 || c.Anomaly.ThrottleFor <= 0 || c.Anomaly.BlockFor <= 0) {
 		errs = append(errs, errors.New("anomaly: max_principals and every response duration must be positive"))
 	}
+	if c.Anomaly.Enabled && (!(c.Anomaly.ExpectedRate >= 0) || math.IsInf(c.Anomaly.ExpectedRate, 0)) {
+		errs = append(errs, errors.New("anomaly.expected_rate must be a finite number, 0 (the default) or more"))
+	}
 	if c.Fields.MaxDocumentBytes < 1 || c.Fields.MaxDocumentBytes > 64<<20 || c.Fields.MaxDepth < 1 || c.Fields.MaxDepth > 256 {
 		errs = append(errs, errors.New("fields: max_document_bytes must be 1 to 64 MiB and max_depth 1 to 256"))
 	}
@@ -626,8 +630,8 @@ func (c Config) validatePerimeter() []error {
 		errs = append(errs, errors.New("policy.reload_interval must be at least 1s"))
 	}
 	checkRate := func(name string, r Rate) {
-		if r.PerSecond < 0 || r.Burst < 0 || (r.PerSecond > 0 && r.Burst == 0) {
-			errs = append(errs, fmt.Errorf("rate_limits.%s: per_second and burst must be non-negative, and burst positive when per_second is", name))
+		if !(r.PerSecond >= 0) || math.IsInf(r.PerSecond, 0) || r.Burst < 0 || (r.PerSecond > 0 && r.Burst == 0) {
+			errs = append(errs, fmt.Errorf("rate_limits.%s: per_second must be finite, per_second and burst non-negative, and burst positive when per_second is", name))
 		}
 	}
 	checkRate("global", c.RateLimits.Global)
@@ -642,7 +646,13 @@ func (c Config) validatePerimeter() []error {
 	if c.RateLimits.MaxPrincipals <= 0 {
 		errs = append(errs, errors.New("rate_limits.max_principals must be positive"))
 	}
+	type budgetKey struct{ action, tier string }
+	seenBudgets := map[budgetKey]bool{}
 	for i, b := range c.Budgets {
+		if seenBudgets[budgetKey{b.Action, b.Tier}] {
+			errs = append(errs, fmt.Errorf("budgets[%d]: a budget for action %q on tier %q comes first", i, b.Action, b.Tier))
+		}
+		seenBudgets[budgetKey{b.Action, b.Tier}] = true
 		if b.Action != "decrypt" && b.Action != "searchable" {
 			errs = append(errs, fmt.Errorf("budgets[%d].action %q: want decrypt or searchable", i, b.Action))
 		}
@@ -657,6 +667,12 @@ func (c Config) validatePerimeter() []error {
 		for j, w := range b.Windows {
 			if w.Period < time.Second || w.Limit <= 0 {
 				errs = append(errs, fmt.Errorf("budgets[%d].windows[%d]: period at least 1s and a positive limit", i, j))
+			}
+			for _, prev := range b.Windows[:j] {
+				if prev.Period == w.Period {
+					errs = append(errs, fmt.Errorf("budgets[%d].windows[%d]: period %v appears twice", i, j, w.Period))
+					break
+				}
 			}
 		}
 	}

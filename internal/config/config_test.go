@@ -135,6 +135,13 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "stale grace negative", yaml: base, env: []string{"TRESOR_CACHE_STALE_GRACE=-1s"}, wantErr: "cache.stale_grace"},
 		{name: "stale grace above a day", yaml: base, env: []string{"TRESOR_CACHE_STALE_GRACE=25h"}, wantErr: "cache.stale_grace"},
+		// Found by FuzzParse: each passed Validate, then made serve refuse to start.
+		{name: "NaN rate", yaml: base, env: []string{"TRESOR_RATE_LIMITS_GLOBAL_PER_SECOND=NaN", "TRESOR_RATE_LIMITS_GLOBAL_BURST=1"}, wantErr: "rate_limits.global"},
+		{name: "infinite rate", yaml: strings.Replace(base, "per_second: 1000", "per_second: .inf", 1), wantErr: "rate_limits.classes.crypto"},
+		{name: "NaN expected rate", yaml: base, env: []string{"TRESOR_ANOMALY_EXPECTED_RATE=NaN"}, wantErr: "anomaly.expected_rate"},
+		{name: "negative expected rate", yaml: base, env: []string{"TRESOR_ANOMALY_EXPECTED_RATE=-1"}, wantErr: "anomaly.expected_rate"},
+		{name: "budget twice", yaml: strings.Replace(base, "budgets:\n", "budgets:\n  - {action: decrypt, tier: restricted, windows: [{period: 1h, limit: 9}]}\n", 1), wantErr: "budgets[1]: a budget for action"},
+		{name: "budget window period twice", yaml: strings.Replace(base, "{period: 24h, limit: 1000}", "{period: 1s, limit: 1000}", 1), wantErr: "budgets[0].windows[1]: period 1s appears twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
