@@ -192,7 +192,9 @@ func parseEndpoint(s string) (string, error) {
 			return "", invalidURI("endpoint port is not a number from 1 to 65535")
 		}
 	}
-	return scheme + "://" + strings.ToLower(ep.Host), nil
+	// ep.Host is decoded: an IPv6 zone ("[fe80::1%25en0]" in a URL) holds a
+	// bare '%', which must be escaped again for the endpoint to parse.
+	return scheme + "://" + strings.ReplaceAll(strings.ToLower(ep.Host), "%", "%25"), nil
 }
 
 func isLoopback(host string) bool {

@@ -40,6 +40,9 @@ func TestParseURI(t *testing.T) {
 			URI{Key: "alias/a", Endpoint: "https://vpce-1.kms.eu-west-1.vpce.amazonaws.com"}},
 		{"localhost", "aws-kms://alias/a?endpoint=http://localhost:8080", URI{Key: "alias/a", Endpoint: "http://localhost:8080"}},
 		{"IPv6 loopback", "aws-kms://alias/a?endpoint=http://[::1]:8080", URI{Key: "alias/a", Endpoint: "http://[::1]:8080"}},
+		// Found by FuzzParseURI: the zone's '%' came back bare, and neither
+		// String's form nor the endpoint parsed again.
+		{"IPv6 zone", "aws-kms://alias/a?endpoint=https://[FE80::1%2525en0]:443", URI{Key: "alias/a", Endpoint: "https://[fe80::1%25en0]:443"}},
 	}
 	for _, tt := range good {
 		t.Run(tt.name, func(t *testing.T) {
