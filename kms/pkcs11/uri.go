@@ -155,7 +155,7 @@ func ParseURI(s string) (URI, error) {
 	case u.ModulePath == "":
 		return URI{}, invalidURI("module-path= (the PKCS#11 module's absolute path) is required")
 	case !filepath.IsAbs(u.ModulePath):
-		return URI{}, invalidURI("module-path %q is not an absolute path", u.ModulePath)
+		return URI{}, invalidURI("module-path is not an absolute path")
 	case u.PINSource == "":
 		return URI{}, invalidURI("pin-source= (the absolute path of the user PIN file) is required")
 	}

@@ -123,6 +123,7 @@ func TestParseURIErrorsHoldNoPIN(t *testing.T) {
 		"pkcs11:token=t;object=o?module-path=/m.so&pin-source=" + pin + "%zz",
 		"pkcs11:token=t;object=o?module-path=/m.so&pin-source=" + pin + " x",
 		"pkcs11:token=t;object=o;pin=" + pin + "?module-path=/m.so&pin-source=/p",
+		"pkcs11:token=t;object=o?module-path=" + pin + "&pin-source=/p", // found by FuzzParseURI
 	} {
 		_, err := ParseURI(in)
 		if err == nil {
