@@ -89,6 +89,67 @@ bench:
 	$(GO) test -run '^$$' -bench Record -benchtime 20000x ./internal/audit
 	$(GO) test -run '^$$' -bench VerifyMillion -benchtime 1x -count 3 ./internal/audit
 
+# ---------------------------------------------------------------------------
+# Soak and fault run (tresor soak; see the README, "Soak and fault run").
+
+.PHONY: soak
+
+# SOAK_DURATION is how long the traffic runs; SOAK_FLAGS adds tresor soak
+# flags, such as --clients 8 --seed 1 --json soak.json --keep.
+SOAK_DURATION ?= 30m
+SOAK_FLAGS ?=
+
+## soak: two replicas on PostgreSQL and SoftHSM2 under mixed traffic and faults for SOAK_DURATION (default 30m), then the final checks.
+soak: test-deps
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	$(GO) build -o "$$d/tresor" ./cmd/tresor && \
+	"$$d/tresor" soak --duration $(SOAK_DURATION) $(SOAK_FLAGS)
+
+# ---------------------------------------------------------------------------
+# Fuzzing (go test -fuzz). Each target's seeds, and any corpus saved under
+# its package's testdata/fuzz/, also run in every plain `go test`.
+
+.PHONY: fuzz fuzz-ci
+
+# FUZZTIME is how long each target runs; FUZZPARALLEL, how many workers it
+# uses (keep 1 on a two-core machine); FUZZMINIMIZETIME, how long each new
+# input is minimized (go's default, 60s, would spend most of a short run
+# minimizing the larger seeds: audit logs, schemas, configuration files).
+FUZZTIME ?= 1m
+FUZZPARALLEL ?= 1
+FUZZMINIMIZETIME ?= 5s
+
+# Every fuzz target, as package:FuzzName, one a line (append new ones).
+FUZZ_TARGETS += envelope:FuzzParseCiphertext
+FUZZ_TARGETS += envelope:FuzzDecodeCiphertext
+FUZZ_TARGETS += envelope:FuzzDecrypt
+FUZZ_TARGETS += envelope:FuzzDecryptTampered
+FUZZ_TARGETS += fields:FuzzParseSchema
+FUZZ_TARGETS += fields:FuzzSchemaPath
+FUZZ_TARGETS += fields:FuzzProtectDocument
+FUZZ_TARGETS += internal/config:FuzzParse
+FUZZ_TARGETS += kms/pkcs11:FuzzParseURI
+FUZZ_TARGETS += kms/awskms:FuzzParseURI
+FUZZ_TARGETS += internal/audit:FuzzVerify
+FUZZ_TARGETS += internal/audit:FuzzVerifyTampered
+FUZZ_TARGETS += client:FuzzParseHeader
+FUZZ_TARGETS += client:FuzzDecrypt
+FUZZ_TARGETS += client:FuzzDecryptStream
+
+## fuzz: run every fuzz target for FUZZTIME each (default 1m), one after another.
+fuzz:
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz: $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) -parallel $(FUZZPARALLEL) ./$$pkg || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (crashers are saved under each package's testdata/fuzz/)"; exit 1; fi
+
+## fuzz-ci: every fuzz target briefly (5s each) from its corpus; .ci/run calls it.
+fuzz-ci:
+	$(MAKE) fuzz FUZZTIME=5s
+
 ## lint: gofmt, go vet, buf lint, go.mod tidiness.
 lint: lint-proto
 	@out=$$($(GOFMT) -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -96,4 +157,4 @@ lint: lint-proto
 	$(GO) mod tidy -diff
 
 ## ci: what .ci/run runs.
-ci: lint check-generate test
+ci: lint check-generate test fuzz-ci
