@@ -6,13 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/tresorkms/tresor/envelope"
+	"io"
 	"slices"
 	"sort"
 	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tresorkms/tresor/envelope"
 )
 
 // Protection is what a tier does to a field. The zero value is invalid.
@@ -222,6 +224,16 @@ const (
 func ParseSchema(data []byte) (*Schema, error) {
 	if len(data) > maxSchemaBytes {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrInvalidSchema, maxSchemaBytes)
+	}
+	if json.Valid(data) {
+		// YAML reads most JSON, but not every JSON escape (\/, surrogate
+		// pairs such as Python's json.dumps writes): spell the strings the
+		// way YAML reads them. Member names and their order are kept, so
+		// duplicates and unknown fields are refused below as in YAML.
+		var err error
+		if data, err = yamlJSON(data); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -731,4 +743,62 @@ func yamlSafe(b []byte) []byte {
 		return b
 	}
 	return out
+}
+
+// yamlJSON writes valid JSON text b again, token by token, with every
+// string re-encoded by encoding/json (no \/, no surrogate escapes) and
+// made yamlSafe: the same JSON value, in a spelling YAML reads the same.
+func yamlJSON(b []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	out := make([]byte, 0, len(b))
+	// Per open container: whether it is an object, and how many tokens
+	// (members' names and values, or elements) it has had.
+	type level struct {
+		object bool
+		n      int
+	}
+	var stack []level
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			out = append(out, byte(d))
+			continue
+		}
+		if len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			switch {
+			case top.object && top.n%2 == 1:
+				out = append(out, ':')
+			case top.n > 0:
+				out = append(out, ',')
+			}
+			top.n++
+		}
+		switch v := tok.(type) {
+		case json.Delim:
+			stack = append(stack, level{object: v == '{'})
+			out = append(out, byte(v))
+		case string:
+			q, err := json.Marshal(v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, q...)
+		case json.Number:
+			out = append(out, v...)
+		case bool:
+			out = fmt.Append(out, v)
+		case nil:
+			out = append(out, "null"...)
+		}
+	}
+	return yamlSafe(out), nil
 }

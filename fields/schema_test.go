@@ -198,3 +198,41 @@ func TestSchemaValidate(t *testing.T) {
 		t.Errorf("Validate(pii-siv is GCM) err = %v, want ErrInvalidSchema naming pii-siv", err)
 	}
 }
+
+// TestParseSchemaJSONEscapes: JSON schemas parse whatever escapes their
+// encoder chose (\/, surrogate pairs), and still refuse duplicate and
+// unknown members.
+func TestParseSchemaJSONEscapes(t *testing.T) {
+	const base = `{"name":"esc","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"},` +
+		`"masked":{"protection":"mask","mask":{"keep_last":4,"format":"digits"}}},"fields":[{"path":%s,"tier":"masked"}]}`
+	tests := []struct {
+		name, path, want string
+	}{
+		{"plain", `"$.card"`, `$.card`},
+		{"escaped solidus", `"$[\"a\/b\"]"`, `$["a/b"]`},
+		{"surrogate pair", `"$[\"\ud83d\ude00\"]"`, "$[\"\U0001F600\"]"},
+		{"escaped latin", `"$[\"stra\u00dfe\"]"`, `$["straße"]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := ParseSchema([]byte(fmt.Sprintf(base, tt.path)))
+			if err != nil {
+				t.Fatalf("ParseSchema(%s) err = %v, want nil", tt.path, err)
+			}
+			if got := s.Fields(); len(got) != 1 || got[0].Path != tt.want {
+				t.Errorf("ParseSchema(%s).Fields() = %q, want one field at %q", tt.path, got, tt.want)
+			}
+		})
+	}
+	for name, def := range map[string]string{
+		"duplicate member":   `{"name":"esc","name":"other","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"}},"fields":[]}`,
+		"unknown member":     `{"name":"esc","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"}},"fields":[],"extra":1}`,
+		"member in capitals": `{"Name":"esc","version":1,"default_tier":"public","tiers":{"public":{"protection":"none"}},"fields":[]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := ParseSchema([]byte(def)); !errors.Is(err, ErrInvalidSchema) {
+				t.Errorf("ParseSchema(%s) err = %v, want ErrInvalidSchema", def, err)
+			}
+		})
+	}
+}
