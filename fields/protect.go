@@ -364,6 +364,12 @@ func (r *run) walk(n *node, pn *pnode) error {
 
 func (r *run) walkObject(n *node, pn *pnode) error {
 	base := len(r.sibs)
+	// Members named like a blind index: on reveal they are the indexes
+	// Protect wrote, and stay as they are. On protect they are the
+	// caller's, and stay unprotected only if a fresh index replaces them;
+	// a value under such a name with no field beside it is walked like
+	// any other (the default tier, inspection), after the loop.
+	deferred := -1
 	for i := range n.members {
 		m := &n.members[i]
 		mark, pmark := len(r.path), len(r.pat)
@@ -383,11 +389,18 @@ func (r *run) walkObject(n *node, pn *pnode) error {
 			}
 		} else if !r.isSibling(n, i, pn) {
 			err = r.walk(&m.val, child)
+		} else if !r.reveal && deferred < 0 {
+			deferred = i
 		}
 		if err != nil {
 			return err
 		}
 		r.path, r.pat = r.path[:mark], r.pat[:pmark]
+	}
+	if deferred >= 0 {
+		if err := r.walkUnreplaced(n, pn, deferred, r.sibs[base:]); err != nil {
+			return err
+		}
 	}
 	sibs := r.sibs[base:]
 	if len(sibs) == 0 {
@@ -421,6 +434,26 @@ func (r *run) walkObject(n *node, pn *pnode) error {
 	n.members = (*a)[at:len(*a):len(*a)]
 	clear(sibs)
 	r.sibs = r.sibs[:base]
+	return nil
+}
+
+// walkUnreplaced walks, from member first on, the members of n named like
+// a blind index that no fresh index in sibs replaces.
+func (r *run) walkUnreplaced(n *node, pn *pnode, first int, sibs []sibling) error {
+	for i := first; i < len(n.members); i++ {
+		m := &n.members[i]
+		if !r.isSibling(n, i, pn) || slices.ContainsFunc(sibs, func(sb sibling) bool { return sb.name == string(m.key) }) {
+			continue
+		}
+		mark, pmark := len(r.path), len(r.pat)
+		r.path = appendName(r.path, m.key)
+		r.pat = appendName(r.pat, m.key)
+		err := r.walk(&m.val, nil)
+		r.path, r.pat = r.path[:mark], r.pat[:pmark]
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

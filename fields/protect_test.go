@@ -445,3 +445,37 @@ func TestProtectKeyErrorNamesPathNotValue(t *testing.T) {
 		t.Errorf("Protect(disabled key) err = %v, want ErrKeyDisabled naming $.tax_id and not the value", err)
 	}
 }
+
+// TestBlindIndexNameIsNoHidingPlace: a member named like a blind index
+// escapes inspection only when Protect writes the index over it; a value
+// under that name with no field beside it is inspected like any other.
+func TestBlindIndexNameIsNoHidingPlace(t *testing.T) {
+	ctx := context.Background()
+	p, _ := newProtector(t, Options{})
+	const card = "4111 1111 1111 1111"
+	s := mustSchema(t, customerSchema)
+	tests := []struct {
+		name         string
+		doc          string
+		wantFindings []Finding
+		wantCard     bool // the card stays in the output (report)
+	}{
+		{"no field beside it", `{"accounts":[{"iban_bidx":"` + card + `"}]}`, []Finding{{"$.accounts[0].iban_bidx", "card", InspectReport}}, true},
+		{"before its field", `{"accounts":[{"iban_bidx":"` + card + `","iban":"DE89 3704 0044 0532 0130 00"}]}`, nil, false},
+		{"after its field", `{"accounts":[{"iban":"DE89 3704 0044 0532 0130 00","iban_bidx":"` + card + `"}]}`, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, res, err := p.Protect(ctx, s, []byte(tt.doc), "d")
+			if err != nil {
+				t.Fatalf("Protect(%s) err = %v, want nil", tt.doc, err)
+			}
+			if !reflect.DeepEqual(res.Findings, tt.wantFindings) {
+				t.Errorf("Protect(%s) findings = %+v, want %+v", tt.doc, res.Findings, tt.wantFindings)
+			}
+			if got := bytes.Contains(out, []byte(card)); got != tt.wantCard {
+				t.Errorf("Protect(%s) = %s: card in the output %v, want %v", tt.doc, out, got, tt.wantCard)
+			}
+		})
+	}
+}
