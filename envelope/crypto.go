@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tresorkms/tresor/internal/store"
 	"github.com/tresorkms/tresor/secret"
@@ -149,6 +150,14 @@ func (r *Keyring) loadFor(ctx context.Context, p parsed) (*loadedKey, error) {
 		return lk, err
 	}
 	name := string(p.name)
+	// Anyone may send made-up versions: read the store for a key at most
+	// once per newerCheckInterval, so that they cannot turn every call
+	// (or every item of a batch) into a query.
+	now := r.opts.Now()
+	if last, ok := r.newerChecks.Load(name); ok && now.Sub(last.(time.Time)) < newerCheckInterval {
+		return lk, nil
+	}
+	r.newerChecks.Store(name, now)
 	revs, err := r.store.KeyRevisions(ctx, []string{name})
 	if err != nil || revs[name] <= lk.meta.Revision {
 		return lk, nil // opening fails as it would have
@@ -156,6 +165,9 @@ func (r *Keyring) loadFor(ctx context.Context, p parsed) (*loadedKey, error) {
 	r.cache.invalidate(name, revs[name])
 	return r.load(ctx, name)
 }
+
+// newerCheckInterval bounds how often loadFor reads a key's revision.
+const newerCheckInterval = 100 * time.Millisecond
 
 // newerVersion reports whether version v is newer than every version lk holds.
 func newerVersion(lk *loadedKey, v uint32) bool {

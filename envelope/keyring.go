@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -87,6 +88,9 @@ type Keyring struct {
 	// rotations shares one rotation among the callers that find the same
 	// key's primary version spent.
 	rotations flight
+	// newerChecks is when each key's store revision was last read for a
+	// ciphertext of an unknown, newer version (loadFor), by key name.
+	newerChecks sync.Map
 }
 
 // New returns a Keyring over a key store and the root key that wraps its

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tresorkms/tresor/internal/store"
@@ -68,5 +69,52 @@ func TestDecryptNewerVersionFromOtherReplica(t *testing.T) {
 				t.Errorf("B.Decrypt(version 3 header) made %d root-key calls, want 0", n)
 			}
 		})
+	}
+}
+
+// revisionCounter counts KeyRevisions reads.
+type revisionCounter struct {
+	store.Store
+	n atomic.Int64
+}
+
+func (s *revisionCounter) KeyRevisions(ctx context.Context, names []string) (map[string]int64, error) {
+	s.n.Add(1)
+	return s.Store.KeyRevisions(ctx, names)
+}
+
+// TestMadeUpVersionsCostFewStoreReads: ciphertexts naming versions that do
+// not exist read the key's revision at most once per newerCheckInterval, so
+// that a caller cannot turn every Decrypt (or batch item) into a query.
+func TestMadeUpVersionsCostFewStoreReads(t *testing.T) {
+	ctx := context.Background()
+	rings, _, clock := replicas(t, 1, Options{})
+	r := rings[0]
+	if _, err := r.CreateKey(ctx, KeySpec{Name: "k", Type: store.KeyTypeAES256GCM}); err != nil {
+		t.Fatal(err)
+	}
+	ct, _, err := r.Encrypt(ctx, "k", []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := parse(ct)
+	forged := bytes.Clone(ct)
+	forged[len(p.header)-1] = 9
+	counter := &revisionCounter{Store: r.store}
+	r.store = counter
+	for range 50 {
+		if _, _, err := r.Decrypt(ctx, forged, nil); !errors.Is(err, ErrDecrypt) {
+			t.Fatalf("Decrypt(version 9) err = %v, want ErrDecrypt", err)
+		}
+	}
+	if n := counter.n.Load(); n != 1 {
+		t.Errorf("50 decryptions of a made-up version read revisions %d times, want 1", n)
+	}
+	clock.Advance(newerCheckInterval)
+	if _, _, err := r.Decrypt(ctx, forged, nil); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("Decrypt(version 9) err = %v, want ErrDecrypt", err)
+	}
+	if n := counter.n.Load(); n != 2 {
+		t.Errorf("after newerCheckInterval, revision reads = %d, want 2", n)
 	}
 }

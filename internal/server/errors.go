@@ -70,7 +70,7 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, envelope.ErrRootKeyNotHeld):
 		logger.WarnContext(ctx, "keyset wrapped by a root key this replica has not opened yet", "err", err)
-		return status.Error(codes.Unavailable, "the root key is being rotated and this replica has not followed yet; retry later")
+		return status.Error(codes.Unavailable, "the root key is being rotated and this replica has not followed yet; retry later (if this persists, this replica refused the rotation: see its log)")
 	case errors.Is(err, envelope.ErrKeysetUnreadable):
 		logger.ErrorContext(ctx, "stored keyset unreadable", "err", err)
 		return status.Error(codes.Internal, "key material unavailable")
