@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/tresorkms/tresor/envelope"
+	"github.com/tresorkms/tresor/secret"
 )
 
 // Fuzz targets for the schema parser, the path parser and documents through
@@ -280,6 +282,7 @@ func jsonShape(doc []byte) (valid, object bool, depth int, dup bool) {
 		return false, false, 0, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber() // valid JSON numbers beyond float64 (1E700) are numbers still
 	var walk func(d int) error
 	walk = func(d int) error {
 		tok, err := dec.Token()
@@ -422,6 +425,250 @@ func checkNoValues(t *testing.T, doc []byte, texts []string) {
 	}
 }
 
+// valueAt returns the value at a concrete path (as FieldResult.Path
+// spells it: .name, ["name"], [index]) in x, a decoded JSON value.
+func valueAt(x any, path string) (any, bool) {
+	if !strings.HasPrefix(path, "$") {
+		return nil, false
+	}
+	for i := 1; i < len(path); {
+		switch {
+		case path[i] == '.':
+			j := i + 1
+			for j < len(path) && isNameChar(path[j]) {
+				j++
+			}
+			m, ok := x.(map[string]any)
+			if !ok || j == i+1 {
+				return nil, false
+			}
+			if x, ok = m[path[i+1:j]]; !ok {
+				return nil, false
+			}
+			i = j
+		case strings.HasPrefix(path[i:], `["`):
+			j := i + 2
+			for j < len(path) && path[j] != '"' {
+				if path[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			var name string
+			if j+1 >= len(path) || path[j+1] != ']' || json.Unmarshal([]byte(path[i+1:j+1]), &name) != nil {
+				return nil, false
+			}
+			m, ok := x.(map[string]any)
+			if !ok {
+				return nil, false
+			}
+			if x, ok = m[name]; !ok {
+				return nil, false
+			}
+			i = j + 2
+		case path[i] == '[':
+			j := strings.IndexByte(path[i:], ']')
+			if j < 0 {
+				return nil, false
+			}
+			n, err := strconv.Atoi(path[i+1 : i+j])
+			a, ok := x.([]any)
+			if err != nil || !ok || n < 0 || n >= len(a) {
+				return nil, false
+			}
+			x, i = a[n], i+j+1
+		default:
+			return nil, false
+		}
+	}
+	return x, true
+}
+
+// decodeJSON decodes doc with numbers as json.Number.
+func decodeJSON(doc []byte) (any, error) {
+	d := json.NewDecoder(bytes.NewReader(doc))
+	d.UseNumber()
+	var x any
+	err := d.Decode(&x)
+	return x, err
+}
+
+// checkConfidential reports a value that Protect says it protected but
+// that is in clear at its path in out, the protected document: the
+// decoded values at each path of res, in doc and in out, are compared.
+//   - aead, deterministic, blind_index: the value is a ciphertext string,
+//     not the original value;
+//   - tokenize: the digits of the string are replaced, the rest (and the
+//     length) kept; the token differs from the original unless FF1 maps
+//     it to itself, which is checked with the key (for 6 digits that
+//     happens to one value in a million: rare, but a long fuzzing run
+//     meets it, so equality alone is not a failure);
+//   - redact: the value is "[REDACTED]";
+//   - mask: the value is the mask of the original, and shows no more
+//     characters of the mask's class than the mask keeps.
+//
+// Its errors quote the document: the fuzzer's, never a real one.
+func checkConfidential(ctx context.Context, keys Tokenizer, s *Schema, doc, out []byte, res Result) error {
+	in, err := decodeJSON(doc)
+	if err != nil {
+		return fmt.Errorf("decode the document %q: %w", doc, err)
+	}
+	prot, err := decodeJSON(out)
+	if err != nil {
+		return fmt.Errorf("decode the protected document %q: %w", out, err)
+	}
+	for _, fr := range res.Fields {
+		orig, ok1 := valueAt(in, fr.Path)
+		got, ok2 := valueAt(prot, fr.Path)
+		if !ok1 || !ok2 {
+			return fmt.Errorf("field %s (%s) is not in the document (%v) or the protected one (%v)", fr.Path, fr.Protection, ok1, ok2)
+		}
+		gs, isString := got.(string)
+		if !isString {
+			return fmt.Errorf("%s (%s) is a %T in the protected document, not a string", fr.Path, fr.Protection, got)
+		}
+		switch fr.Protection {
+		case ProtectionAEAD, ProtectionDeterministic, ProtectionBlindIndex:
+			if reflect.DeepEqual(orig, got) {
+				return fmt.Errorf("%s (%s) is in clear", fr.Path, fr.Protection)
+			}
+			if !strings.HasPrefix(gs, envelope.StringPrefix) {
+				return fmt.Errorf("%s (%s) is %q, not a ciphertext", fr.Path, fr.Protection, gs)
+			}
+		case ProtectionTokenize:
+			was, _ := orig.(string)
+			same := len(was) == len(gs)
+			for i := 0; same && i < len(was); i++ {
+				same = isDigit(was[i]) == isDigit(gs[i]) && (isDigit(was[i]) || was[i] == gs[i])
+			}
+			if !same {
+				return fmt.Errorf("%s (tokenize) is %q, not the format of %q", fr.Path, gs, was)
+			}
+			if gs == was {
+				token, err := ff1Token(ctx, keys, s, fr, was)
+				if err != nil {
+					return err
+				}
+				if token != was {
+					return fmt.Errorf("%s (tokenize) is in clear; its token is %q", fr.Path, token)
+				}
+			}
+		case ProtectionRedact:
+			if gs != secret.Redacted {
+				return fmt.Errorf("%s (redact) is %q, not %q", fr.Path, gs, secret.Redacted)
+			}
+		case ProtectionMask:
+			var was string
+			switch o := orig.(type) {
+			case string:
+				was = o
+			case json.Number:
+				was = o.String()
+			default:
+				return fmt.Errorf("%s (mask) was a %T", fr.Path, orig)
+			}
+			tier, _ := s.Tier(fr.Tier)
+			if want := applyMask(was, tier.Mask); gs != want {
+				return fmt.Errorf("%s (mask) is %q, want %q", fr.Path, gs, want)
+			}
+			if shown, most := maskShows(gs, tier.Mask); shown > most {
+				return fmt.Errorf("%s (mask) is %q: %d characters shown, the mask keeps at most %d", fr.Path, gs, shown, most)
+			}
+		default:
+			return fmt.Errorf("%s has protection %s", fr.Path, fr.Protection)
+		}
+	}
+	return nil
+}
+
+// ff1Token tokenizes v as the field's tier does, computed here from the
+// key: FF1 over its digits with the field's key and tweak, the rest of v
+// kept.
+func ff1Token(ctx context.Context, keys Tokenizer, s *Schema, fr FieldResult, v string) (string, error) {
+	block, _, err := keys.TokenizationCipher(ctx, fr.Key)
+	if err != nil {
+		return "", fmt.Errorf("TokenizationCipher(%s): %w", fr.Key, err)
+	}
+	f, err := newFF1(block, 10)
+	if err != nil {
+		return "", err
+	}
+	var digits []byte
+	for i := range len(v) {
+		if isDigit(v[i]) {
+			digits = append(digits, v[i]-'0')
+		}
+	}
+	enc, _, err := f.appendCipher(nil, nil, appendBinding(nil, "tresor-ff1-v1\x00", s.Name(), fr.Pattern), digits, true)
+	if err != nil {
+		return "", fmt.Errorf("FF1 of %s: %w", fr.Path, err)
+	}
+	token := []byte(v)
+	for i, j := 0, 0; i < len(token); i++ {
+		if isDigit(token[i]) {
+			token[i] = '0' + enc[j]
+			j++
+		}
+	}
+	return string(token), nil
+}
+
+// maskShows counts the characters of a masked value that the mask's
+// format hides unless kept, and how many it keeps at most: digits for
+// card and digits (the last KeepLast), letters and digits for iban (the
+// country code and the last KeepLast), the local part but its first
+// character for email, every character for text (the last KeepLast).
+func maskShows(masked string, spec MaskSpec) (shown, most int) {
+	count := func(s string, class func(rune) bool) int {
+		n := 0
+		for _, r := range s {
+			if r != '*' && class(r) {
+				n++
+			}
+		}
+		return n
+	}
+	switch spec.Format {
+	case MaskCard, MaskDigits:
+		return count(masked, isDigitRune), spec.KeepLast
+	case MaskIBAN:
+		return count(masked, isAlnumRune), 2 + spec.KeepLast
+	case MaskEmail:
+		local := masked
+		if at := strings.LastIndexByte(masked, '@'); at >= 0 {
+			local = masked[:at]
+		}
+		return count(local, func(rune) bool { return true }), 1
+	}
+	return count(masked, func(rune) bool { return true }), spec.KeepLast
+}
+
+// checkWithheldAndMasked checks the reveals of out, the protection of doc,
+// that show nothing in clear: with every field withheld, it opens nothing,
+// so it succeeds and gives out back byte for byte; masked, it succeeds
+// and gives valid JSON. reveal reveals out with every field in mode. Both
+// may fail with ErrReveal only when doc holds a public value that looks
+// like a ciphertext (looksSealed): it is revealed as one, and fails.
+func checkWithheldAndMasked(out []byte, looksSealed bool, reveal func(RevealMode) ([]byte, error)) error {
+	back, err := reveal(RevealWithheld)
+	switch {
+	case err != nil && looksSealed && errors.Is(err, ErrReveal):
+	case err != nil:
+		return fmt.Errorf("Reveal(withheld) err = %w, want nil: withholding opens nothing", err)
+	case !bytes.Equal(back, out):
+		return fmt.Errorf("Reveal(every field withheld) =\n%s\nwant the protected document\n%s", back, out)
+	}
+	m, err := reveal(RevealMasked)
+	switch {
+	case err != nil && looksSealed && errors.Is(err, ErrReveal):
+	case err != nil:
+		return fmt.Errorf("Reveal(masked) err = %w, want nil", err)
+	case !json.Valid(m):
+		return fmt.Errorf("Reveal(masked) = %q, not valid JSON", m)
+	}
+	return nil
+}
+
 // FuzzProtectDocument: JSON documents through Protect, then Reveal. Under
 // each schema variant:
 //   - a document over the size limit is refused with ErrDocumentTooLarge;
@@ -432,10 +679,14 @@ func checkNoValues(t *testing.T, doc []byte, texts []string) {
 //   - Protect and Reveal fail only with the package's sentinel errors, and
 //     Protect's errors and results name no value (checked for values of 6
 //     digits or more: card, account and tax numbers);
-//   - the protected document is valid JSON; revealing it with every field
-//     withheld gives it back byte for byte; revealing it in clear gives the
-//     original JSON value but for masked or redacted fields and the added
-//     blind indexes; a masked reveal gives valid JSON.
+//   - the protected document is valid JSON, and no protected value is in
+//     clear at its path (checkConfidential);
+//   - revealing it with every field withheld succeeds and gives it back
+//     byte for byte; a masked reveal succeeds and gives valid JSON;
+//     revealing it in clear gives the original JSON value but for masked
+//     or redacted fields and the added blind indexes. The one exception:
+//     a public value that looks like a ciphertext is revealed as one, and
+//     fails with ErrReveal, whatever the mode.
 func FuzzProtectDocument(f *testing.F) {
 	ctx := context.Background()
 	docs := fuzzSeedFiles(f, "testdata/*.json")
@@ -452,13 +703,14 @@ func FuzzProtectDocument(f *testing.F) {
 		[]byte(` {"a" : "\ud800" } `),
 		[]byte(`[]`),
 		[]byte(`{"a":1}x`),
+		[]byte(`{"a":1E700,"p":-1e-400}`), // valid JSON, beyond float64
 	)
 	for _, d := range docs {
 		for variant := range uint8(4) {
 			f.Add(variant, d, "doc-1")
 		}
 	}
-	p, _ := newProtector(f, Options{MaxDocumentBytes: fuzzMaxBytes, MaxDepth: fuzzMaxDepth})
+	p, ring := newProtector(f, Options{MaxDocumentBytes: fuzzMaxBytes, MaxDepth: fuzzMaxDepth})
 	variants := []fuzzVariant{
 		{schema: mustSchema(f, customerSchema), irreversible: []string{"card", "password"}, siblings: []string{"iban_bidx"}},
 		{schema: mustSchema(f, fuzzSchema("public", "protect")), siblings: []string{"i_ix"}},
@@ -466,8 +718,6 @@ func FuzzProtectDocument(f *testing.F) {
 		{schema: mustSchema(f, fuzzSchema("searchable", "reject")), siblings: []string{"i_ix"}},
 	}
 	revealClear := func(FieldRef) (RevealMode, error) { return RevealClear, nil }
-	masked := func(FieldRef) (RevealMode, error) { return RevealMasked, nil }
-	withheld := func(FieldRef) (RevealMode, error) { return RevealWithheld, nil }
 	f.Fuzz(func(t *testing.T, variant uint8, doc []byte, docID string) {
 		v := variants[int(variant)%len(variants)]
 		in := bytes.Clone(doc)
@@ -520,26 +770,24 @@ func FuzzProtectDocument(f *testing.F) {
 		if !json.Valid(out) {
 			t.Fatalf("Protect(%q) = %q, not valid JSON", doc, out)
 		}
-
-		back, _, err := p.Reveal(ctx, v.schema, out, docID, withheld)
-		if err != nil && !errors.Is(err, ErrReveal) {
-			t.Fatalf("Reveal(withheld, Protect(%q)) err = %v, want nil or ErrReveal", doc, err)
-		}
-		if err == nil && !bytes.Equal(back, out) {
-			t.Fatalf("Reveal(every field withheld) =\n%s\nwant the protected document\n%s", back, out)
-		}
-		if m, _, err := p.Reveal(ctx, v.schema, out, docID, masked); err == nil && !json.Valid(m) {
-			t.Fatalf("Reveal(masked, Protect(%q)) = %q, not valid JSON", doc, m)
-		} else if err != nil && !errors.Is(err, ErrReveal) {
-			t.Fatalf("Reveal(masked, Protect(%q)) err = %v, want nil or ErrReveal", doc, err)
+		if err := checkConfidential(ctx, ring, v.schema, doc, out, res); err != nil {
+			t.Fatalf("Protect(%q): %v\nprotected: %s", doc, err, out)
 		}
 
-		back, _, err = p.Reveal(ctx, v.schema, out, docID, revealClear)
+		// A public value that looks like a ciphertext is revealed as one,
+		// and fails: the only way a protected document does not reveal.
+		looksSealed := bytes.Contains(doc, []byte(`"`+envelope.StringPrefix))
+		reveal := func(mode RevealMode) ([]byte, error) {
+			b, _, err := p.Reveal(ctx, v.schema, out, docID, func(FieldRef) (RevealMode, error) { return mode, nil })
+			return b, err
+		}
+		if err := checkWithheldAndMasked(out, looksSealed, reveal); err != nil {
+			t.Fatalf("Protect(%q) then %v", doc, err)
+		}
+
+		back, _, err := p.Reveal(ctx, v.schema, out, docID, revealClear)
 		if err != nil {
-			// A public value that looks like a ciphertext is revealed as
-			// one, and fails: the only way a protected document does not
-			// reveal.
-			if errors.Is(err, ErrReveal) && bytes.Contains(doc, []byte(`"`+envelope.StringPrefix)) {
+			if looksSealed && errors.Is(err, ErrReveal) {
 				return
 			}
 			t.Fatalf("Reveal(clear, Protect(%q)) err = %v, want nil\nprotected: %s", doc, err, out)
@@ -551,4 +799,185 @@ func FuzzProtectDocument(f *testing.F) {
 			t.Fatalf("Reveal(Protect(doc)) is not doc:\ndoc       %s\nprotected %s\nrevealed  %s", doc, out, back)
 		}
 	})
+}
+
+func TestValueAt(t *testing.T) {
+	doc := []byte(`{"a":{"b":[1,{"c d":"x","e":null}]},"q\"r":true,"n":2}`)
+	x, err := decodeJSON(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		path   string
+		want   any
+		wantOK bool
+	}{
+		{"$.n", json.Number("2"), true},
+		{"$.a.b[0]", json.Number("1"), true},
+		{`$.a.b[1]["c d"]`, "x", true},
+		{"$.a.b[1].e", nil, true},
+		{`$["q\"r"]`, true, true},
+		{"$.a.b[2]", nil, false},
+		{"$.a.b[-1]", nil, false},
+		{"$.a.x", nil, false},
+		{"$.n.m", nil, false},
+		{"$.a[0]", nil, false},
+		{`$["a"`, nil, false},
+		{"a", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			got, ok := valueAt(x, tt.path)
+			if ok != tt.wantOK || (ok && !reflect.DeepEqual(got, tt.want)) {
+				t.Errorf("valueAt(%s) = %v, %v; want %v, %v", tt.path, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+// TestCheckConfidential: the customer document as Protect leaves it
+// passes; with any protected value put back in clear, or protected
+// otherwise than its tier says, it fails.
+func TestCheckConfidential(t *testing.T) {
+	ctx := context.Background()
+	p, ring := newProtector(t, Options{})
+	s := mustSchema(t, customerSchema)
+	doc := []byte(customerDoc)
+	out, res, err := p.Protect(ctx, s, doc, "doc-1")
+	if err != nil {
+		t.Fatalf("Protect() err = %v", err)
+	}
+	orig, err := decodeJSON(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := orig.(map[string]any)
+	tests := []struct {
+		name    string
+		change  func(m map[string]any)
+		wantErr string // "": none
+	}{
+		{"as protected", func(map[string]any) {}, ""},
+		{"aead in clear", func(m map[string]any) { m["tax_id"] = o["tax_id"] }, "$.tax_id (aead) is in clear"},
+		{"aead object in clear", func(m map[string]any) { m["address"] = o["address"] }, "$.address (aead) is a map[string]interface {}"},
+		{"aead not a ciphertext", func(m map[string]any) { m["tax_id"] = "xxx-xx-xxxx" }, "not a ciphertext"},
+		{"deterministic in clear", func(m map[string]any) { m["email"] = o["email"] }, "$.email (deterministic) is in clear"},
+		{"blind index in clear", func(m map[string]any) {
+			m["accounts"].([]any)[1].(map[string]any)["iban"] = o["accounts"].([]any)[1].(map[string]any)["iban"]
+		}, "$.accounts[1].iban (blind_index) is in clear"},
+		{"tokenize in clear", func(m map[string]any) { m["account_no"] = o["account_no"] }, "$.account_no (tokenize) is in clear"},
+		{"tokenize: a separator changed", func(m map[string]any) {
+			m["account_no"] = strings.ReplaceAll(m["account_no"].(string), "-", " ")
+		}, "not the format"},
+		{"tokenize: a digit became a letter", func(m map[string]any) { m["account_no"] = "x" + m["account_no"].(string)[1:] }, "not the format"},
+		{"redact in clear", func(m map[string]any) { m["password"] = o["password"] }, `$.password (redact) is "hunter2"`},
+		{"mask in clear", func(m map[string]any) { m["card"] = o["card"] }, "$.card (mask) is"},
+		{"mask showing too much", func(m map[string]any) { m["card"] = "**** **** **11 1111" }, "$.card (mask) is"},
+		{"a protected field left out", func(m map[string]any) { delete(m, "tax_id") }, "not in the document (true) or the protected one (false)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x, err := decodeJSON(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.change(x.(map[string]any))
+			changed, err := json.Marshal(x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = checkConfidential(ctx, ring, s, doc, changed, res)
+			if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("checkConfidential() = %v, want an error with %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestFF1Token: the token computed from the key is Protect's, so a value
+// FF1 maps to itself is told from one left in clear.
+func TestFF1Token(t *testing.T) {
+	ctx := context.Background()
+	p, ring := newProtector(t, Options{})
+	s := mustSchema(t, customerSchema)
+	for _, v := range []string{"123456", "0012-3456-7890", "9 9 9 9 9 9 9", "000000.000000"} {
+		t.Run(v, func(t *testing.T) {
+			doc, _ := json.Marshal(map[string]string{"account_no": v})
+			out, res, err := p.Protect(ctx, s, doc, "doc-1")
+			if err != nil || len(res.Fields) != 1 {
+				t.Fatalf("Protect(%s) = %v, %v", doc, res.Fields, err)
+			}
+			var m map[string]string
+			if err := json.Unmarshal(out, &m); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ff1Token(ctx, ring, s, res.Fields[0], v)
+			if err != nil || got != m["account_no"] {
+				t.Errorf("ff1Token(%q) = %q, %v; Protect made %q", v, got, err, m["account_no"])
+			}
+		})
+	}
+}
+
+func TestMaskShows(t *testing.T) {
+	tests := []struct {
+		masked      string
+		spec        MaskSpec
+		shown, most int
+	}{
+		{"**** **** **** 1111", MaskSpec{Format: MaskCard, KeepLast: 4}, 4, 4},
+		{"**** **** ***1 1111", MaskSpec{Format: MaskCard, KeepLast: 4}, 5, 4},
+		{"DE** **** **** **** **30 00", MaskSpec{Format: MaskIBAN, KeepLast: 4}, 6, 6},
+		{"j***@example.com", MaskSpec{Format: MaskEmail}, 1, 1},
+		{"jo**@example.com", MaskSpec{Format: MaskEmail}, 2, 1},
+		{"*****er2", MaskSpec{Format: MaskText, KeepLast: 3}, 3, 3},
+		{"********", MaskSpec{}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.masked, func(t *testing.T) {
+			if shown, most := maskShows(tt.masked, tt.spec); shown != tt.shown || most != tt.most {
+				t.Errorf("maskShows(%q, %+v) = %d, %d; want %d, %d", tt.masked, tt.spec, shown, most, tt.shown, tt.most)
+			}
+		})
+	}
+}
+
+// TestCheckWithheldAndMasked: a withheld reveal opens nothing and a
+// masked one must succeed: ErrReveal from either fails, unless the
+// document holds a public value that looks like a ciphertext.
+func TestCheckWithheldAndMasked(t *testing.T) {
+	out := []byte(`{"a":"tresor:v1:xyz"}`)
+	type answer struct {
+		doc []byte
+		err error
+	}
+	tests := []struct {
+		name        string
+		withheld    answer
+		masked      answer
+		looksSealed bool
+		wantErr     string
+	}{
+		{"both reveal", answer{out, nil}, answer{[]byte(`{"a":"***"}`), nil}, false, ""},
+		{"withheld fails with ErrReveal", answer{nil, ErrReveal}, answer{[]byte(`{"a":"***"}`), nil}, false, "withholding opens nothing"},
+		{"masked fails with ErrReveal", answer{out, nil}, answer{nil, ErrReveal}, false, "Reveal(masked) err"},
+		{"withheld changes the document", answer{[]byte(`{"a":"x"}`), nil}, answer{[]byte(`{"a":"***"}`), nil}, false, "want the protected document"},
+		{"masked is not JSON", answer{out, nil}, answer{[]byte(`{"a":`), nil}, false, "not valid JSON"},
+		{"ErrReveal for a public value that looks sealed", answer{nil, ErrReveal}, answer{nil, ErrReveal}, true, ""},
+		{"another error for a public value that looks sealed", answer{nil, errors.New("fields: boom")}, answer{nil, ErrReveal}, true, "withholding opens nothing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reveal := func(mode RevealMode) ([]byte, error) {
+				if mode == RevealWithheld {
+					return tt.withheld.doc, tt.withheld.err
+				}
+				return tt.masked.doc, tt.masked.err
+			}
+			err := checkWithheldAndMasked(out, tt.looksSealed, reveal)
+			if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("checkWithheldAndMasked() = %v, want an error with %q", err, tt.wantErr)
+			}
+		})
+	}
 }

@@ -31,11 +31,17 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 	minSettle, maxSettle := settleBounds(o.Duration)
 
 	windows := make([]Window, len(faults))
+	var stops []stopWindow
 	allInjected, allRecovered := true, true
 	var faultProblems []string
 	for i, f := range faults {
 		rec := Recover(calls, FaultTiming{Injected: f.injected, Restored: f.restored, Replicas: f.replicas, ReadyAt: f.readyAt}, minSettle, maxSettle)
 		windows[i] = rec.Window
+		if f.Kind == FaultKill || f.Kind == FaultTerm {
+			for _, r := range f.replicas {
+				stops = append(stops, stopWindow{rec.Window, r})
+			}
+		}
 		fr := FaultReport{Kind: f.Kind, What: f.String(), PlannedS: f.At.Seconds(), InjectedS: f.injected.Seconds(), RestoredS: f.restored.Seconds(),
 			WindowEndS: rec.Window.End.Seconds(), Detail: f.detail}
 		secs := func(d time.Duration) float64 {
@@ -75,15 +81,17 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 		s.Faults = append(s.Faults, fr)
 	}
 
-	errs := map[errKey]*ErrorCount{}
-	errCount := func(k errKey) *ErrorCount {
-		e := errs[k]
+	errs, wrong := map[errKey]*ErrorCount{}, map[errKey]*ErrorCount{}
+	count := func(m map[errKey]*ErrorCount, k errKey) *ErrorCount {
+		e := m[k]
 		if e == nil {
 			e = &ErrorCount{Method: k.method.String(), Code: k.code.String(), Message: firstErr[k]}
-			errs[k] = e
+			m[k] = e
 		}
 		return e
 	}
+	errCount := func(k errKey) *ErrorCount { return count(errs, k) }
+	wrongCount := func(k errKey) *ErrorCount { return count(wrong, k) }
 	lat, calm := make([][]time.Duration, numMethods), make([][]time.Duration, numMethods)
 	for _, c := range calls {
 		s.Requests++
@@ -99,7 +107,8 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 			}
 			continue
 		}
-		e := errCount(errKey{c.Method, c.Code})
+		k := errKey{c.Method, c.Code}
+		e := errCount(k)
 		if in {
 			e.InFault++
 			s.ErrorsInFault++
@@ -107,18 +116,20 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 			e.Outside++
 			s.ErrorsOutside++
 		}
+		if !expectedCode(c.Code, stoppedDuring(c, stops)) {
+			s.NWrongCodes++
+			if in {
+				wrongCount(k).InFault++
+			} else {
+				wrongCount(k).Outside++
+			}
+		}
 	}
-	attributeUnrecorded(&h.traffic.unrecorded, windows, s, errCount)
+	attributeUnrecorded(&h.traffic.unrecorded, windows, stops, s, errCount, wrongCount)
 	for m := range numMethods {
 		s.Latency[m.String()], s.LatencyCalm[m.String()] = Latencies(lat[m]), Latencies(calm[m])
 	}
-	for _, e := range errs {
-		s.Errors = append(s.Errors, *e)
-	}
-	sort.Slice(s.Errors, func(i, j int) bool {
-		a, b := s.Errors[i], s.Errors[j]
-		return a.Method < b.Method || a.Method == b.Method && a.Code < b.Code
-	})
+	s.Errors, s.WrongCodes = sortedCounts(errs), sortedCounts(wrong)
 	h.traffic.mu.Lock()
 	s.Violations, s.NViolations = h.traffic.violations, h.traffic.nViolation
 	h.traffic.mu.Unlock()
@@ -185,7 +196,15 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 		detail = "no successful call of " + strings.Join(noOK, ", ")
 	}
 	check("traffic ran", len(noOK) == 0, detail)
-	check("no wrong results during the run", s.NViolations == 0, fmt.Sprintf("%d calls succeeded with a wrong result", s.NViolations))
+	detail = fmt.Sprintf("%d calls succeeded with a wrong result; %d failed with a code no fault explains", s.NViolations, s.NWrongCodes)
+	if len(s.WrongCodes) > 0 {
+		var ws []string
+		for _, e := range s.WrongCodes {
+			ws = append(ws, fmt.Sprintf("%s %s %d (%d in fault windows)", e.Method, e.Code, e.InFault+e.Outside, e.InFault))
+		}
+		detail += ": " + strings.Join(ws, ", ")
+	}
+	check("no wrong results during the run", s.NViolations == 0 && s.NWrongCodes == 0, detail)
 	limit := int64(math.Floor(MaxOutsideErrorRate * float64(s.CallsOutside)))
 	check("errors outside fault windows", s.ErrorsOutside <= limit,
 		fmt.Sprintf("%d of %d calls outside the fault windows failed; at most %.1f%% (%d) may", s.ErrorsOutside, s.CallsOutside, MaxOutsideErrorRate*100, limit))
@@ -240,12 +259,76 @@ func (h *harness) summarize(sched []Fault, faults []faultRun, end ending) *Summa
 	return s
 }
 
+// expectedCode reports whether a failed call of the traffic may have
+// failed with code. Every request of the traffic is genuine: a key that
+// exists, is enabled and of the right type, a ciphertext, wrapped data
+// key or document a replica handed back with its own associated data or
+// id, the stored schema. Such a request may fail only because a replica
+// or its peers could not answer for a while: Unavailable (a replica,
+// PostgreSQL or the token away, a root key not followed yet),
+// DeadlineExceeded (the client's timeout), ResourceExhausted (load shed)
+// and Aborted (a key changed concurrently too often: a RotateKey meeting
+// the root-key rotation's re-wrap of the same keyset). Canceled is
+// expected only from a replica that was being stopped (stopping): its
+// shutdown cancels the calls still running. Any other code is a wrong
+// result, inside a fault window or not: InvalidArgument ("decryption
+// failed") on a ciphertext a replica made, NotFound, Internal,
+// FailedPrecondition, Unauthenticated, PermissionDenied, Unknown.
+//
+// RotateKey gets no exception: it only ever rotates the enabled AES and
+// HMAC keys of the run (FF1 keys are not rotatable and are left out), so
+// FailedPrecondition (disabled, scheduled for deletion, not rotatable)
+// would be a bug; concurrency surfaces as Aborted.
+func expectedCode(code codes.Code, stopping bool) bool {
+	switch code {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+		return true
+	case codes.Canceled:
+		return stopping
+	}
+	return false
+}
+
+// stopWindow is the window of a fault that stopped a replica (SIGKILL or
+// SIGTERM), and which.
+type stopWindow struct {
+	Window
+	replica int
+}
+
+// stoppedDuring reports whether c ran on a replica while a fault stopped
+// it.
+func stoppedDuring(c Call, stops []stopWindow) bool {
+	for _, w := range stops {
+		if int(c.Replica) == w.replica && InWindow(c, []Window{w.Window}) {
+			return true
+		}
+	}
+	return false
+}
+
+// sortedCounts returns the counts by method, then code.
+func sortedCounts(m map[errKey]*ErrorCount) []ErrorCount {
+	var out []ErrorCount
+	for _, e := range m {
+		out = append(out, *e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		return a.Method < b.Method || a.Method == b.Method && a.Code < b.Code
+	})
+	return out
+}
+
 // attributeUnrecorded adds the calls past the record bound to the counts
 // of s, by the second they started in: a failure counts in a fault window
 // only when that whole second is in one, else outside; a success counts
 // as a call outside the windows only when no window touches its second.
-// Both err on the side of a higher error rate outside the windows.
-func attributeUnrecorded(u *unrecorded, windows []Window, s *Summary, errCount func(errKey) *ErrorCount) {
+// Both err on the side of a higher error rate outside the windows. A
+// failure with a code [expectedCode] does not expect is also counted by
+// wrongCount; Canceled is expected only when the whole second is in the
+// window of a fault that stopped a replica (the replica is not recorded).
+func attributeUnrecorded(u *unrecorded, windows []Window, stops []stopWindow, s *Summary, errCount, wrongCount func(errKey) *ErrorCount) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s.Unrecorded = u.n
@@ -266,9 +349,21 @@ func attributeUnrecorded(u *unrecorded, windows []Window, s *Summary, errCount f
 	for k, n := range u.failed {
 		e := errCount(k.errKey)
 		sec := second(k.second)
-		inside := false
+		within := func(w Window) bool { return w.Start <= sec.Start && sec.End <= w.End }
+		inside, stopping := false, false
 		for _, w := range windows {
-			inside = inside || (w.Start <= sec.Start && sec.End <= w.End)
+			inside = inside || within(w)
+		}
+		for _, w := range stops {
+			stopping = stopping || within(w.Window)
+		}
+		if !expectedCode(k.code, stopping) {
+			s.NWrongCodes += n
+			if inside {
+				wrongCount(k.errKey).InFault += n
+			} else {
+				wrongCount(k.errKey).Outside += n
+			}
 		}
 		if inside {
 			e.InFault += n

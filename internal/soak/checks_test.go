@@ -90,6 +90,31 @@ func failCalls(r *run, at time.Duration, n int) {
 	}
 }
 
+// setCall gives the first recorded call that starts at or after t+at the
+// method, replica and code, and returns its start.
+func setCall(r *run, at time.Duration, m Method, replica int, code codes.Code) time.Duration {
+	calls := r.h.clients[0].calls
+	i, _ := slices.BinarySearchFunc(calls, at, func(c Call, at time.Duration) int { return int(c.Start - at) })
+	calls[i].Method, calls[i].Replica, calls[i].Code = m, int8(replica), code
+	return calls[i].Start
+}
+
+// faultOf returns the first fault of kind in r.
+func faultOf(r *run, kind FaultKind) faultRun {
+	for _, f := range r.faults {
+		if f.Kind == kind {
+			return f
+		}
+	}
+	panic("no fault of kind " + string(kind))
+}
+
+// inFault is a time inside the window of r's first fault of kind: 200ms
+// after its injection.
+func inFault(r *run, kind FaultKind) time.Duration {
+	return faultOf(r, kind).injected + 200*time.Millisecond
+}
+
 // TestSummarize: the passing run passes, and each check failing alone
 // fails the run.
 func TestSummarize(t *testing.T) {
@@ -137,6 +162,50 @@ func TestSummarize(t *testing.T) {
 				r.h.traffic.unrecorded.add(50*time.Second+time.Duration(i)*time.Millisecond, MethodDecrypt, codes.OK)
 			}
 		}, ""},
+		{"a retryable code within a window", func(r *run) {
+			for i, c := range []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted} {
+				setCall(r, inFault(r, FaultRemoveToken)+time.Duration(i)*20*time.Millisecond, MethodDecrypt, 0, c)
+			}
+		}, ""},
+		{"InvalidArgument on Decrypt within a window", func(r *run) { setCall(r, inFault(r, FaultRemoveToken), MethodDecrypt, 0, codes.InvalidArgument) }, noWrong},
+		{"InvalidArgument on RevealDocument within a window", func(r *run) {
+			setCall(r, inFault(r, FaultRemoveToken), MethodRevealDocument, 1, codes.InvalidArgument)
+		}, noWrong},
+		{"Internal on Encrypt within the root-key rotation", func(r *run) {
+			setCall(r, inFault(r, FaultRotateRootKey), MethodEncrypt, 0, codes.Internal)
+		}, noWrong},
+		{"NotFound on ProtectDocument within a window", func(r *run) {
+			setCall(r, inFault(r, FaultDropPostgres), MethodProtectDocument, 0, codes.NotFound)
+		}, noWrong},
+		{"FailedPrecondition on RotateKey within the root-key rotation", func(r *run) {
+			setCall(r, inFault(r, FaultRotateRootKey), MethodRotateKey, 1, codes.FailedPrecondition)
+		}, noWrong},
+		{"Unauthenticated within a window", func(r *run) { setCall(r, inFault(r, FaultKill), MethodEncrypt, 0, codes.Unauthenticated) }, noWrong},
+		{"InvalidArgument on Decrypt outside the windows", func(r *run) { setCall(r, 55*time.Second, MethodDecrypt, 0, codes.InvalidArgument) }, noWrong},
+		{"Canceled on the replica SIGTERM stops", func(r *run) {
+			f := faultOf(r, FaultTerm)
+			setCall(r, inFault(r, FaultTerm), MethodEncrypt, f.Replica, codes.Canceled)
+		}, ""},
+		{"Canceled on the replica SIGKILL stops", func(r *run) {
+			f := faultOf(r, FaultKill)
+			setCall(r, inFault(r, FaultKill), MethodEncrypt, f.Replica, codes.Canceled)
+		}, ""},
+		{"Canceled on the other replica than SIGTERM stops", func(r *run) {
+			f := faultOf(r, FaultTerm)
+			setCall(r, inFault(r, FaultTerm), MethodEncrypt, 1-f.Replica, codes.Canceled)
+		}, noWrong},
+		{"Canceled within a window that stops no replica", func(r *run) { setCall(r, inFault(r, FaultRemoveToken), MethodEncrypt, 0, codes.Canceled) }, noWrong},
+		{"Canceled outside the windows", func(r *run) { setCall(r, 55*time.Second, MethodEncrypt, 0, codes.Canceled) }, noWrong},
+		{"past the record bound: InvalidArgument within a window", func(r *run) {
+			r.h.traffic.unrecorded.add(33*time.Second+500*time.Millisecond, MethodDecrypt, codes.InvalidArgument)
+		}, noWrong},
+		{"past the record bound: Canceled within a SIGTERM window", func(r *run) {
+			r.h.traffic.unrecorded.add(33*time.Second+500*time.Millisecond, MethodDecrypt, codes.Canceled)
+		}, ""},
+		{"past the record bound: Canceled within a window that stops no replica", func(r *run) {
+			at := faultOf(r, FaultRemoveToken).injected.Truncate(time.Second) + time.Second
+			r.h.traffic.unrecorded.add(at, MethodDecrypt, codes.Canceled)
+		}, noWrong},
 		{"no ciphertext kept", func(r *run) { r.end.remembered[0].Kept, r.end.remembered[0].Checked = 0, 0 }, ciphertexts},
 		{"a data key failed", func(r *run) { r.end.remembered[1].Failed = 1 }, dataKeys},
 		{"a document not checked", func(r *run) { r.end.remembered[2].Checked-- }, documents},
@@ -184,6 +253,53 @@ func TestSummarize(t *testing.T) {
 				t.Errorf("summarize() made %d checks, want 12", len(s.Checks))
 			}
 		})
+	}
+}
+
+// TestSummarizeWrongCodes: a failure with a code no fault explains is
+// listed by method and code, in the check's detail and the text, and
+// counted where it happened; a retryable failure is not listed.
+func TestSummarizeWrongCodes(t *testing.T) {
+	r := passingRun()
+	setCall(r, inFault(r, FaultRemoveToken), MethodDecrypt, 0, codes.InvalidArgument)
+	setCall(r, inFault(r, FaultRemoveToken)+20*time.Millisecond, MethodDecrypt, 1, codes.InvalidArgument)
+	setCall(r, inFault(r, FaultRemoveToken)+40*time.Millisecond, MethodDecrypt, 1, codes.Unavailable)
+	setCall(r, 55*time.Second, MethodRevealDocument, 0, codes.Internal)
+	r.h.clients[0].firstErr[errKey{MethodDecrypt, codes.InvalidArgument}] = "decryption failed"
+	s := r.h.summarize(r.sched, r.faults, r.end)
+	want := []ErrorCount{
+		{Method: "Decrypt", Code: "InvalidArgument", InFault: 2, Message: "decryption failed"},
+		{Method: "RevealDocument", Code: "Internal", Outside: 1},
+	}
+	if !slices.Equal(s.WrongCodes, want) || s.NWrongCodes != 3 {
+		t.Errorf("wrong codes %+v (%d); want %+v (3)", s.WrongCodes, s.NWrongCodes, want)
+	}
+	if s.Passed {
+		t.Error("the run passed")
+	}
+	var detail string
+	for _, c := range s.Checks {
+		if c.Name == "no wrong results during the run" {
+			detail = c.Detail
+		}
+	}
+	if wantDetail := "Decrypt InvalidArgument 2 (2 in fault windows), RevealDocument Internal 1 (0 in fault windows)"; !strings.Contains(detail, wantDetail) {
+		t.Errorf("check detail %q, want it to hold %q", detail, wantDetail)
+	}
+	var text strings.Builder
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	_, listed, _ := strings.Cut(text.String(), "FAILED WITH A CODE NO FAULT EXPLAINS: 3\n")
+	listed, _, _ = strings.Cut(listed, "\n\n")
+	lines := strings.Split(listed, "\n")
+	if listed == "" {
+		t.Errorf("WriteText() lists no wrong codes:\n%s", text.String())
+	}
+	for _, w := range []string{"Decrypt InvalidArgument 2 0 decryption failed", "RevealDocument Internal 0 1"} {
+		if !slices.ContainsFunc(lines, func(l string) bool { return strings.Join(strings.Fields(l), " ") == w }) {
+			t.Errorf("WriteText() holds no line %q:\n%s", w, text.String())
+		}
 	}
 }
 

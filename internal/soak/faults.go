@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
@@ -132,17 +136,17 @@ func (h *harness) rotateRootKey(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return h.rotateRootKeyTo(ctx, uri, fmt.Sprintf("root-%d to root-%d", from, from+1))
+}
+
+// rotateRootKeyTo starts a root-key rotation to the root key at uri and
+// waits until the job is done; what names the rotation in the detail it
+// returns.
+func (h *harness) rotateRootKeyTo(ctx context.Context, uri, what string) (string, error) {
 	began := time.Now()
-	var job *tresorv1.RootKeyRotation
-	n := 0
-	err = h.retry(ctx, time.Minute, func(ctx context.Context) error {
-		r, err := h.admin[n%len(h.admin)].admin.RotateRootKey(ctx, &tresorv1.RotateRootKeyRequest{RootKeyUri: uri})
-		n++
-		job = r.GetRotation()
-		return err
-	})
+	job, err := h.startRootKeyRotation(ctx, uri)
 	if err != nil {
-		return "", fmt.Errorf("RotateRootKey: %w", err)
+		return "", err
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for i := 0; ; i++ {
@@ -156,11 +160,80 @@ func (h *harness) rotateRootKey(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("GetRootKeyRotation: %w", err)
 		}
 		if got.GetId() == job.GetId() && got.GetState() == tresorv1.RootKeyRotationState_ROOT_KEY_ROTATION_STATE_DONE {
-			return fmt.Sprintf("job %s re-wrapped %d of %d keysets from root-%d to root-%d in %v", got.GetId(), got.GetRewrapped(), got.GetTotal(), from, from+1, time.Since(began).Round(time.Millisecond)), nil
+			return fmt.Sprintf("job %s re-wrapped %d of %d keysets from %s in %v", got.GetId(), got.GetRewrapped(), got.GetTotal(), what, time.Since(began).Round(time.Millisecond)), nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return "", fmt.Errorf("root-key rotation %s not done after %v: %d of %d re-wrapped", job.GetId(), time.Since(began).Round(time.Second), got.GetRewrapped(), got.GetTotal())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// startRootKeyRotation asks for a root-key rotation to the root key at
+// uri and returns its job. RotateRootKey is retried while no replica
+// answers (Unavailable, DeadlineExceeded). An attempt that a replica
+// carried out but whose answer was lost (the client's deadline passed)
+// makes the retry fail: with FailedPrecondition while the job runs
+// ("a rotation is already running"), with InvalidArgument once it is
+// done (the key is then the active one); or the retries end with
+// DeadlineExceeded or Unavailable. So on any failure the latest job
+// decides: when it is to the key at uri, it is this rotation's, as
+// nothing else rotates to the key this fault just created.
+func (h *harness) startRootKeyRotation(ctx context.Context, uri string) (*tresorv1.RootKeyRotation, error) {
+	var job *tresorv1.RootKeyRotation
+	n := 0
+	err := h.retry(ctx, time.Minute, func(ctx context.Context) error {
+		r, err := h.admin[n%len(h.admin)].admin.RotateRootKey(ctx, &tresorv1.RotateRootKeyRequest{RootKeyUri: uri})
+		n++
+		job = r.GetRotation()
+		return err
+	})
+	if err == nil {
+		return job, nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("RotateRootKey: %w", err)
+	}
+	var latest *tresorv1.RootKeyRotation
+	lerr := h.retry(ctx, time.Minute, func(ctx context.Context) error {
+		r, err := h.admin[n%len(h.admin)].admin.GetRootKeyRotation(ctx, &tresorv1.GetRootKeyRotationRequest{})
+		n++
+		latest = r.GetRotation()
+		return err
+	})
+	if lerr != nil {
+		return nil, fmt.Errorf("RotateRootKey: %w; then GetRootKeyRotation: %w", err, lerr)
+	}
+	if !sameRootKey(latest.GetToRootKey(), uri) {
+		return nil, fmt.Errorf("RotateRootKey: %w; the latest job, %s, is to another root key", err, latest.GetId())
+	}
+	h.logf("RotateRootKey failed (%s), but the latest job, %s, is to the new root key: waiting for it", status.Code(err), latest.GetId())
+	return latest, nil
+}
+
+// sameRootKey reports whether a root key id (as a rotation job names its
+// keys: pkcs11:token=...;object=...[;id=...]) names the token and object
+// that uri names. The query (module path, PIN file) is left out of ids.
+func sameRootKey(id, uri string) bool {
+	a, b := pkcs11Path(id), pkcs11Path(uri)
+	return a["token"] != "" && a["object"] != "" && a["token"] == b["token"] && a["object"] == b["object"]
+}
+
+// pkcs11Path returns the path attributes of a pkcs11: URI or id,
+// percent-decoded; nil for anything else.
+func pkcs11Path(u string) map[string]string {
+	p, ok := strings.CutPrefix(u, "pkcs11:")
+	if !ok {
+		return nil
+	}
+	p, _, _ = strings.Cut(p, "?")
+	attrs := map[string]string{}
+	for _, a := range strings.Split(p, ";") {
+		name, val, _ := strings.Cut(a, "=")
+		if v, err := url.PathUnescape(val); err == nil {
+			val = v
+		}
+		attrs[name] = val
+	}
+	return attrs
 }

@@ -17,8 +17,12 @@
 // sent through each replica, that the audit log verifies with a closed
 // chain for each process stopped gracefully and unclosed ones only for the
 // killed, that memory and goroutines did not grow without bound
-// ([JudgeGrowth]) and that calls outside the fault windows ([Recover]) did
-// not fail; [Summary] holds what it measured.
+// ([JudgeGrowth]), that calls outside the fault windows ([Recover]) did
+// not fail, and that no call failed, inside a window or not, with a code
+// that a fault does not explain (only Unavailable, DeadlineExceeded,
+// ResourceExhausted, Aborted, and Canceled from a replica being stopped,
+// are: every request of the traffic is genuine); [Summary] holds what it
+// measured.
 //
 // It is a development tool: it only ever starts replicas on loopback.
 package soak

@@ -37,6 +37,11 @@ type Summary struct {
 	TokensMinted  int64                   `json:"tokens_minted"`
 	Violations    []Violation             `json:"violations"`
 	NViolations   int64                   `json:"violation_count"`
+	// WrongCodes are the failed calls whose code no fault explains (see
+	// expectedCode), by method and code; NWrongCodes counts them. Each
+	// fails the run, inside a fault window or not.
+	WrongCodes  []ErrorCount `json:"wrong_codes"`
+	NWrongCodes int64        `json:"wrong_code_count"`
 
 	Faults []FaultReport  `json:"faults"`
 	Memory []SeriesReport `json:"memory"`
@@ -175,6 +180,15 @@ func (s *Summary) WriteText(w io.Writer) error {
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  method\tcode\tin faults\toutside\tfirst message")
 		for _, e := range s.Errors {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", e.Method, e.Code, e.InFault, e.Outside, e.Message)
+		}
+		tw.Flush()
+	}
+	if s.NWrongCodes > 0 {
+		fmt.Fprintf(&b, "\nFAILED WITH A CODE NO FAULT EXPLAINS: %d\n", s.NWrongCodes)
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  method\tcode\tin faults\toutside\tfirst message")
+		for _, e := range s.WrongCodes {
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", e.Method, e.Code, e.InFault, e.Outside, e.Message)
 		}
 		tw.Flush()
