@@ -24,9 +24,11 @@
 // and, in Run, re-wraps keysets in batches inside store transactions,
 // recording progress so that it resumes after a crash. No ciphertext and no
 // caller's wrapped data key changes. Every job is endorsed by the root key
-// it leaves ([Endorse]), and a replica follows only a job whose endorsement
-// verifies under a root key it already trusts ([VerifyEndorsement]): the
-// key store alone cannot choose the root key. A replica that meets a
+// it leaves ([Endorse]) and names the job started before it (PrevID, which
+// the endorsement covers), and a replica follows only the job after the
+// one it followed last, when its endorsement verifies under a root key it
+// already trusts ([VerifyEndorsement]): the key store alone can neither
+// choose the root key nor roll it back. A replica that meets a
 // keyset under a root key it does not hold yet follows at once
 // ([envelope.RootKeys.Misses]).
 package rotation

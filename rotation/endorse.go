@@ -25,14 +25,34 @@ import (
 // internal/audit). A replica follows a job only when the endorsement
 // unwraps, under an old root key it already trusts, to the job's digest; at
 // start-up the trust begins with the configured root key (root_key.uri).
+//
+// The digest covers the job's PrevID, the ID of the job started before it,
+// so that the endorsements fix the order of the jobs too: the store's own
+// order (its seq column) is not endorsed, and without PrevID a job endorsed
+// long ago could be made the latest again, rolling the replicas back to a
+// retired root key. A replica follows a new job only when its PrevID is the
+// job it followed last; at start-up every job must name the one before it.
 
 // ErrUnendorsedRotation means a root-key rotation job in the key store is
 // refused: it is not endorsed by a root key this process trusts (no
-// endorsement, an endorsement by another key or of another job, ids or URIs
-// changed since it was endorsed, or an old root key the process does not
-// trust), or it names a new root key that Start would refuse. The job is
-// not followed: no root key it names is opened and nothing is re-wrapped.
+// endorsement, an endorsement by another key or of another job, ids, URIs
+// or PrevID changed since it was endorsed, or an old root key the process
+// does not trust), it is not where the chain of jobs puts it (its PrevID is
+// not the job before it, or the job this replica followed last; it was
+// followed before), or it names a new root key that Start would refuse. The
+// job is not followed: nothing is re-wrapped, and no root key it names is
+// added to the keyring (its old root key may be opened, to verify the
+// endorsement, and is closed again).
 var ErrUnendorsedRotation = errors.New("rotation: root-key rotation not endorsed by a trusted root key")
+
+// ErrMissingRotation means the key store holds keysets under a root key
+// that its rotation records do not account for: neither the active root
+// key nor the old root key of the latest rotation. Rotation records were
+// deleted or cut (which would otherwise roll the replicas back to an
+// earlier root key), root_key.uri names a root key the store never used, or
+// keysets were written under a retired root key. The server does not
+// start.
+var ErrMissingRotation = errors.New("rotation: keysets under a root key no root-key rotation accounts for")
 
 const (
 	// endorsementDomain starts every endorsed digest.
@@ -43,12 +63,12 @@ const (
 )
 
 // endorsementDigest is what an endorsement wraps: SHA-256 over the domain,
-// ID, FromID, FromURI, ToID and ToURI, each preceded by its length (8
-// bytes, big-endian), so that no two jobs have one encoding.
+// ID, PrevID, FromID, FromURI, ToID and ToURI, each preceded by its length
+// (8 bytes, big-endian), so that no two jobs have one encoding.
 func endorsementDigest(job store.RootKeyRotation) [sha256.Size]byte {
 	h := sha256.New()
 	var n [8]byte
-	for _, f := range []string{endorsementDomain, job.ID, job.FromID, job.FromURI, job.ToID, job.ToURI} {
+	for _, f := range []string{endorsementDomain, job.ID, job.PrevID, job.FromID, job.FromURI, job.ToID, job.ToURI} {
 		binary.BigEndian.PutUint64(n[:], uint64(len(f)))
 		h.Write(n[:])
 		io.WriteString(h, f)
@@ -104,7 +124,7 @@ func VerifyEndorsement(ctx context.Context, from envelope.KEK, job store.RootKey
 	}
 	d := endorsementDigest(job)
 	if subtle.ConstantTimeCompare(got, d[:]) != 1 {
-		return fmt.Errorf("%w: job %s: its endorsement by root key %q is not of this job (its ids or URIs differ)", ErrUnendorsedRotation, job.ID, job.FromID)
+		return fmt.Errorf("%w: job %s: its endorsement by root key %q is not of this job (its ids, URIs or previous job differ)", ErrUnendorsedRotation, job.ID, job.FromID)
 	}
 	return nil
 }

@@ -337,19 +337,25 @@ func TestStartRefusesAfterForgedRotation(t *testing.T) {
 }
 
 // TestFollowRefusesRollback: after A -> B -> C, a replica that still
-// holds A refuses a job that would roll its keyring back to A: one endorsed
-// by A, which is no longer active (a new job starts from the active root
-// key), and one without an endorsement from C to A.
+// holds A refuses a job after the latest that would roll its keyring back
+// to A: one endorsed by A, which is no longer active (a new job starts from
+// the active root key), and one without an endorsement from C to A.
 func TestFollowRefusesRollback(t *testing.T) {
 	ctx := context.Background()
 	uriA, uriB, uriC := keyFile(t), keyFile(t), keyFile(t)
 	a, b, c := openRoot(t, uriA), openRoot(t, uriB), openRoot(t, uriC)
 	tests := []struct {
 		name string
-		job  store.RootKeyRotation
+		job  func(prev string) store.RootKeyRotation
 	}{
-		{"endorsed by the old root key A", endorsed(t, "rkr-back", a, uriA, b, uriB)},
-		{"no endorsement, from C to A", store.RootKeyRotation{ID: "rkr-back", FromID: c.ID(), FromURI: uriC, ToID: a.ID(), ToURI: uriA}},
+		{"endorsed by the old root key A", func(prev string) store.RootKeyRotation {
+			j := store.RootKeyRotation{ID: "rkr-back", PrevID: prev, FromID: a.ID(), FromURI: uriA, ToID: b.ID(), ToURI: uriB}
+			j.Endorsement, _ = Endorse(ctx, a, j)
+			return j
+		}},
+		{"no endorsement, from C to A", func(prev string) store.RootKeyRotation {
+			return store.RootKeyRotation{ID: "rkr-back", PrevID: prev, FromID: c.ID(), FromURI: uriC, ToID: a.ID(), ToURI: uriA}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -369,12 +375,17 @@ func TestFollowRefusesRollback(t *testing.T) {
 			if r.roots.ID() != c.ID() || !slices.Contains(r.roots.IDs(), a.ID()) {
 				t.Fatalf("root keys after A->B->C = %q (active %q), want A still held and C active", r.roots.IDs(), r.roots.ID())
 			}
-			if _, err := st.StartRootKeyRotation(ctx, tt.job); err != nil {
+			latest, err := st.LatestRootKeyRotation(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			job := tt.job(latest.ID)
+			if _, err := st.StartRootKeyRotation(ctx, job); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(300 * time.Millisecond)
 			if r.roots.ID() != c.ID() {
-				t.Errorf("active root key after job %s = %q, want still %q", tt.job.ID, r.roots.ID(), c.ID())
+				t.Errorf("active root key after job %s = %q, want still %q", job.ID, r.roots.ID(), c.ID())
 			}
 			if n := logs.count("root-key rotation refused"); n != 1 {
 				t.Errorf("refusal logged %d times, want once; log:\n%s", n, logs.String())
@@ -469,6 +480,9 @@ func TestFollowUpJobsAreEndorsed(t *testing.T) {
 	followUp := waitLatest(t, st, 30*time.Second, func(j store.RootKeyRotation) bool { return j.ID != job.ID })
 	if err := VerifyEndorsement(ctx, openRoot(t, uri1), followUp); err != nil {
 		t.Errorf("VerifyEndorsement(follow-up job) err = %v, want nil", err)
+	}
+	if job.PrevID != "" || followUp.PrevID != job.ID {
+		t.Errorf("PrevID of the job = %q, of the follow-up = %q; want \"\" and %q", job.PrevID, followUp.PrevID, job.ID)
 	}
 	if err := VerifyEndorsement(ctx, openRoot(t, uri1), job); err != nil {
 		t.Errorf("VerifyEndorsement(job) err = %v, want nil", err)

@@ -3,10 +3,12 @@ package rotation
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -73,6 +75,7 @@ const (
 type RootKeyStore interface {
 	StartRootKeyRotation(ctx context.Context, r store.RootKeyRotation) (store.RootKeyRotation, error)
 	LatestRootKeyRotation(ctx context.Context) (store.RootKeyRotation, error)
+	ListRootKeyRotations(ctx context.Context) ([]store.RootKeyRotation, error)
 	ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]store.Key, error)
 	CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error)
 	RewrapKeys(ctx context.Context, jobID string, keys []store.Key) (conflicts []string, err error)
@@ -124,17 +127,26 @@ type RootKeyOptions struct {
 	// failure (a root key or the store unavailable); 0 means the defaults.
 	MinBackoff, MaxBackoff time.Duration
 	// PKCS11Modules are the PKCS#11 modules (absolute paths) a new root key
-	// may be in, besides the modules of the root keys the rotator knows
-	// (the active one and those of the store's jobs): Start refuses any
-	// other, so that the API cannot make the server load a library of the
-	// caller's choosing.
+	// may be in, besides the modules of the root keys the rotator trusts
+	// (the active one, and the old one of the job it followed last): Start
+	// refuses any other, so that the API cannot make the server load a
+	// library of the caller's choosing.
 	PKCS11Modules []string
-	// Verified are jobs the caller verified before making the rotator:
-	// cmd/tresor passes the rotations it walked at start-up from the
-	// configured root key, each endorsed by a root key trusted before it.
-	// Their root keys are trusted, and they are followed as long as their
-	// ids and URIs stay as they are, without verifying them again.
+	// Verified are jobs the caller verified before making the rotator,
+	// oldest first: cmd/tresor passes the rotations it walked at start-up
+	// from the configured root key, each endorsed by a root key trusted
+	// before it and naming the job before it (PrevID). None of them is
+	// followed again once a later job is (a job made the latest again would
+	// roll the keyring back).
 	Verified []store.RootKeyRotation
+	// Latest is the store's latest job as the caller read it when it
+	// opened the root keys (zero when the store had none); the zero value
+	// means the last of Verified. The rotator follows it as long as its
+	// ids, URIs and PrevID stay as they are, and a new job only when the
+	// job's PrevID is its ID: the jobs form one chain. Its old root key is
+	// trusted (to verify a follow-up job, see repair) only when it is the
+	// last of Verified.
+	Latest store.RootKeyRotation
 	// Holder names this replica in the lease; empty means host, pid and a
 	// random suffix.
 	Holder string
@@ -150,14 +162,23 @@ type RootKeyOptions struct {
 // re-wraps every keyset in batches until none is left under the old key,
 // then finishes the job.
 //
-// The store does not choose the root key. A replica follows a job only when
-// its endorsement verifies under its old root key, which must be a key the
-// replica trusts (one it holds, or one of a job verified before), and when
-// Start would accept its new key (no local-file key after another kind, no
-// PKCS#11 module but known ones). It refuses any other job: it logs an
-// error, keeps its root keys as they are, and looks again at the next poll.
-// A job recorded without an endorsement (before the store kept them) is
-// followed only when its new root key is the active one already.
+// The store does not choose the root key. A replica follows a new job only
+// when it chains from the job the replica followed last (its PrevID is that
+// job's ID), starts from the active root key (or, a follow-up job, repeats
+// the last job's keys), its endorsement verifies under its old root key,
+// which must be one the replica trusts, and Start would accept its new key
+// (no local-file key after another kind, no PKCS#11 module but known ones).
+// The replica trusts the active root key and, once it verified the job
+// that made that key active, that job's old root key; no earlier one. It
+// opens an old root key it does not hold only to verify an endorsement, and
+// closes it again unless the job needs it (a running job's old key). It
+// refuses any other job, and any job it followed before other than the
+// last: it logs an error, keeps its root keys as they are, and looks again
+// at the next poll. A replica that missed whole jobs (cut off from the
+// store while they ran) verifies them one by one, in the chain's order,
+// before it follows the latest. A job recorded without an endorsement (before the
+// store kept them) is followed only as the store's latest job at start-up
+// (Latest).
 //
 // A crash at any point loses nothing: each batch is one store transaction
 // (a compare-and-swap on every key's revision, progress recorded in the
@@ -172,22 +193,26 @@ type RootKeyRotator struct {
 	logger *slog.Logger
 	kick   chan struct{}
 
-	startMu sync.Mutex // serializes Start
+	startMu sync.Mutex // serializes Start and Run's following of the latest job
 
-	mu sync.Mutex
-	// uris maps the id of every root key the rotator trusts to its URI:
-	// keys held, and the keys of the jobs in verified.
-	uris     map[string]string
+	mu       sync.Mutex
 	opened   map[string]kms.RootKey // keys this rotator opened; Close closes them
 	seen     map[string]time.Time   // job id -> when this process first saw it running
 	repaired bool                   // the check for keys left behind by a done job ran
 	closed   bool
-	// verified maps the id of every job trusted (started here, verified, or
-	// given in Verified) to the digest of its ids and URIs then; refused
-	// maps a refused job's id to the refusal last logged.
-	verified map[string][32]byte
+	// chainState is the job followed last and the keys trusted (uris:
+	// the active key and, when the job is trusted in full, its old key).
+	// followed holds the id of every job followed or verified before
+	// (Verified); refused maps a refused job's id to the refusal last
+	// logged.
+	chainState
+	followed map[string]bool
 	refused  map[string]string
-	active   atomic.Pointer[string] // id of the active key last logged
+	// forged maps a record whose endorsement did not verify (verdictKey)
+	// to the refusal, so that its old root key is not opened again at
+	// every poll to verify it again.
+	forged map[[32]byte]error
+	active atomic.Pointer[string] // id of the active key last logged
 	// checkedAt is when keysets left behind by a done job were last looked
 	// for; unopenable is the done job whose old root key could not be
 	// opened for them, or is not trusted, so that it is logged once.
@@ -239,14 +264,32 @@ func NewRootKeyRotator(st RootKeyStore, roots *envelope.RootKeys, open Opener, o
 	r := &RootKeyRotator{
 		st: st, roots: roots, open: open, opts: opts, logger: opts.Logger,
 		kick:     make(chan struct{}, 1),
-		uris:     map[string]string{activeID: opts.ActiveURI},
 		opened:   map[string]kms.RootKey{},
 		seen:     map[string]time.Time{},
-		verified: map[string][32]byte{},
+		followed: map[string]bool{},
 		refused:  map[string]string{},
+		forged:   map[[32]byte]error{},
 	}
 	for _, job := range opts.Verified {
-		r.markVerified(job)
+		r.followed[job.ID] = true
+	}
+	latest, level := opts.Latest, trustTo
+	if n := len(opts.Verified); n > 0 {
+		last := opts.Verified[n-1]
+		if latest.ID == "" {
+			latest = last
+		}
+		if last.ID == latest.ID && endorsementDigest(last) == endorsementDigest(latest) {
+			level = trustFull
+		}
+	}
+	switch {
+	case latest.ID == "":
+		r.uris = map[string]string{activeID: opts.ActiveURI}
+	case latest.ToID != activeID:
+		return nil, fmt.Errorf("rotation: NewRootKeyRotator: the active root key %q is not the new root key %q of the latest job %s", activeID, latest.ToID, latest.ID)
+	default:
+		r.advance(latest, level, opts.ActiveURI, latest.FromURI)
 	}
 	r.active.Store(&activeID)
 	return r, nil
@@ -309,13 +352,20 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 	latest, err := r.st.LatestRootKeyRotation(ctx)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+		if err := r.checkNoneLost(); err != nil {
+			return store.RootKeyRotation{}, err
+		}
 	case err != nil:
 		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
 	case latest.State == store.RotationRunning:
 		return store.RootKeyRotation{}, fmt.Errorf("%w: job %s, from root key %q to %q, has re-wrapped %d of %d keysets", ErrRotationRunning, latest.ID, latest.FromID, latest.ToID, latest.Rewrapped, latest.Total)
 	default:
 		// A job done elsewhere may not be followed here yet.
-		if _, err := r.follow(ctx, latest); err != nil {
+		cs, missed, err := r.catchUp(ctx, latest)
+		if err == nil {
+			_, err = r.followAfter(ctx, latest, cs, missed)
+		}
+		if err != nil {
 			return store.RootKeyRotation{}, err
 		}
 	}
@@ -325,7 +375,7 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 	if isLocalFile(uri) && !isLocalFile(fromURI) {
 		return store.RootKeyRotation{}, fmt.Errorf("%w: a local-file root key is for development only; rotating to one is refused unless the active root key is a local-file key too", ErrInvalidRootKey)
 	}
-	if err := r.checkModule(uri); err != nil {
+	if err := r.checkModule(uri, r.state().uris); err != nil {
 		return store.RootKeyRotation{}, err
 	}
 	to, err := r.open.OpenRootKey(ctx, uri)
@@ -357,6 +407,7 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 	}
 	rec := store.RootKeyRotation{
 		ID:      "rkr-" + randomHex(8),
+		PrevID:  latest.ID, // "" when there is none
 		FromURI: fromURI, ToURI: uri,
 		FromID: fromID, ToID: toID,
 		Total: total,
@@ -372,10 +423,10 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 		return store.RootKeyRotation{}, fmt.Errorf("rotation: key store: %w", err)
 	}
 	adopted = true
-	r.adopt(to, uri)
-	r.markVerified(job)
+	r.adopt(to)
 	r.markSeen(job.ID)
 	r.setActive(ctx, toID)
+	r.advance(job, trustFull, uri, fromURI)
 	r.logger.InfoContext(ctx, "root-key rotation started", "job", job.ID, "from_root_key", fromID, "to_root_key", toID, "keysets", total)
 	select {
 	case r.kick <- struct{}{}:
@@ -385,8 +436,9 @@ func (r *RootKeyRotator) Start(ctx context.Context, uri string) (store.RootKeyRo
 }
 
 // checkModule refuses a pkcs11: URI whose module is neither in
-// PKCS11Modules nor the module of a root key the rotator trusts.
-func (r *RootKeyRotator) checkModule(uri string) error {
+// PKCS11Modules nor the module of a root key in trusted (URIs by root key
+// id: the keys the rotator trusts).
+func (r *RootKeyRotator) checkModule(uri string, trusted map[string]string) error {
 	if !hasScheme(uri, "pkcs11:") {
 		return nil
 	}
@@ -395,13 +447,11 @@ func (r *RootKeyRotator) checkModule(uri string) error {
 		return fmt.Errorf("%w: %w", ErrInvalidRootKey, err)
 	}
 	allowed := slices.Clone(r.opts.PKCS11Modules)
-	r.mu.Lock()
-	for _, known := range r.uris {
+	for _, known := range trusted {
 		if k, err := pkcs11.ParseURI(known); err == nil && hasScheme(known, "pkcs11:") {
 			allowed = append(allowed, k.ModulePath)
 		}
 	}
-	r.mu.Unlock()
 	if !slices.Contains(allowed, u.ModulePath) {
 		return fmt.Errorf("%w: PKCS#11 module %q is not the module of a root key in use, and the API loads no other module", ErrInvalidRootKey, u.ModulePath)
 	}
@@ -474,25 +524,9 @@ func (r *RootKeyRotator) Run(ctx context.Context) error {
 
 // step follows the latest job once and, holding its lease, works on it.
 func (r *RootKeyRotator) step(ctx context.Context) error {
-	job, err := r.st.LatestRootKeyRotation(ctx)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("rotation: key store: %w", err)
-	}
-	level, err := r.follow(ctx, job)
-	if errors.Is(err, ErrUnendorsedRotation) {
-		return nil // logged; looked at again at the next poll
-	}
-	if err != nil {
+	job, running, err := r.followLatest(ctx)
+	if err != nil || !running {
 		return err
-	}
-	if job.State == store.RotationDone {
-		return r.repair(ctx, job, level == trustFull)
-	}
-	if job.State != store.RotationRunning {
-		return nil
 	}
 	ok, err := r.st.AcquireLease(ctx, RootKeyLease, r.opts.Holder, r.opts.LeaseTTL)
 	if err != nil {
@@ -502,6 +536,42 @@ func (r *RootKeyRotator) step(ctx context.Context) error {
 		return nil // another replica works on it
 	}
 	return r.work(ctx, job)
+}
+
+// followLatest follows the store's latest job and, when it is done, looks
+// for keysets left under its old root key (repair); running says whether
+// the job runs, for step to work on it. It is serialized with Start, so
+// that neither reads the store's latest job before the other records a
+// new one and then follows that stale read (the job before the one
+// followed last, which check refuses).
+func (r *RootKeyRotator) followLatest(ctx context.Context) (job store.RootKeyRotation, running bool, err error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	job, err = r.st.LatestRootKeyRotation(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		if err := r.checkNoneLost(); err != nil {
+			r.reportRefusal(ctx, r.headJob(), err)
+		}
+		return job, false, nil
+	}
+	if err != nil {
+		return job, false, fmt.Errorf("rotation: key store: %w", err)
+	}
+	cs, missed, err := r.catchUp(ctx, job)
+	level := trustNone
+	if err == nil {
+		level, err = r.followAfter(ctx, job, cs, missed)
+	}
+	if errors.Is(err, ErrUnendorsedRotation) {
+		return job, false, nil // logged; looked at again at the next poll
+	}
+	if err != nil {
+		return job, false, err
+	}
+	if job.State == store.RotationDone {
+		return job, false, r.repair(ctx, job, level == trustFull)
+	}
+	return job, job.State == store.RotationRunning, nil
 }
 
 // repair looks once per process for keysets a done job left behind under
@@ -630,6 +700,7 @@ func (r *RootKeyRotator) startFollowUp(ctx context.Context, job store.RootKeyRot
 	r.logger.WarnContext(ctx, "root-key rotation: keysets remain under the old root key of a finished job; re-wrapping them", "job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "keysets", n)
 	rec := store.RootKeyRotation{
 		ID:      "rkr-" + randomHex(8),
+		PrevID:  job.ID,
 		FromURI: job.FromURI, ToURI: job.ToURI,
 		FromID: job.FromID, ToID: job.ToID,
 		Total: n,
@@ -642,10 +713,11 @@ func (r *RootKeyRotator) startFollowUp(ctx context.Context, job store.RootKeyRot
 	if rec.Endorsement, err = Endorse(ctx, from, rec); err != nil {
 		return err
 	}
+	fromURI, toURI := r.trustedURI(job.FromID, job.FromURI), r.trustedURI(job.ToID, job.ToURI)
 	started, err := r.st.StartRootKeyRotation(ctx, rec)
 	switch {
 	case err == nil:
-		r.markVerified(started)
+		r.advance(started, trustFull, toURI, fromURI)
 	case !errors.Is(err, store.ErrConflict):
 		return fmt.Errorf("rotation: key store: %w", err)
 	}
@@ -673,11 +745,30 @@ const (
 )
 
 // follow makes the keyring match job, once it is trusted: its new key
-// active and, while it runs, its old key held. It refuses (an error
-// wrapping ErrUnendorsedRotation, logged here) a job it does not trust,
-// and a running job whose old root key it does not trust.
+// active and, while it runs, its old key held; job is then the one
+// followed last (head). It refuses (an error wrapping
+// ErrUnendorsedRotation, logged here) a job it does not trust, and a
+// running job whose old root key it does not trust.
 func (r *RootKeyRotator) follow(ctx context.Context, job store.RootKeyRotation) (trust, error) {
-	level, err := r.check(ctx, job)
+	return r.followAfter(ctx, job, r.state(), nil)
+}
+
+// missedJob is a job catchUp verified, with the URIs of its root keys.
+type missedJob struct {
+	job            store.RootKeyRotation
+	toURI, fromURI string
+}
+
+// followAfter is follow with cs as the chain state: the rotator's, or, when
+// this replica missed jobs, the state after them (catchUp), which it then
+// records as followed, in order, before job.
+func (r *RootKeyRotator) followAfter(ctx context.Context, job store.RootKeyRotation, cs chainState, missed []missedJob) (trust, error) {
+	level, from, err := r.check(ctx, job, cs)
+	defer func() {
+		if from != nil {
+			_ = from.Close() // opened only to verify the endorsement
+		}
+	}()
 	if err == nil && level == trustTo && job.State == store.RotationRunning {
 		err = fmt.Errorf("%w: job %s runs from root key %q, which this replica neither holds nor trusts, so it cannot verify the job's endorsement", ErrUnendorsedRotation, job.ID, job.FromID)
 	}
@@ -687,97 +778,263 @@ func (r *RootKeyRotator) follow(ctx context.Context, job store.RootKeyRotation) 
 		}
 		return trustNone, err
 	}
-	if err := r.ensure(ctx, job.ToID, r.trustedURI(job.ToID, job.ToURI)); err != nil {
+	toURI, fromURI := cs.trustedURI(job.ToID, job.ToURI), cs.trustedURI(job.FromID, job.FromURI)
+	if err := r.ensure(ctx, job.ToID, toURI); err != nil {
 		return trustNone, err
+	}
+	for _, m := range missed {
+		r.advance(m.job, trustFull, m.toURI, m.fromURI)
+	}
+	if len(missed) > 0 {
+		r.logger.WarnContext(ctx, "root-key rotation: verified root-key rotations this replica missed", "jobs", len(missed), "last_missed_job", missed[len(missed)-1].job.ID, "latest_job", job.ID)
 	}
 	r.setActive(ctx, job.ToID)
-	if job.State == store.RotationRunning {
-		r.markSeen(job.ID)
-		return level, r.ensure(ctx, job.FromID, r.trustedURI(job.FromID, job.FromURI))
+	r.advance(job, level, toURI, fromURI)
+	if job.State != store.RotationRunning {
+		return level, nil
 	}
-	return level, nil
+	r.markSeen(job.ID)
+	if from != nil && from.ID() == job.FromID {
+		r.adopt(from) // the running job needs its old key
+		from = nil
+		return level, nil
+	}
+	return level, r.ensure(ctx, job.FromID, fromURI)
 }
 
-// check decides how far job is trusted. A job that neither starts from
-// nor moves to the active root key is refused: a new job starts from it
-// (Start), and an older job, made the latest again, would roll the
-// keyring back to an earlier root key. A job verified before, with the
-// same ids and URIs, is trusted at once. Otherwise its endorsement must
-// verify under its old root key, which must be trusted (held, or of a job
-// trusted before; it is opened to verify when it is not held), and its new
-// key must pass Start's checks unless it is held. A job whose old root key
-// is not trusted is trusted no further than its new key is (trustTo). A
-// job with no endorsement (recorded before the store kept them) is trusted
-// only when its new key is the active one already, and as far as its old
-// key is trusted; it never switches the keyring. Refusals wrap
-// ErrUnendorsedRotation; an old root key that cannot be reached returns its
-// error, for Run to retry.
-func (r *RootKeyRotator) check(ctx context.Context, job store.RootKeyRotation) (trust, error) {
-	if active := r.roots.ID(); job.FromID != active && job.ToID != active {
-		return trustNone, fmt.Errorf("%w: job %s moves from root key %q to %q, and neither is the active root key %q (a new job starts from it)", ErrUnendorsedRotation, job.ID, job.FromID, job.ToID, active)
-	}
+// check decides how far job, the store's latest, is trusted. The job
+// followed last (head) is trusted as before, as long as its ids, URIs and
+// PrevID are unchanged; a job followed before it is refused (made the
+// latest again, it would roll the keyring back). Any other job must be
+// the next in the chain: its PrevID is head's ID, it is endorsed, and it
+// moves from the active root key (a new rotation) or repeats head's keys
+// (a follow-up job for keysets left under head's old key, whose old key is
+// trusted once head is verified). Its endorsement must verify under its
+// old root key, opened from the URI the rotator trusts when it is not held
+// (that handle is returned, to close or adopt, and never added to the
+// keyring here), and its new key must pass Start's checks unless it is
+// held. Refusals wrap ErrUnendorsedRotation; an old root key that cannot
+// be reached returns its error, for Run to retry.
+func (r *RootKeyRotator) check(ctx context.Context, job store.RootKeyRotation, cs chainState) (trust, kms.RootKey, error) {
 	d := endorsementDigest(job)
+	head, headDigest, headTrust := cs.head, cs.headDigest, cs.headTrust
 	r.mu.Lock()
-	v, verified := r.verified[job.ID]
-	fromURI, fromKnown := r.uris[job.FromID]
-	_, toKnown := r.uris[job.ToID]
+	followedBefore := r.followed[job.ID]
 	r.mu.Unlock()
-	if verified && v == d {
-		return trustFull, nil
+	fromURI, fromTrusted := cs.uris[job.FromID]
+	active := r.roots.ID()
+	if head.ID != "" {
+		active = head.ToID // the same, unless check runs ahead of the keyring (catchUp)
 	}
-	_, fromHeld := r.roots.Get(job.FromID)
-	_, toHeld := r.roots.Get(job.ToID)
-	fromTrusted, toTrusted := fromHeld || fromKnown, toHeld || toKnown
 	switch {
-	case len(job.Endorsement) == 0 && job.ToID != r.roots.ID():
-		return trustNone, fmt.Errorf("%w: job %s has no endorsement (recorded before endorsements were kept, or not by tresor), and its new root key %q is not the active root key", ErrUnendorsedRotation, job.ID, job.ToID)
-	case len(job.Endorsement) == 0 && fromTrusted:
-		return trustFull, nil // its URIs are not used: the trusted ones are
+	case head.ID != "" && job.ID == head.ID && d == headDigest:
+		return headTrust, nil, nil
+	case head.ID != "" && job.ID == head.ID:
+		return trustNone, nil, fmt.Errorf("%w: job %s changed since this replica followed it: its ids, URIs or previous job differ", ErrUnendorsedRotation, job.ID)
+	case followedBefore:
+		return trustNone, nil, fmt.Errorf("%w: job %s was followed before, and job %s after it: made the latest again, it would roll the keyring back to an earlier root key", ErrUnendorsedRotation, job.ID, head.ID)
+	case job.PrevID != head.ID:
+		return trustNone, nil, fmt.Errorf("%w: job %s names %q as the job before it, not job %q, which this replica followed last: the key store's rotation records were reordered, deleted or inserted (no chain of jobs leads from that one to it)", ErrUnendorsedRotation, job.ID, job.PrevID, head.ID)
 	case len(job.Endorsement) == 0:
-		return trustTo, nil
-	case !fromTrusted && toTrusted:
-		return trustTo, nil
+		return trustNone, nil, fmt.Errorf("%w: job %s has no endorsement (recorded before endorsements were kept, or not by tresor)", ErrUnendorsedRotation, job.ID)
+	}
+	followUp := head.ID != "" && job.FromID == head.FromID && job.ToID == head.ToID
+	switch {
+	case job.FromID != active && !followUp:
+		return trustNone, nil, fmt.Errorf("%w: job %s moves from root key %q to %q, but a new job starts from the active root key %q (or, re-wrapping keysets left behind, repeats the root keys of job %s)", ErrUnendorsedRotation, job.ID, job.FromID, job.ToID, active, head.ID)
 	case !fromTrusted:
-		return trustNone, fmt.Errorf("%w: job %s: its old root key %q is not one this replica holds or trusts, so its endorsement cannot be verified", ErrUnendorsedRotation, job.ID, job.FromID)
+		return trustNone, nil, fmt.Errorf("%w: job %s: its old root key %q is not one this replica trusts, so its endorsement cannot be verified", ErrUnendorsedRotation, job.ID, job.FromID)
 	}
-	if !fromHeld {
-		if err := r.ensure(ctx, job.FromID, fromURI); err != nil {
-			return trustNone, err
+	vk := verdictKey(job)
+	r.mu.Lock()
+	refusal, seen := r.forged[vk]
+	r.mu.Unlock()
+	if seen {
+		return trustNone, nil, refusal
+	}
+	from, opened, err := r.keyToVerify(ctx, job.FromID, fromURI)
+	if err != nil {
+		return trustNone, nil, err
+	}
+	fail := func(err error) (trust, kms.RootKey, error) {
+		if opened != nil {
+			_ = opened.Close()
 		}
-	}
-	from, ok := r.roots.Get(job.FromID)
-	if !ok {
-		return trustNone, fmt.Errorf("rotation: root key %q is not open", job.FromID)
+		return trustNone, nil, err
 	}
 	if err := VerifyEndorsement(ctx, from, job); err != nil {
-		return trustNone, err
+		if errors.Is(err, ErrUnendorsedRotation) {
+			r.mu.Lock()
+			if len(r.forged) >= maxForged {
+				clear(r.forged)
+			}
+			r.forged[vk] = err
+			r.mu.Unlock()
+		}
+		return fail(err)
 	}
-	if !toHeld {
+	if _, toHeld := r.roots.Get(job.ToID); !toHeld {
 		// Start's checks: it refused such a key, so no endorsed job names
 		// one; they are kept here all the same.
-		if isLocalFile(job.ToURI) && !isLocalFile(r.uriOf(job.FromID)) {
-			return trustNone, fmt.Errorf("%w: job %s moves from a root key that is not a local-file key to a local-file key", ErrUnendorsedRotation, job.ID)
+		if isLocalFile(job.ToURI) && !isLocalFile(fromURI) {
+			return fail(fmt.Errorf("%w: job %s moves from a root key that is not a local-file key to a local-file key", ErrUnendorsedRotation, job.ID))
 		}
-		if err := r.checkModule(job.ToURI); err != nil {
-			return trustNone, fmt.Errorf("%w: job %s: %v", ErrUnendorsedRotation, job.ID, strings.TrimPrefix(err.Error(), ErrInvalidRootKey.Error()+": "))
+		if err := r.checkModule(job.ToURI, cs.uris); err != nil {
+			return fail(fmt.Errorf("%w: job %s: %v", ErrUnendorsedRotation, job.ID, strings.TrimPrefix(err.Error(), ErrInvalidRootKey.Error()+": ")))
 		}
 	}
-	r.markVerified(job)
-	return trustFull, nil
+	return trustFull, opened, nil
 }
 
-// markVerified records job as trusted, with the URIs of its root keys
-// (unless the rotator trusts a URI for them already).
-func (r *RootKeyRotator) markVerified(job store.RootKeyRotation) {
+// maxForged bounds the refusals RootKeyRotator.forged keeps.
+const maxForged = 64
+
+// verdictKey names a record as verified: its digest and its endorsement.
+func verdictKey(job store.RootKeyRotation) [32]byte {
+	d := endorsementDigest(job)
+	return sha256.Sum256(append(d[:], job.Endorsement...))
+}
+
+// keyToVerify returns the root key id, from the keyring when it holds it,
+// else opened from uri (and returned as opened too, for the caller to close
+// or adopt): only to verify an endorsement, never added to the keyring
+// here.
+func (r *RootKeyRotator) keyToVerify(ctx context.Context, id, uri string) (envelope.KEK, kms.RootKey, error) {
+	if k, ok := r.roots.Get(id); ok {
+		return k, nil, nil
+	}
+	k, err := r.open.OpenRootKey(ctx, uri)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rotation: open root key %q to verify an endorsement: %w", id, err)
+	}
+	if k.ID() != id {
+		_ = k.Close()
+		return nil, nil, fmt.Errorf("rotation: the URI trusted for root key %q now opens root key %q; refusing to use it", id, k.ID())
+	}
+	return k, k, nil
+}
+
+// chainState is where the rotator is in the chain of jobs: the job it
+// followed last (head; zero ID: none), the digest of its ids, URIs and
+// PrevID then, how far it is trusted, and the URIs of the root keys it
+// trusts, by id.
+type chainState struct {
+	head       store.RootKeyRotation
+	headDigest [32]byte
+	headTrust  trust
+	uris       map[string]string
+}
+
+// advance makes job the one followed last, trusted to level, with the
+// URIs of its new root key (active from now on) and old one. Then the
+// trusted keys are the new one and, when level is trustFull, job's old
+// one (for a follow-up job and the keysets left under it): no root key of
+// an earlier job.
+func (cs *chainState) advance(job store.RootKeyRotation, level trust, toURI, fromURI string) {
+	cs.head, cs.headDigest, cs.headTrust = job, endorsementDigest(job), level
+	cs.uris = map[string]string{job.ToID: toURI}
+	if level == trustFull {
+		cs.uris[job.FromID] = fromURI
+	}
+}
+
+// trustedURI returns the URI cs trusts for root key id, else uri.
+func (cs chainState) trustedURI(id, uri string) string {
+	if known, ok := cs.uris[id]; ok {
+		return known
+	}
+	return uri
+}
+
+// state returns a copy of the rotator's chainState.
+func (r *RootKeyRotator) state() chainState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.verified[job.ID] = endorsementDigest(job)
+	cs := r.chainState
+	cs.uris = maps.Clone(cs.uris)
+	return cs
+}
+
+// advance records job as the one followed last (chainState.advance).
+func (r *RootKeyRotator) advance(job store.RootKeyRotation, level trust, toURI, fromURI string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.chainState.advance(job, level, toURI, fromURI)
+	r.followed[job.ID] = true
 	delete(r.refused, job.ID)
-	for id, uri := range map[string]string{job.FromID: job.FromURI, job.ToID: job.ToURI} {
-		if _, known := r.uris[id]; !known {
-			r.uris[id] = uri
-		}
+}
+
+// catchUp returns the chain state to follow latest from, and the jobs
+// between the one followed last and latest when latest does not name the
+// one followed last because this replica missed whole jobs (cut off from
+// the store while they ran). From the one after head, each must name the
+// one before it, be done, and verify as check verifies a new job, under
+// the new root key of the job before it, which is opened only to verify
+// and closed again. Nothing is recorded or changed here: followAfter
+// records them once latest is followed. When latest is not further down
+// the chain from head, it returns the rotator's state (follow refuses
+// latest then). Refusals wrap ErrUnendorsedRotation and are logged.
+func (r *RootKeyRotator) catchUp(ctx context.Context, latest store.RootKeyRotation) (chainState, []missedJob, error) {
+	cs := r.state()
+	r.mu.Lock()
+	followedBefore := r.followed[latest.ID]
+	r.mu.Unlock()
+	if latest.ID == cs.head.ID || latest.PrevID == cs.head.ID || followedBefore {
+		return cs, nil, nil
 	}
+	jobs, err := r.st.ListRootKeyRotations(ctx)
+	if err != nil {
+		return cs, nil, fmt.Errorf("rotation: key store: %w", err)
+	}
+	start := 0
+	if cs.head.ID != "" {
+		i := slices.IndexFunc(jobs, func(j store.RootKeyRotation) bool { return j.ID == cs.head.ID })
+		if i < 0 {
+			return cs, nil, nil
+		}
+		start = i + 1
+	}
+	n := slices.IndexFunc(jobs[start:], func(j store.RootKeyRotation) bool { return j.ID == latest.ID })
+	if n <= 0 {
+		return cs, nil, nil
+	}
+	var missed []missedJob
+	for _, job := range jobs[start : start+n] {
+		level, opened, err := r.check(ctx, job, cs)
+		if opened != nil {
+			_ = opened.Close()
+		}
+		if err == nil && (level != trustFull || job.State != store.RotationDone) {
+			err = fmt.Errorf("%w: job %s, before the latest job %s, is not done", ErrUnendorsedRotation, job.ID, latest.ID)
+		}
+		if err != nil {
+			if errors.Is(err, ErrUnendorsedRotation) {
+				r.reportRefusal(ctx, job, err)
+			}
+			return cs, nil, err
+		}
+		m := missedJob{job: job, toURI: cs.trustedURI(job.ToID, job.ToURI), fromURI: cs.trustedURI(job.FromID, job.FromURI)}
+		cs.advance(job, trustFull, m.toURI, m.fromURI)
+		missed = append(missed, m)
+	}
+	return cs, missed, nil
+}
+
+// headJob returns the job followed last (zero: none).
+func (r *RootKeyRotator) headJob() store.RootKeyRotation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.head
+}
+
+// checkNoneLost is called when the store has no job: it refuses (an error
+// wrapping ErrUnendorsedRotation) when the rotator followed one, as the
+// records were deleted.
+func (r *RootKeyRotator) checkNoneLost() error {
+	if head := r.headJob(); head.ID != "" {
+		return fmt.Errorf("%w: the key store holds no root-key rotation, but this replica followed job %s: the rotation records were deleted", ErrUnendorsedRotation, head.ID)
+	}
+	return nil
 }
 
 // reportRefusal logs a refused job, once per job and reason: the store may
@@ -788,7 +1045,7 @@ func (r *RootKeyRotator) reportRefusal(ctx context.Context, job store.RootKeyRot
 	r.refused[job.ID] = err.Error()
 	r.mu.Unlock()
 	if first {
-		r.logger.ErrorContext(ctx, "root-key rotation refused: the key store's job is not endorsed by a root key this replica trusts; serving on with the root keys held, and looking again at the next poll",
+		r.logger.ErrorContext(ctx, "root-key rotation refused: the key store's job is not endorsed by a root key this replica trusts, or not where the chain of jobs puts it; serving on with the root keys held, and looking again at the next poll",
 			"job", job.ID, "from_root_key", job.FromID, "to_root_key", job.ToID, "active_root_key", r.roots.ID(), "err", err)
 	}
 }
@@ -807,11 +1064,6 @@ func (r *RootKeyRotator) trustedURI(id, uri string) string {
 // checks that uri still names the key with that id.
 func (r *RootKeyRotator) ensure(ctx context.Context, id, uri string) error {
 	if _, ok := r.roots.Get(id); ok {
-		r.mu.Lock()
-		if _, known := r.uris[id]; !known {
-			r.uris[id] = uri
-		}
-		r.mu.Unlock()
 		return nil
 	}
 	k, err := r.open.OpenRootKey(ctx, uri)
@@ -822,24 +1074,22 @@ func (r *RootKeyRotator) ensure(ctx context.Context, id, uri string) error {
 		_ = k.Close()
 		return fmt.Errorf("rotation: the URI recorded for root key %q now opens root key %q; refusing to use it", id, k.ID())
 	}
-	r.adopt(k, uri)
+	r.adopt(k)
 	r.logger.InfoContext(ctx, "root-key rotation: opened root key", "root_key", id)
 	return nil
 }
 
 // adopt adds k, which the rotator opened, to the set.
-func (r *RootKeyRotator) adopt(k kms.RootKey, uri string) {
+func (r *RootKeyRotator) adopt(k kms.RootKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id := k.ID()
 	if _, held := r.roots.Get(id); held || r.closed {
 		_ = k.Close()
-		r.uris[id] = uri
 		return
 	}
 	_ = r.roots.Add(k) // k has an id: Add cannot fail
 	r.opened[id] = k
-	r.uris[id] = uri
 }
 
 func (r *RootKeyRotator) setActive(ctx context.Context, id string) {

@@ -27,13 +27,16 @@ type serveRootKeys struct {
 // openRootKeys decides which root key is active and opens every root key
 // the keyring needs. The key store's rotations decide the active key, but
 // only those the configured root key (root_key.uri, the trust anchor)
-// vouches for: each rotation walked must be endorsed by its old root key,
-// trusted before it (see walkRotations), and a record that is not stops
-// the start. The active key is the new key of the latest rotation (or the
+// vouches for: the rotations must form one chain, each naming the one
+// before it, and each rotation walked must be endorsed by its old root key,
+// trusted before it (see walkRotations); a record that is not stops the
+// start. The active key is the new key of the latest rotation (or the
 // configured key when there is none); a warning names both ids when
 // root_key.uri names another. While that rotation runs, or keysets remain
 // under its old key, the old key is opened too, so that the keysets not yet
-// re-wrapped stay readable.
+// re-wrapped stay readable. Keysets under any other root key stop the start
+// too (rotation.ErrMissingRotation): the records that moved them away were
+// deleted or cut, and serving on would roll the keyring back.
 func openRootKeys(ctx context.Context, cfg config.Config, st store.Store, logger *slog.Logger) (*serveRootKeys, error) {
 	return openInstrumentedRootKeys(ctx, cfg, st, logger, nil)
 }
@@ -82,6 +85,9 @@ func openInstrumentedRootKeys(ctx context.Context, cfg config.Config, st store.S
 		}
 	}
 	needFrom := found && (latest.State == store.RotationRunning || stragglers > 0)
+	if err := checkRootKeysInUse(ctx, st, active.ID(), latest, needFrom); err != nil {
+		return nil, err
+	}
 	if needFrom && !chain.latestVerified {
 		why := "is running"
 		if latest.State == store.RotationDone {
@@ -124,6 +130,7 @@ func openInstrumentedRootKeys(ctx context.Context, cfg config.Config, st store.S
 		LeaseTTL:      cfg.Scheduler.LeaseTTL,
 		PKCS11Modules: modules,
 		Verified:      chain.verified,
+		Latest:        latest,
 		Logger:        logger,
 	})
 	if err != nil {
@@ -161,11 +168,63 @@ func (c *trustedChain) closeRest() {
 	}
 }
 
+// checkRootKeysInUse refuses to start (rotation.ErrMissingRotation) when
+// the store holds keysets under a root key other than the active one and,
+// when needFrom, the old root key of the latest rotation: the rotation
+// records cannot account for them. Deleting the latest rotations would
+// otherwise start the server on an earlier root key, unnoticed.
+func checkRootKeysInUse(ctx context.Context, st store.Store, activeID string, latest store.RootKeyRotation, needFrom bool) error {
+	ids, err := st.RootKeyIDsInUse(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the root keys of the stored keysets: %w", err)
+	}
+	var unknown []string
+	for _, id := range ids {
+		if id != activeID && (!needFrom || id != latest.FromID) {
+			unknown = append(unknown, id)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	accounted := fmt.Sprintf("the key store has no root-key rotation, so root_key.uri's root key %s is the active one", activeID)
+	if latest.ID != "" {
+		accounted = fmt.Sprintf("the active root key is %s, the new key of the key store's latest root-key rotation %s (%s)", activeID, latest.ID, latest.State)
+		if needFrom {
+			accounted += fmt.Sprintf(", and keysets under its old root key %s are being re-wrapped", latest.FromID)
+		}
+	}
+	return fmt.Errorf("%w: keysets in the key store are wrapped by root key %s, but %s: the rotations that moved keysets there are missing from the key store (deleted or cut: the server refuses to start rather than serve on an earlier root key), root_key.uri names a root key this key store never used, or keysets were written under a retired root key",
+		rotation.ErrMissingRotation, strings.Join(unknown, ", "), accounted)
+}
+
+// checkChain checks that the store's rotations (oldest first) form one
+// chain, each naming the one before it (PrevID; the first names none), as
+// Start records them: the endorsements cover PrevID, so that the store's
+// order, which is not endorsed, cannot be changed unnoticed. Errors wrap
+// rotation.ErrUnendorsedRotation and name job ids only.
+func checkChain(jobs []store.RootKeyRotation) error {
+	prev := ""
+	for _, job := range jobs {
+		if job.PrevID != prev {
+			what := fmt.Sprintf("job %s", prev)
+			if prev == "" {
+				what = "none (it is the first)"
+			}
+			return fmt.Errorf("%w: the key store's root-key rotations are not one chain: rotation %s names %q as the rotation before it, but the key store's rotation before it is %s; rotation records were reordered, deleted or inserted (by someone who can write to the key store, or by restoring part of a backup)",
+				rotation.ErrUnendorsedRotation, job.ID, job.PrevID, what)
+		}
+		prev = job.ID
+	}
+	return nil
+}
+
 // walkRotations decides which root keys the store's rotations (jobs, oldest
 // first) may use, starting from anchor, the root key root_key.uri names
-// (opened from anchorURI), which it trusts. When anchor is the latest
-// rotation's new key, nothing else is needed. Otherwise it walks the
-// rotations from the last one that moves from or to anchor: each must be
+// (opened from anchorURI), which it trusts. The jobs must form one chain
+// (checkChain), so that the walk ends at the latest job. When anchor is
+// the latest rotation's new key, nothing else is needed. Otherwise it walks
+// the rotations from the last one that moves from or to anchor: each must be
 // endorsed by its old root key, trusted already ([rotation.VerifyEndorsement]),
 // and then its new key is opened (it must have the recorded id) and
 // trusted. A rotation whose old key is not trusted but whose new key is
@@ -187,6 +246,9 @@ func walkRotations(ctx context.Context, jobs []store.RootKeyRotation, anchor kms
 	fail := func(err error) (*trustedChain, error) {
 		c.closeRest()
 		return nil, err
+	}
+	if err := checkChain(jobs); err != nil {
+		return fail(err)
 	}
 	anchorID := anchor.ID()
 	latest := jobs[len(jobs)-1]

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/tresorkms/tresor/envelope"
 	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/store"
@@ -584,15 +586,30 @@ func (e *chainEnv) rotate(t *testing.T, id, from, to string) store.RootKeyRotati
 	return done
 }
 
-// job returns the job from key from to key to, endorsed by from.
+// job returns the job from key from to key to, after the store's latest
+// job, endorsed by from.
 func (e *chainEnv) job(t *testing.T, id, from, to string) store.RootKeyRotation {
 	t.Helper()
-	job := store.RootKeyRotation{ID: id, FromID: e.keys[from].ID(), FromURI: e.uris[from], ToID: e.keys[to].ID(), ToURI: e.uris[to]}
+	job := store.RootKeyRotation{ID: id, PrevID: e.prev(t), FromID: e.keys[from].ID(), FromURI: e.uris[from], ToID: e.keys[to].ID(), ToURI: e.uris[to]}
 	var err error
 	if job.Endorsement, err = rotation.Endorse(context.Background(), e.keys[from], job); err != nil {
 		t.Fatalf("Endorse(%s) err = %v, want nil", id, err)
 	}
 	return job
+}
+
+// prev returns the ID of the store's latest job, "" when there is none:
+// the PrevID of the next.
+func (e *chainEnv) prev(t *testing.T) string {
+	t.Helper()
+	latest, err := e.st.LatestRootKeyRotation(context.Background())
+	if errors.Is(err, store.ErrNotFound) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return latest.ID
 }
 
 // open opens the root keys with root_key.uri naming key name; the root
@@ -739,10 +756,10 @@ func TestOpenRootKeysRefusesForgedRotation(t *testing.T) {
 		want   string                                                // in the error
 	}{
 		{"no endorsement", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
-			return store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+			return store.RootKeyRotation{ID: "rkr-forged", PrevID: e.prev(t), FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
 		}, "has no endorsement"},
 		{"endorsed by the attacker's key", "A", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
-			j := store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+			j := store.RootKeyRotation{ID: "rkr-forged", PrevID: e.prev(t), FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
 			var err error
 			if j.Endorsement, err = rotation.Endorse(ctx, posing{e.keys["X"], j.FromID}, j); err != nil {
 				t.Fatal(err)
@@ -760,7 +777,7 @@ func TestOpenRootKeysRefusesForgedRotation(t *testing.T) {
 			return j
 		}, "not of this job"},
 		{"endorsement of another job", "C", func(t *testing.T, e *chainEnv) store.RootKeyRotation {
-			j := store.RootKeyRotation{ID: "rkr-forged", FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
+			j := store.RootKeyRotation{ID: "rkr-forged", PrevID: e.prev(t), FromID: e.keys["C"].ID(), FromURI: e.uris["C"], ToID: e.keys["X"].ID(), ToURI: e.uris["X"]}
 			j.Endorsement = e.job(t, "rkr-legit", "C", "D").Endorsement
 			return j
 		}, "not of this job"},
@@ -845,4 +862,159 @@ func TestOpenRootKeysUnendorsedRotation(t *testing.T) {
 	if _, _, err := e.open(t, "A"); !errors.Is(err, rotation.ErrUnendorsedRotation) || !strings.Contains(err.Error(), "has no endorsement") {
 		t.Errorf("openRootKeys(root_key.uri naming the old key of an unendorsed rotation) err = %v, want ErrUnendorsedRotation", err)
 	}
+}
+
+// replayedStore shows extra after the store's jobs, as the latest: a row
+// written by hand (a copy of an old job, with the unique constraints
+// dropped).
+type replayedStore struct {
+	store.Store
+	extra store.RootKeyRotation
+}
+
+func (s replayedStore) ListRootKeyRotations(ctx context.Context) ([]store.RootKeyRotation, error) {
+	jobs, err := s.Store.ListRootKeyRotations(ctx)
+	return append(jobs, s.extra), err
+}
+
+func (s replayedStore) LatestRootKeyRotation(context.Context) (store.RootKeyRotation, error) {
+	return s.extra, nil
+}
+
+// TestOpenRootKeysRefusesBrokenChain changes the rotation records after
+// A -> B -> C as anyone who can write to the key store could, keeping
+// every endorsement genuine: the order changed so that an old rotation is
+// the latest again, the latest rotation or every one deleted, a copy of an
+// old rotation added as the latest. A server whose root_key.uri names A
+// would come up on a retired root key; it refuses to start, and every
+// keyset stays under C. On SQLite and on PostgreSQL.
+func TestOpenRootKeysRefusesBrokenChain(t *testing.T) {
+	ctx := context.Background()
+	type env struct {
+		*chainEnv
+		exec func(t *testing.T, query string) // on the store's database
+		pg   bool
+	}
+	stores := []struct {
+		name string
+		open func(t *testing.T) env
+	}{
+		{"sqlite", func(t *testing.T) env {
+			path := filepath.Join(t.TempDir(), "keys.db")
+			st, err := store.OpenSQLite(ctx, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			db, err := sql.Open("sqlite", "file:"+path+"?_busy_timeout=10000")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			return env{chainEnv: newChainEnv(t, st), exec: func(t *testing.T, q string) {
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}}
+		}},
+		{"postgres", func(t *testing.T) env {
+			url := pgtest.NewDatabase(t)
+			st, err := store.OpenPostgres(ctx, url)
+			if err != nil {
+				t.Fatalf("OpenPostgres() err = %v, want nil", err)
+			}
+			t.Cleanup(func() { st.Close() })
+			conn, err := pgx.Connect(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close(context.Background()) })
+			return env{chainEnv: newChainEnv(t, st), pg: true, exec: func(t *testing.T, q string) {
+				if _, err := conn.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}}
+		}},
+	}
+	// makeLatest moves the job id to the end of the store's order.
+	makeLatest := func(t *testing.T, e env, id string) {
+		if e.pg {
+			e.exec(t, `UPDATE root_key_rotations SET seq = DEFAULT WHERE id = '`+id+`'`) // seq is an identity column
+		} else {
+			e.exec(t, `UPDATE root_key_rotations SET seq = 1000 WHERE id = '`+id+`'`)
+		}
+	}
+	tests := []struct {
+		name    string
+		tamper  func(t *testing.T, e env) store.Store // the store the server reads
+		want    error
+		wantMsg string
+	}{
+		{"the first rotation made the latest again", func(t *testing.T, e env) store.Store {
+			makeLatest(t, e, "rkr-ab")
+			return e.st
+		}, rotation.ErrUnendorsedRotation, "not one chain"},
+		{"after A -> B -> C -> A, the rotation A -> B made the latest again", func(t *testing.T, e env) store.Store {
+			e.rotate(t, "rkr-ca", "C", "A")
+			makeLatest(t, e, "rkr-ab")
+			return e.st
+		}, rotation.ErrUnendorsedRotation, "not one chain"},
+		{"the latest rotation deleted", func(t *testing.T, e env) store.Store {
+			e.exec(t, `DELETE FROM root_key_rotations WHERE id = 'rkr-bc'`)
+			return e.st
+		}, rotation.ErrMissingRotation, "are missing from the key store"},
+		{"every rotation deleted", func(t *testing.T, e env) store.Store {
+			e.exec(t, `DELETE FROM root_key_rotations`)
+			return e.st
+		}, rotation.ErrMissingRotation, "has no root-key rotation"},
+		{"a copy of the first rotation added as the latest", func(t *testing.T, e env) store.Store {
+			jobs, err := e.st.ListRootKeyRotations(ctx)
+			if err != nil || len(jobs) != 2 {
+				t.Fatalf("ListRootKeyRotations() = %d jobs, %v; want 2", len(jobs), err)
+			}
+			return replayedStore{Store: e.st, extra: jobs[0]}
+		}, rotation.ErrUnendorsedRotation, "not one chain"},
+	}
+	for _, sto := range stores {
+		t.Run(sto.name, func(t *testing.T) {
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					e := sto.open(t)
+					idC := e.keys["C"].ID()
+					under := idC
+					if strings.Contains(tt.name, "C -> A") {
+						under = e.keys["A"].ID()
+					}
+					st := tt.tamper(t, e)
+					cfg := config.Default()
+					cfg.RootKey.URI = e.uris["A"]
+					rk, err := openRootKeys(ctx, cfg, st, slog.New(slog.DiscardHandler))
+					if err == nil {
+						rk.Close()
+						t.Fatalf("openRootKeys() = root keys %q (active %q), nil; want %v", rk.set.IDs(), rk.set.ID(), tt.want)
+					}
+					if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.wantMsg) {
+						t.Errorf("openRootKeys() err = %v, want %v saying %q", err, tt.want, tt.wantMsg)
+					}
+					if msg := err.Error(); strings.Contains(msg, e.dir) || strings.Contains(msg, "local-file://") {
+						t.Errorf("openRootKeys() err = %q, want no root key URI in it", msg)
+					}
+					t.Logf("openRootKeys() err = %v", err)
+					e.checkUnder(t, under)
+				})
+			}
+		})
+	}
+	// The chain as rotations make it still serves, its jobs each naming the
+	// one before.
+	e := newChainEnv(t, openTestStore(t))
+	jobs, err := e.st.ListRootKeyRotations(ctx)
+	if err != nil || len(jobs) != 2 || jobs[0].PrevID != "" || jobs[1].PrevID != jobs[0].ID {
+		t.Fatalf("ListRootKeyRotations() = %+v, %v; want rkr-ab then rkr-bc naming it", jobs, err)
+	}
+	rk, _, err := e.open(t, "A")
+	if err != nil || rk.set.ID() != e.keys["C"].ID() {
+		t.Fatalf("openRootKeys() after A -> B -> C err = %v, want C active", err)
+	}
+	e.checkServes(t, rk, "after-the-chain")
 }

@@ -637,7 +637,7 @@ func (s *PostgresStore) KeyRevisions(ctx context.Context, names []string) (map[s
 
 // Root-key rotations.
 
-const pgSelectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
+const pgSelectRotationSQL = `SELECT id, prev_id, from_uri, to_uri, from_id, to_id, state,
 	total, rewrapped, start_time, update_time, end_time, endorsement FROM root_key_rotations`
 
 // pgScanRotation reads a row of pgSelectRotationSQL.
@@ -647,7 +647,7 @@ func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
 		state string
 		ended *time.Time
 	)
-	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
+	if err := row.Scan(&r.ID, &r.PrevID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
 		&r.Total, &r.Rewrapped, &r.StartTime, &r.UpdateTime, &ended, &r.Endorsement); err != nil {
 		return RootKeyRotation{}, err
 	}
@@ -662,13 +662,17 @@ func pgScanRotation(row pgx.Row) (RootKeyRotation, error) {
 	return r, nil
 }
 
-// pgStartRotationSQL records a running job unless one is running, so that
-// a running job is reported before a reused ID. Of two jobs started at
-// once, the unique index root_key_rotations_one_running refuses one.
+// pgStartRotationSQL records a running job unless one is running or $10,
+// its PrevID, is not the latest job's ID (empty when there is none), so that
+// these are reported before a reused ID. Of two jobs started at once, the
+// unique index root_key_rotations_one_running refuses one, and the unique
+// constraint on prev_id refuses a job started after one that began and
+// ended since this statement's snapshot.
 const pgStartRotationSQL = `INSERT INTO root_key_rotations (id, from_uri, to_uri,
-	from_id, to_id, state, total, rewrapped, start_time, update_time, endorsement)
-SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9::bytea
-WHERE NOT EXISTS (SELECT 1 FROM root_key_rotations WHERE state = 'RUNNING')`
+	from_id, to_id, state, total, rewrapped, start_time, update_time, endorsement, prev_id)
+SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $9::bytea, $10::text
+WHERE NOT EXISTS (SELECT 1 FROM root_key_rotations WHERE state = 'RUNNING')
+	AND $10::text = coalesce((SELECT id FROM root_key_rotations ORDER BY seq DESC LIMIT 1), '')`
 
 // StartRootKeyRotation implements [Store.StartRootKeyRotation] in one
 // statement.
@@ -682,12 +686,15 @@ func (s *PostgresStore) StartRootKeyRotation(ctx context.Context, r RootKeyRotat
 	now := storeTime(s.now())
 	r = startedRotation(r, now)
 	tag, err := s.pool.Exec(ctx, pgStartRotationSQL,
-		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now, blobArg(r.Endorsement))
+		r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total, now, blobArg(r.Endorsement), r.PrevID)
 	var pe *pgconn.PgError
 	switch {
-	case err == nil && tag.RowsAffected() == 0,
-		errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_one_running":
+	case err == nil && tag.RowsAffected() == 0:
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: another job is running, or PrevID %q is not the latest job's ID", r.ID, ErrConflict, r.PrevID)
+	case errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_one_running":
 		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: another job is running", r.ID, ErrConflict)
+	case errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_prev_id_unique":
+		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: a job with PrevID %q was started before", r.ID, ErrConflict, r.PrevID)
 	case errors.As(err, &pe) && pe.ConstraintName == "root_key_rotations_id_unique":
 		return RootKeyRotation{}, fmt.Errorf("start root key rotation %q: %w: a job with this ID was started before", r.ID, ErrAlreadyExists)
 	case err != nil:
@@ -727,6 +734,23 @@ func (s *PostgresStore) ListRootKeyRotations(ctx context.Context) ([]RootKeyRota
 		return nil, fmt.Errorf("list root key rotations: %w", s.fail(err))
 	}
 	return jobs, nil
+}
+
+// RootKeyIDsInUse implements [Store.RootKeyIDsInUse].
+func (s *PostgresStore) RootKeyIDsInUse(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT root_key_id COLLATE "C" AS id FROM keys
+		WHERE state <> 'DESTROYED' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", s.fail(err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", s.fail(err))
+	}
+	return ids, nil
 }
 
 // ListKeysByRootKey implements [Store.ListKeysByRootKey].

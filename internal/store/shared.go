@@ -169,6 +169,9 @@ func validateRotation(r RootKeyRotation) error {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidRotation, f.what, err)
 		}
 	}
+	if err := checkText(r.PrevID); err != nil {
+		return fmt.Errorf("%w: PrevID: %v", ErrInvalidRotation, err)
+	}
 	if r.FromID == r.ToID {
 		return fmt.Errorf("%w: FromID and ToID are both %q", ErrInvalidRotation, r.FromID)
 	}

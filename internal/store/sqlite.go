@@ -612,7 +612,7 @@ func (s *SQLite) keyRevisionsOf(ctx context.Context, namesJSON string, revisions
 
 // Root-key rotations.
 
-const selectRotationSQL = `SELECT id, from_uri, to_uri, from_id, to_id, state,
+const selectRotationSQL = `SELECT id, prev_id, from_uri, to_uri, from_id, to_id, state,
 	total, rewrapped, start_time, update_time, end_time, endorsement FROM root_key_rotations`
 
 // scanRotation reads a row of selectRotationSQL.
@@ -623,7 +623,7 @@ func scanRotation(row interface{ Scan(...any) error }) (RootKeyRotation, error) 
 		started, updated int64
 		ended            sql.NullInt64
 	)
-	if err := row.Scan(&r.ID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
+	if err := row.Scan(&r.ID, &r.PrevID, &r.FromURI, &r.ToURI, &r.FromID, &r.ToID, &state,
 		&r.Total, &r.Rewrapped, &started, &updated, &ended, &r.Endorsement); err != nil {
 		return RootKeyRotation{}, err
 	}
@@ -655,12 +655,23 @@ func (s *SQLite) StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (R
 		case !errors.Is(err, sql.ErrNoRows):
 			return sqliteErr(err)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO root_key_rotations (id, from_uri, to_uri,
+		var latest string
+		err = tx.QueryRowContext(ctx, `SELECT id FROM root_key_rotations ORDER BY seq DESC LIMIT 1`).Scan(&latest)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return sqliteErr(err)
+		}
+		if latest != r.PrevID {
+			return fmt.Errorf("%w: the latest job is %q, not PrevID %q", ErrConflict, latest, r.PrevID)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO root_key_rotations (id, prev_id, from_uri, to_uri,
 			from_id, to_id, state, total, rewrapped, start_time, update_time, endorsement)
-			VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`,
-			r.ID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`,
+			r.ID, r.PrevID, r.FromURI, r.ToURI, r.FromID, r.ToID, r.State.String(), r.Total,
 			now.UnixMicro(), now.UnixMicro(), blobArg(r.Endorsement))
-		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
+		switch {
+		case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) && strings.Contains(err.Error(), "prev_id"):
+			return fmt.Errorf("%w: a job with PrevID %q was started before", ErrConflict, r.PrevID)
+		case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE):
 			return fmt.Errorf("%w: a job with this ID was started before", ErrAlreadyExists)
 		}
 		return sqliteErr(err)
@@ -735,6 +746,31 @@ func (s *SQLite) CountKeysByRootKey(ctx context.Context, rootKeyID string) (int6
 		return 0, fmt.Errorf("count keys by root key %q: %w", rootKeyID, sqliteErr(err))
 	}
 	return n, nil
+}
+
+// RootKeyIDsInUse implements [Store.RootKeyIDsInUse].
+func (s *SQLite) RootKeyIDsInUse(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT root_key_id FROM keys
+		WHERE state <> 'DESTROYED' ORDER BY root_key_id`)
+	if err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", sqliteErr(err))
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("root key ids in use: %w", sqliteErr(err))
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("root key ids in use: %w", sqliteErr(err))
+	}
+	return ids, nil
 }
 
 // rewrapKeySQL re-wraps one key when its revision is still ?2; destroyed

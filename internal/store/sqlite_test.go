@@ -491,9 +491,13 @@ func benchmarkRewrapKeys(b *testing.B, s store.Store, withList bool) {
 	jobs := 0
 	startJob := func() {
 		from, to := roots[jobs%2], roots[(jobs+1)%2]
+		prev := "" // each job names the one before it
+		if jobs > 0 {
+			prev = "bench-" + strconv.Itoa(jobs-1)
+		}
 		if _, err := s.StartRootKeyRotation(b.Context(), store.RootKeyRotation{
 			ID: "bench-" + strconv.Itoa(jobs), FromURI: "local-file:///" + from, ToURI: "local-file:///" + to,
-			FromID: from, ToID: to, Total: rewrapBenchKeys,
+			FromID: from, ToID: to, Total: rewrapBenchKeys, PrevID: prev,
 		}); err != nil {
 			b.Fatal(err)
 		}

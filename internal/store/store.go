@@ -71,7 +71,8 @@ var (
 	// committed; a retry of a compare-and-swap then fails with ErrConflict.
 	ErrUnavailable = errors.New("store: database unavailable")
 	// ErrInvalidRotation means StartRootKeyRotation got a job with a missing
-	// ID, URI or root key id, FromID equal to ToID, or a negative Total.
+	// ID, URI or root key id, an ID, PrevID, URI or root key id that is not
+	// UTF-8 or holds a NUL, FromID equal to ToID, or a negative Total.
 	// Nothing was written.
 	ErrInvalidRotation = errors.New("store: invalid root key rotation")
 	// ErrInvalidLease means AcquireLease or ReleaseLease got an empty or
@@ -307,9 +308,13 @@ type Store interface {
 	// StartRootKeyRotation records a new running job: the store sets State
 	// (RotationRunning), Rewrapped (0), StartTime and UpdateTime, and clears
 	// EndTime. It keeps the Endorsement as given (an empty one as none) and
-	// does not check it. It returns ErrConflict when a job is running,
-	// ErrAlreadyExists when the ID was used before, and ErrInvalidRotation
-	// for missing fields, FromID == ToID or a negative Total.
+	// does not check it. The jobs form one chain: r.PrevID must be the ID of
+	// the latest job ("" when there is none), and no two jobs have one
+	// PrevID. It returns ErrConflict when a job is running or r.PrevID is
+	// not the latest job's ID (another job was started since the caller
+	// read it), ErrAlreadyExists when the ID was used before, and
+	// ErrInvalidRotation for missing fields, FromID == ToID or a negative
+	// Total.
 	StartRootKeyRotation(ctx context.Context, r RootKeyRotation) (RootKeyRotation, error)
 	// LatestRootKeyRotation returns the most recently started job, running
 	// or done, or ErrNotFound when there has been none. The active root key
@@ -327,6 +332,11 @@ type Store interface {
 	ListKeysByRootKey(ctx context.Context, rootKeyID, afterName string, limit int) ([]Key, error)
 	// CountKeysByRootKey counts the keys ListKeysByRootKey would list.
 	CountKeysByRootKey(ctx context.Context, rootKeyID string) (int64, error)
+	// RootKeyIDsInUse returns the distinct RootKeyID of the keys that hold
+	// a keyset (every key but DESTROYED ones, as ListKeysByRootKey lists
+	// them), ordered bytewise, and no error when there is none. A server
+	// checks at start-up that the rotation records account for each.
+	RootKeyIDsInUse(ctx context.Context) ([]string, error)
 	// RewrapKeys stores each key's new WrappedKeyset and RootKeyID (nothing
 	// else of the key changes; Revision and UpdateTime advance) where the
 	// stored Revision still equals the key's Revision, and adds the number
@@ -385,15 +395,22 @@ func ParseRotationState(s string) (RotationState, error) {
 // RootKeyRotation is a job that re-wraps every keyset from one root key to
 // another.
 type RootKeyRotation struct {
-	ID             string        // chosen by the caller, unique
+	ID string // chosen by the caller, unique
+	// PrevID is the ID of the job started before this one, "" for the
+	// first: the jobs form one chain, in the order they were started.
+	// The caller sets it (rotation.Start: the latest job's ID), the
+	// endorsement covers it, and the store refuses a job whose PrevID is
+	// not the latest job's ID. Jobs recorded before schema migration 9 got
+	// theirs from the order they were stored in.
+	PrevID         string
 	FromURI, ToURI string        // root key URIs (no secrets: PINs come from pin-source files)
 	FromID, ToID   string        // root key ids, as in Key.RootKeyID
 	State          RotationState // RotationRunning or RotationDone
 	Total          int64         // keys to re-wrap when the job started
 	Rewrapped      int64         // keys re-wrapped so far
-	// Endorsement is a digest of ID, FromID, FromURI, ToID and ToURI
-	// wrapped by the old root key (rotation.Endorse): replicas follow the
-	// job only when it unwraps to that digest. It is empty for jobs
+	// Endorsement is a digest of ID, PrevID, FromID, FromURI, ToID and
+	// ToURI wrapped by the old root key (rotation.Endorse): replicas follow
+	// the job only when it unwraps to that digest. It is empty for jobs
 	// recorded before the store kept it (schema migration 9).
 	Endorsement []byte
 	// StartTime and UpdateTime are set by the store; EndTime is zero while

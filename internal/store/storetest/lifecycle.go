@@ -531,6 +531,7 @@ func testNewMethodsContextCanceled(t *testing.T, s store.Store) {
 		{"ListRootKeyRotations", func() error { _, err := s.ListRootKeyRotations(ctx); return err }},
 		{"ListKeysByRootKey", func() error { _, err := s.ListKeysByRootKey(ctx, "r", "", 10); return err }},
 		{"CountKeysByRootKey", func() error { _, err := s.CountKeysByRootKey(ctx, "r"); return err }},
+		{"RootKeyIDsInUse", func() error { _, err := s.RootKeyIDsInUse(ctx); return err }},
 		{"RewrapKeys", func() error { _, err := s.RewrapKeys(ctx, "j", nil); return err }},
 		{"FinishRootKeyRotation", func() error { _, err := s.FinishRootKeyRotation(ctx, "j"); return err }},
 	}

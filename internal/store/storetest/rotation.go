@@ -45,7 +45,7 @@ func rewrapped(k store.Key, root string) store.Key {
 
 // diffRotation describes how got differs from want; "" when they are equal.
 func diffRotation(got, want store.RootKeyRotation) string {
-	if got.ID != want.ID || got.FromURI != want.FromURI || got.ToURI != want.ToURI ||
+	if got.ID != want.ID || got.PrevID != want.PrevID || got.FromURI != want.FromURI || got.ToURI != want.ToURI ||
 		got.FromID != want.FromID || got.ToID != want.ToID || got.State != want.State ||
 		got.Total != want.Total || got.Rewrapped != want.Rewrapped ||
 		!bytes.Equal(got.Endorsement, want.Endorsement) ||
@@ -126,6 +126,7 @@ func testRotationInvalid(t *testing.T, s store.Store) {
 		{"negative Total", mod(func(r *store.RootKeyRotation) { r.Total = -1 })},
 		{"ID not UTF-8", mod(func(r *store.RootKeyRotation) { r.ID = "j\xff" })},
 		{"ToID with NUL", mod(func(r *store.RootKeyRotation) { r.ToID = "new\x00" })},
+		{"PrevID not UTF-8", mod(func(r *store.RootKeyRotation) { r.PrevID = "p\xff" })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -287,12 +288,15 @@ func testRotation(t *testing.T, s store.Store, c *clock) {
 	}
 
 	// IDs are not reused; the next job is the latest.
-	if _, err := s.StartRootKeyRotation(t.Context(), rotation("j1", "new", "newer")); !errors.Is(err, store.ErrAlreadyExists) {
+	again := rotation("j1", "new", "newer")
+	again.PrevID = "j1"
+	if _, err := s.StartRootKeyRotation(t.Context(), again); !errors.Is(err, store.ErrAlreadyExists) {
 		t.Errorf("StartRootKeyRotation(ctx, %q) again err = %v, want ErrAlreadyExists", "j1", err)
 	}
 	mustLatest(t, s, want)
 	c.Advance(time.Second)
 	next := rotation("j2", "new", "newer")
+	next.PrevID = "j1"
 	next.Total = 0
 	if _, err := s.StartRootKeyRotation(t.Context(), next); err != nil {
 		t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", "j2", err)
@@ -330,7 +334,12 @@ func testRotationEndorsement(t *testing.T, s store.Store, c *clock) {
 	for i, e := range [][]byte{endorsement, nil, {}, {0}} {
 		id := fmt.Sprintf("j%d", i+1)
 		from, to := fmt.Sprintf("root-%d", i), fmt.Sprintf("root-%d", i+1)
+		prev := ""
+		if i > 0 {
+			prev = fmt.Sprintf("j%d", i)
+		}
 		r := rotation(id, from, to)
+		r.PrevID = prev
 		r.Endorsement = bytes.Clone(e)
 		job, err := s.StartRootKeyRotation(t.Context(), r)
 		if err != nil {
@@ -340,6 +349,7 @@ func testRotationEndorsement(t *testing.T, s store.Store, c *clock) {
 			r.Endorsement[0] ^= 0xff // the store keeps its own copy
 		}
 		w := rotation(id, from, to)
+		w.PrevID = prev
 		if len(e) > 0 {
 			w.Endorsement = bytes.Clone(e)
 		}
@@ -369,6 +379,107 @@ func testRotationEndorsement(t *testing.T, s store.Store, c *clock) {
 	}
 	got[0].Endorsement[0] ^= 0xff
 	mustList(t, s, want...) // the store's copy is not the caller's
+}
+
+// testRotationChain: each job names the job started before it (PrevID),
+// which the store keeps and checks: a job whose PrevID is not the latest
+// job's ID is refused with ErrConflict and nothing is recorded, so that
+// the jobs form one chain in the order they were started.
+func testRotationChain(t *testing.T, s store.Store, c *clock) {
+	chained := func(id, prev, from, to string) store.RootKeyRotation {
+		r := rotation(id, from, to)
+		r.PrevID = prev
+		return r
+	}
+	var want []store.RootKeyRotation
+	start := func(r store.RootKeyRotation) {
+		t.Helper()
+		job, err := s.StartRootKeyRotation(t.Context(), r)
+		if err != nil {
+			t.Fatalf("StartRootKeyRotation(ctx, %q after %q) err = %v, want nil", r.ID, r.PrevID, err)
+		}
+		w := r
+		w.State, w.StartTime, w.UpdateTime = store.RotationRunning, c.stored(), c.stored()
+		if d := diffRotation(job, w); d != "" {
+			t.Errorf("StartRootKeyRotation(ctx, %q): %s", r.ID, d)
+		}
+		c.Advance(time.Second)
+		done, err := s.FinishRootKeyRotation(t.Context(), r.ID)
+		if err != nil {
+			t.Fatalf("FinishRootKeyRotation(ctx, %q) err = %v, want nil", r.ID, err)
+		}
+		w.State, w.UpdateTime, w.EndTime = store.RotationDone, c.stored(), c.stored()
+		if d := diffRotation(done, w); d != "" {
+			t.Errorf("FinishRootKeyRotation(ctx, %q): %s", r.ID, d)
+		}
+		want = append(want, w)
+		mustLatest(t, s, w)
+		mustList(t, s, want...)
+		c.Advance(time.Second)
+	}
+	refused := func(r store.RootKeyRotation) {
+		t.Helper()
+		if _, err := s.StartRootKeyRotation(t.Context(), r); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("StartRootKeyRotation(ctx, %q after %q) with %d jobs err = %v, want ErrConflict", r.ID, r.PrevID, len(want), err)
+		}
+		mustList(t, s, want...)
+	}
+	// The first job has no previous one.
+	refused(chained("j1", "j0", "a", "b"))
+	start(chained("j1", "", "a", "b"))
+	tests := []struct {
+		name string
+		job  store.RootKeyRotation
+	}{
+		{"no PrevID after the first job", chained("j2", "", "b", "c")},
+		{"PrevID of no job", chained("j2", "j9", "b", "c")},
+		{"PrevID differing in case", chained("j2", "J1", "b", "c")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { refused(tt.job) })
+	}
+	start(chained("j2", "j1", "b", "c"))
+	// A job after one that is not the latest forks the chain.
+	for _, prev := range []string{"j1", ""} {
+		refused(chained("j3", prev, "c", "a"))
+	}
+	start(chained("j3", "j2", "c", "a"))
+	// Running, the latest job is the one to follow; the running one
+	// refuses every other start first.
+	running := chained("j4", "j3", "a", "b")
+	if _, err := s.StartRootKeyRotation(t.Context(), running); err != nil {
+		t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", "j4", err)
+	}
+	running.State, running.StartTime, running.UpdateTime = store.RotationRunning, c.stored(), c.stored()
+	want = append(want, running)
+	refused(chained("j5", "j4", "b", "c"))
+	mustLatest(t, s, running)
+}
+
+// testRootKeyIDsInUse: the root key ids of the keys that hold a keyset,
+// each once, in bytewise order; a destroyed key's is not in use.
+func testRootKeyIDsInUse(t *testing.T, s store.Store) {
+	wantIDs := func(want ...string) {
+		t.Helper()
+		got, err := s.RootKeyIDsInUse(t.Context())
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("RootKeyIDsInUse(ctx) = %q, %v; want %q, nil", got, err, want)
+		}
+	}
+	wantIDs()
+	for i, root := range []string{"root-b", "root-a", "root-b", "Root-c", "root-b"} {
+		mustCreate(t, s, keyUnder(fmt.Sprintf("k%d", i), root))
+	}
+	dead := keyUnder("dead", "root-gone")
+	dead.State, dead.DestroyTime, dead.WrappedKeyset = store.KeyStateDestroyed, deletionTime, nil
+	mustCreate(t, s, dead)
+	wantIDs("Root-c", "root-a", "root-b")
+	// Re-wrapping moves a key's root key id.
+	if _, err := s.StartRootKeyRotation(t.Context(), rotation("j", "root-a", "root-d")); err != nil {
+		t.Fatalf("StartRootKeyRotation(ctx, %q) err = %v, want nil", "j", err)
+	}
+	mustRewrap(t, s, "j", []store.Key{rewrapped(mustGet(t, s, "k1"), "root-d")})
+	wantIDs("Root-c", "root-b", "root-d")
 }
 
 func keyNames(keys []store.Key) []string {

@@ -88,6 +88,7 @@ func Run(t *testing.T, open func(t *testing.T, opts ...store.Option) store.Store
 		{"RewrapKeysInvalid", testRewrapKeysInvalid},
 		{"RewrapKeysConcurrentUpdates", testRewrapKeysConcurrentUpdates},
 		{"RotationNoAliasing", testRotationNoAliasing},
+		{"RootKeyIDsInUse", testRootKeyIDsInUse},
 		{"NewMethodsContextCanceled", testNewMethodsContextCanceled},
 	}
 	tests = append(tests, auditTests...)
@@ -108,6 +109,7 @@ func Run(t *testing.T, open func(t *testing.T, opts ...store.Option) store.Store
 		{"LeaseLongTTL", testLeaseLongTTL},
 		{"Rotation", testRotation},
 		{"RotationEndorsement", testRotationEndorsement},
+		{"RotationChain", testRotationChain},
 	}
 	for _, tt := range clocked {
 		t.Run(tt.name, func(t *testing.T) {
