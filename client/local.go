@@ -91,6 +91,12 @@ type LocalEncryption struct {
 	dec    ciphertextDecrypter
 	policy CachePolicy
 	now    func() time.Time
+	// fakeClock is set by tests that replace now: expiry is then checked
+	// against now on every message, instead of by a timer per data key.
+	fakeClock bool
+	// aadBufs holds buffers for a message's associated data (its header,
+	// then the caller's), so that Encrypt allocates only the message.
+	aadBufs sync.Pool
 
 	mu         sync.Mutex
 	encryptors map[encryptorID]*Encryptor
@@ -176,6 +182,8 @@ type sealKey struct {
 	aead     cipher.AEAD
 	header   []byte // the message header
 	expires  time.Time
+	expired  atomic.Bool // set at expires by the expiry timer
+	expiry   *time.Timer // nil with a fake clock
 	messages atomic.Uint64
 	bytes    atomic.Uint64
 
@@ -204,6 +212,10 @@ func (k *sealKey) streamCipher(prefix, aad []byte) (*streamCipher, error) {
 // already reserved still seal (their cipher keeps its own schedule);
 // streams do not.
 func (k *sealKey) retire() {
+	k.expired.Store(true)
+	if k.expiry != nil {
+		k.expiry.Stop()
+	}
 	k.rawMu.Lock()
 	clear(k.raw)
 	k.raw = nil
@@ -225,7 +237,19 @@ func (e *Encryptor) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte,
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("client: nonce: %w", err)
 	}
-	return k.aead.Seal(out, nonce, plaintext, messageAAD(k.header, aad)), nil
+	if len(aad) == 0 {
+		return k.aead.Seal(out, nonce, plaintext, k.header), nil
+	}
+	buf, _ := e.l.aadBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	*buf = append(append((*buf)[:0], k.header...), aad...)
+	out = k.aead.Seal(out, nonce, plaintext, *buf)
+	if cap(*buf) <= 64<<10 {
+		e.l.aadBufs.Put(buf)
+	}
+	return out, nil
 }
 
 // messageAAD is a message's associated data: its header, then the
@@ -283,7 +307,7 @@ func (e *Encryptor) reserve(ctx context.Context, n uint64) (*sealKey, error) {
 // The message count may pass MaxMessages (a refused message is counted,
 // and refused); the byte count never passes MaxBytes.
 func (k *sealKey) admit(l *LocalEncryption, n uint64) bool {
-	if !l.now().Before(k.expires) {
+	if k.expired.Load() || l.fakeClock && !l.now().Before(k.expires) {
 		return false
 	}
 	if k.messages.Add(1) > l.policy.MaxMessages {
@@ -325,8 +349,17 @@ func (l *LocalEncryption) generate(ctx context.Context, key string, keyContext [
 		header:  appendHeader(nil, kindMessage, resp.GetCiphertext(), keyContext),
 		expires: now.Add(l.policy.MaxAge),
 	}
+	if !l.fakeClock {
+		// MaxAge is enforced by a timer, not a clock read per message.
+		k.expiry = time.AfterFunc(l.policy.MaxAge, func() { k.expired.Store(true) })
+	}
 	l.open.put(k.header, &openKey{aead: aead, raw: raw, keyName: key, expires: k.expires}, l.policy.MaxOpenKeys, now)
 	return k, nil
+}
+
+// setClock makes l read time from now (tests with a fake clock).
+func (l *LocalEncryption) setClock(now func() time.Time) {
+	l.now, l.fakeClock = now, true
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {

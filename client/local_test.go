@@ -220,7 +220,7 @@ func TestCachePolicyLimits(t *testing.T) {
 			}
 			now := time.Now()
 			var mu sync.Mutex
-			l.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			l.setClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
 			e, err := l.Encryptor("payments", nil)
 			if err != nil {
 				t.Fatal(err)
@@ -760,7 +760,7 @@ func TestSealKeyRetired(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			l, kms := newHookLocal(t, tt.policy)
 			now := time.Now()
-			l.now = func() time.Time { return now }
+			l.setClock(func() time.Time { return now })
 			ctx := context.Background()
 			e, _ := l.Encryptor("payments", nil)
 			msg, err := e.Encrypt(ctx, []byte("first"), nil)
@@ -824,5 +824,39 @@ func TestStreamsWhileKeysAreReplaced(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestMaxAgeOnTheRealClock: without a fake clock, a data key's age is
+// enforced by its expiry timer.
+func TestMaxAgeOnTheRealClock(t *testing.T) {
+	_, c, _ := localSetup(t, CachePolicy{})
+	l, err := NewLocalEncryption(c, CachePolicy{MaxAge: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := l.Encryptor("payments", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 3 {
+		if _, err := e.Encrypt(ctx, []byte("x"), []byte("aad")); err != nil {
+			t.Fatalf("Encrypt() err = %v, want nil", err)
+		}
+	}
+	if n := l.Stats().DataKeysGenerated; n != 1 {
+		t.Fatalf("DataKeysGenerated = %d within MaxAge, want 1", n)
+	}
+	time.Sleep(150 * time.Millisecond)
+	msg, err := e.Encrypt(ctx, []byte("x"), []byte("aad"))
+	if err != nil {
+		t.Fatalf("Encrypt() after MaxAge err = %v, want nil", err)
+	}
+	if n := l.Stats().DataKeysGenerated; n != 2 {
+		t.Errorf("DataKeysGenerated = %d after MaxAge passed, want 2", n)
+	}
+	if got, err := e.Decrypt(ctx, msg, []byte("aad")); err != nil || string(got) != "x" {
+		t.Errorf("Decrypt() = %q, %v; want x", got, err)
 	}
 }

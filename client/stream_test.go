@@ -516,7 +516,7 @@ func TestStreamContext(t *testing.T) {
 func TestStreamKeyCache(t *testing.T) {
 	now := time.Now()
 	env := newStreamEnv(t, CachePolicy{MaxMessages: 2, MaxBytes: 1000, MaxAge: time.Minute})
-	env.l.now = func() time.Time { return now }
+	env.l.setClock(func() time.Time { return now })
 	ctx := context.Background()
 	const cs = streamMinChunk
 	calls := func(m string) int64 { return env.s.Calls(m) }
