@@ -154,12 +154,7 @@ func TestFollowRefusesReplayedRotation(t *testing.T) {
 				t.Errorf("Start(B) after the store was changed = %+v, %v; want ErrUnendorsedRotation (or, the latest shown running, ErrRotationRunning)", job, err)
 			}
 			items = append(items, seal(t, r.ring, "after", 1)...)
-			ids, _ := rootKeyIDs(t, st)
-			for name, id := range ids {
-				if id != a.ID() {
-					t.Errorf("keyset %q is wrapped by %q, want %q", name, id, a.ID())
-				}
-			}
+			wantAllWrappedBy(t, st, a.ID())
 			check(t, r.ring, items)
 		})
 	}

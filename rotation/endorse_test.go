@@ -390,12 +390,7 @@ func TestFollowRefusesRollback(t *testing.T) {
 			if n := logs.count("root-key rotation refused"); n != 1 {
 				t.Errorf("refusal logged %d times, want once; log:\n%s", n, logs.String())
 			}
-			ids, _ := rootKeyIDs(t, st)
-			for name, id := range ids {
-				if id != c.ID() {
-					t.Errorf("keyset %q is wrapped by %q, want %q", name, id, c.ID())
-				}
-			}
+			wantAllWrappedBy(t, st, c.ID())
 			check(t, r.ring, items)
 		})
 	}

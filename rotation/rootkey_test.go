@@ -220,6 +220,18 @@ func check(t testing.TB, ring *envelope.Keyring, items []sealed) {
 	}
 }
 
+// wantAllWrappedBy fails t unless every stored keyset is wrapped by the
+// root key with id want.
+func wantAllWrappedBy(t testing.TB, st store.Store, want string) {
+	t.Helper()
+	ids, _ := rootKeyIDs(t, st)
+	for name, id := range ids {
+		if id != want {
+			t.Errorf("keyset %q is wrapped by %q, want %q", name, id, want)
+		}
+	}
+}
+
 // rootKeyIDs returns every key's RootKeyID and Versions, by name.
 func rootKeyIDs(t testing.TB, st store.Store) (map[string]string, map[string][]store.Version) {
 	t.Helper()
