@@ -514,23 +514,31 @@ type chainEnv struct {
 
 type chainItem struct{ ct, pt, aad []byte }
 
-func newChainEnv(t *testing.T, st store.Store) *chainEnv {
+// newChainKeys returns a chainEnv on st with a local root key file per
+// name, opened until the test ends, and nothing stored yet.
+func newChainKeys(t *testing.T, st store.Store, names ...string) *chainEnv {
 	t.Helper()
-	ctx := context.Background()
 	e := &chainEnv{st: st, dir: t.TempDir(), uris: map[string]string{}, keys: map[string]kms.RootKey{}}
-	for _, name := range []string{"A", "B", "C", "D", "X"} {
+	for _, name := range names {
 		p := filepath.Join(e.dir, name+".key")
 		if _, err := localkek.CreateKeyFile(p); err != nil {
 			t.Fatal(err)
 		}
 		e.uris[name] = localkek.URI(p)
-		k, err := provider.Open(ctx, e.uris[name], slog.New(slog.DiscardHandler))
+		k, err := provider.Open(context.Background(), e.uris[name], slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { k.Close() })
 		e.keys[name] = k
 	}
+	return e
+}
+
+func newChainEnv(t *testing.T, st store.Store) *chainEnv {
+	t.Helper()
+	ctx := context.Background()
+	e := newChainKeys(t, st, "A", "B", "C", "D", "X")
 	ring, err := envelope.New(st, e.keys["A"], envelope.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -831,20 +839,7 @@ func TestOpenRootKeysRefusesForgedRotation(t *testing.T) {
 // root key.
 func TestOpenRootKeysUnendorsedRotation(t *testing.T) {
 	ctx := context.Background()
-	e := &chainEnv{st: openTestStore(t), dir: t.TempDir(), uris: map[string]string{}, keys: map[string]kms.RootKey{}}
-	for _, name := range []string{"A", "B"} {
-		p := filepath.Join(e.dir, name+".key")
-		if _, err := localkek.CreateKeyFile(p); err != nil {
-			t.Fatal(err)
-		}
-		e.uris[name] = localkek.URI(p)
-		k, err := provider.Open(ctx, e.uris[name], slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer k.Close()
-		e.keys[name] = k
-	}
+	e := newChainKeys(t, openTestStore(t), "A", "B")
 	old := store.RootKeyRotation{ID: "rkr-old", FromID: e.keys["A"].ID(), FromURI: e.uris["A"], ToID: e.keys["B"].ID(), ToURI: e.uris["B"]}
 	if _, err := e.st.StartRootKeyRotation(ctx, old); err != nil {
 		t.Fatal(err)
