@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,16 +227,26 @@ func (k *sealKey) retire() {
 // asks tresor for a data key only when the cached one has reached a
 // CachePolicy limit.
 func (e *Encryptor) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	return e.AppendEncrypt(ctx, nil, plaintext, aad)
+}
+
+// AppendEncrypt is Encrypt appending the message to dst, which it grows
+// once if it lacks the room: a caller that reuses dst seals without
+// allocating. dst must not overlap plaintext. On error dst is returned
+// unchanged.
+func (e *Encryptor) AppendEncrypt(ctx context.Context, dst, plaintext, aad []byte) ([]byte, error) {
 	k, err := e.reserve(ctx, uint64(len(plaintext)))
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
 	hl := len(k.header)
-	out := make([]byte, hl+nonceLen, hl+nonceLen+len(plaintext)+tagLen)
-	copy(out, k.header)
-	nonce := out[hl : hl+nonceLen]
+	out := slices.Grow(dst, hl+nonceLen+len(plaintext)+tagLen)
+	out = append(out, k.header...)
+	start := len(out)
+	out = out[:start+nonceLen]
+	nonce := out[start:]
 	if _, err := rand.Read(nonce); err != nil {
-		return nil, fmt.Errorf("client: nonce: %w", err)
+		return dst, fmt.Errorf("client: nonce: %w", err)
 	}
 	if len(aad) == 0 {
 		return k.aead.Seal(out, nonce, plaintext, k.header), nil

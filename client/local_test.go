@@ -860,3 +860,35 @@ func TestMaxAgeOnTheRealClock(t *testing.T) {
 		t.Errorf("Decrypt() = %q, %v; want x", got, err)
 	}
 }
+
+// TestAppendEncrypt: AppendEncrypt appends to dst without touching what is
+// there, reuses its room, and leaves it unchanged on error.
+func TestAppendEncrypt(t *testing.T) {
+	_, _, l := localSetup(t, CachePolicy{})
+	ctx := context.Background()
+	e, err := l.Encryptor("payments", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := []byte("prefix:")
+	dst := make([]byte, len(prefix), 4096)
+	copy(dst, prefix)
+	out, err := e.AppendEncrypt(ctx, dst, []byte("hello"), []byte("aad"))
+	if err != nil {
+		t.Fatalf("AppendEncrypt() err = %v, want nil", err)
+	}
+	if !bytes.HasPrefix(out, prefix) || &out[0] != &dst[0] {
+		t.Errorf("AppendEncrypt() did not append in dst's room")
+	}
+	if got, err := e.Decrypt(ctx, out[len(prefix):], []byte("aad")); err != nil || string(got) != "hello" {
+		t.Errorf("Decrypt(appended message) = %q, %v; want hello", got, err)
+	}
+	missing, err := l.Encryptor("missing", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = missing.AppendEncrypt(ctx, dst, []byte("hello"), nil)
+	if !errors.Is(err, ErrNotFound) || !bytes.Equal(out, prefix) {
+		t.Errorf("AppendEncrypt() under a missing key = %q, %v; want dst unchanged, ErrNotFound", out, err)
+	}
+}
