@@ -11,7 +11,7 @@ import (
 // The ratio: SDK local encryption of 1 KiB messages with a warm
 // data-key cache against raw AES-256-GCM in the same run:
 //
-//	go test -run '^$' -bench 'LocalEncrypt1KiB|RawAESGCM1KiB' -benchmem -count 5 -cpu 1,2 ./client
+//	go test -run '^$' -bench 'LocalEncrypt1KiB|LocalAppendEncrypt1KiB|RawAESGCM1KiB' -benchmem -count 5 -cpu 1,2 ./client
 //
 // Both seal a fresh 1 KiB message into a new buffer with a random nonce,
 // in a process that also runs a test server; the SDK adds its header (the
