@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	sdk "github.com/tresorkms/tresor/client"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -87,7 +88,7 @@ func (h *harness) inject(ctx context.Context, f Fault) faultRun {
 // readyClient is an HTTPS client for the replicas' /readyz, with the
 // client certificate (every port of a replica requires one).
 func (h *harness) readyClient() *http.Client {
-	tc, err := clientTLS(h.id)
+	tc, err := sdk.TLSFromFiles(h.id.tls.CACert, h.id.tls.ClientCert, h.id.tls.ClientKey)
 	if err != nil {
 		tc = &tls.Config{MinVersion: tls.VersionTLS12} // /readyz then fails, and says so
 	}

@@ -3,13 +3,10 @@ package soak
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -23,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	sdk "github.com/tresorkms/tresor/client"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -78,7 +76,7 @@ const maxPlaintext = 16 << 10
 // reconnect backoff capped at 1s so that a restarted replica is found
 // again quickly.
 func dial(addr string, id *identity, creds credentials.PerRPCCredentials) (*grpc.ClientConn, error) {
-	tc, err := clientTLS(id)
+	tc, err := sdk.TLSFromFiles(id.tls.CACert, id.tls.ClientCert, id.tls.ClientKey)
 	if err != nil {
 		return nil, err
 	}
@@ -92,24 +90,6 @@ func dial(addr string, id *identity, creds credentials.PerRPCCredentials) (*grpc
 		return nil, fmt.Errorf("soak: dial %s: %w", addr, err)
 	}
 	return conn, nil
-}
-
-// clientTLS is the clients' TLS configuration: the local CA, the client
-// certificate.
-func clientTLS(id *identity) (*tls.Config, error) {
-	ca, err := os.ReadFile(id.tls.CACert)
-	if err != nil {
-		return nil, fmt.Errorf("soak: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("soak: %s holds no certificate", id.tls.CACert)
-	}
-	cert, err := tls.LoadX509KeyPair(id.tls.ClientCert, id.tls.ClientKey)
-	if err != nil {
-		return nil, fmt.Errorf("soak: %w", err)
-	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
 }
 
 // stubs are one connection's service clients.
