@@ -268,7 +268,7 @@ func (r *Keyring) wrapKeyset(ctx context.Context, name string, h *keyset.Handle)
 func (r *Keyring) unwrapKeyset(ctx context.Context, k store.Key) (*keyset.Handle, error) {
 	kek, ok := r.roots.Get(k.RootKeyID)
 	if !ok {
-		r.roots.missed(k.RootKeyID)
+		r.roots.missed()
 		return nil, fmt.Errorf("%w: %w: key %q is wrapped by root key %q, which this keyring does not hold (it holds %q)", ErrKeysetUnreadable, ErrRootKeyNotHeld, k.Name, k.RootKeyID, r.roots.IDs())
 	}
 	a := &kekAEAD{kek: kek}

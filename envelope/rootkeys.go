@@ -69,7 +69,7 @@ func NewRootKeys(active KEK, others ...KEK) (*RootKeys, error) {
 func (s *RootKeys) Misses() <-chan struct{} { return s.misses }
 
 // missed signals Misses.
-func (s *RootKeys) missed(string) {
+func (s *RootKeys) missed() {
 	select {
 	case s.misses <- struct{}{}:
 	default:

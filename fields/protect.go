@@ -885,9 +885,6 @@ func blindIndexTier(s *Schema, path string) (*Tier, string, error) {
 	return n.field.tier, pattern, nil
 }
 
-// tokenize enciphers (or deciphers) the digits of a string value, keeping
-// every other character, and returns the result in r.tok (no quotes), for
-// the caller to copy and wipe.
 // revealError is the error of a field that did not open: the one opaque
 // ErrReveal, naming the path only; but the call's own end, and a key that
 // could not be reached (the root key, the key store, a root key this
@@ -904,6 +901,9 @@ func (r *run) revealError(path string, err error) error {
 	return fmt.Errorf("%w: %s", ErrReveal, path)
 }
 
+// tokenize enciphers (or deciphers) the digits of a string value, keeping
+// every other character, and returns the result in r.tok (no quotes), for
+// the caller to copy and wipe.
 func (r *run) tokenize(n *node, t *Tier, enc bool) ([]byte, envelope.KeyRef, error) {
 	if n.kind != kindString {
 		return nil, envelope.KeyRef{}, fmt.Errorf("%w: %s: tokenize needs a string of digits", ErrWrongType, r.path)

@@ -1054,10 +1054,7 @@ func (r *RootKeyRotator) reportRefusal(ctx context.Context, job store.RootKeyRot
 func (r *RootKeyRotator) trustedURI(id, uri string) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if known, ok := r.uris[id]; ok {
-		return known
-	}
-	return uri
+	return r.chainState.trustedURI(id, uri)
 }
 
 // ensure opens the root key uri names unless the set holds id already, and

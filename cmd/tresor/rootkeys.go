@@ -303,10 +303,7 @@ func walkRotations(ctx context.Context, jobs []store.RootKeyRotation, anchor kms
 }
 
 // isLocalFileURI reports whether uri names a local-file root key.
-func isLocalFileURI(uri string) bool {
-	const scheme = "local-file:"
-	return len(uri) >= len(scheme) && strings.EqualFold(uri[:len(scheme)], scheme)
-}
+func isLocalFileURI(uri string) bool { return provider.Scheme(uri) == "local-file" }
 
 // run runs the rotator until the returned stop is called; stop waits for it.
 func (rk *serveRootKeys) run(ctx context.Context) (stop func()) {
