@@ -27,6 +27,20 @@ import (
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
+// triedOnce are the methods whose repetition would change state again; a
+// test keeps retried and triedOnce together covering every unary RPC.
+var triedOnce = map[string]bool{
+	tresorv1.KeyService_CreateKey_FullMethodName:           true,
+	tresorv1.KeyService_UpdateKey_FullMethodName:           true,
+	tresorv1.KeyService_RotateKey_FullMethodName:           true,
+	tresorv1.KeyService_DisableKey_FullMethodName:          true,
+	tresorv1.KeyService_EnableKey_FullMethodName:           true,
+	tresorv1.KeyService_ScheduleKeyDeletion_FullMethodName: true,
+	tresorv1.KeyService_CancelKeyDeletion_FullMethodName:   true,
+	tresorv1.AdminService_RotateRootKey_FullMethodName:     true,
+	tresorv1.FieldService_PutSchema_FullMethodName:         true,
+}
+
 // TestEveryRPCHasAMethod keeps calls.go in step with the protos.
 func TestEveryRPCHasAMethod(t *testing.T) {
 	ct := reflect.TypeOf(&Client{})
@@ -39,10 +53,16 @@ func TestEveryRPCHasAMethod(t *testing.T) {
 		for i := range f.Services().Len() {
 			svc := f.Services().Get(i)
 			for j := range svc.Methods().Len() {
-				name := string(svc.Methods().Get(j).Name())
+				m := svc.Methods().Get(j)
+				name := string(m.Name())
 				n++
 				if _, ok := ct.MethodByName(name); !ok {
 					t.Errorf("Client has no method %s (%s)", name, svc.FullName())
+				}
+				// Every unary RPC is classed: safe to retry, or tried once.
+				full := "/" + string(svc.FullName()) + "/" + name
+				if !m.IsStreamingClient() && !m.IsStreamingServer() && retried[full] == triedOnce[full] {
+					t.Errorf("%s is in retried %v and triedOnce %v, want exactly one", full, retried[full], triedOnce[full])
 				}
 			}
 		}

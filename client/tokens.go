@@ -198,7 +198,10 @@ func tokenError(err error) error {
 		// No answer: refused, reset, timed out, TLS failed.
 		return status.Errorf(codes.Unavailable, "client: token endpoint unreachable: %v", err)
 	}
-	return status.Errorf(codes.Unauthenticated, "client: token source: %v", err)
+	// A caller's own source may fold anything into its error (a token
+	// endpoint's whole answer, say): name only its type, which ends up in
+	// the call's status.
+	return status.Errorf(codes.Unauthenticated, "client: the token source failed (%T)", err)
 }
 
 // cached is the cached access token, "" if none.
