@@ -69,7 +69,9 @@ func toStatus(ctx context.Context, logger *slog.Logger, err error) error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, envelope.ErrRootKeyNotHeld):
-		logger.WarnContext(ctx, "keyset wrapped by a root key this replica has not opened yet", "err", err)
+		// Debug, not Warn: while this replica refuses a rotation, every
+		// call under such a key lands here; the rotator logs why, once.
+		logger.DebugContext(ctx, "keyset wrapped by a root key this replica has not opened yet", "err", err)
 		return status.Error(codes.Unavailable, "the root key is being rotated and this replica has not followed yet; retry later (if this persists, this replica refused the rotation: see its log)")
 	case errors.Is(err, envelope.ErrKeysetUnreadable):
 		logger.ErrorContext(ctx, "stored keyset unreadable", "err", err)
