@@ -73,6 +73,9 @@ func TestSDKAgainstDev(t *testing.T) {
 	}
 	// The CLI decrypts the wrapped data key the message carries (format
 	// v1: its length at bytes 7-8, the key from byte 9).
+	if len(msg) < 9 || len(msg) < 9+int(binary.BigEndian.Uint16(msg[7:9])) {
+		t.Fatalf("Encrypt() returned a %d-byte message, too short for its header", len(msg))
+	}
 	wrapped := string(msg[9 : 9+int(binary.BigEndian.Uint16(msg[7:9]))])
 	if !strings.HasPrefix(wrapped, "tresor:v1:") {
 		t.Fatalf("message header holds %q, want a wrapped data key", wrapped)

@@ -48,6 +48,9 @@ database is dropped at the end unless --keep) and SoftHSM2 (make test-deps
 installs both).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.PostgresURL == "" {
+				o.PostgresURL = os.Getenv("TRESOR_TEST_POSTGRES_URL") // empty: soak.DefaultPostgresURL
+			}
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("soak: %w", err)
@@ -77,7 +80,9 @@ installs both).`,
 	f.DurationVar(&o.Duration, "duration", 30*time.Minute, "how long the traffic runs (at least 1m); the fault schedule scales to it")
 	f.IntVar(&o.Clients, "clients", soak.DefaultClients, "concurrent clients, spread over both replicas")
 	f.Float64Var(&o.Rate, "rate", soak.DefaultRate, "calls per second of all clients together (0: each client calls again as soon as a call returns)")
-	f.StringVar(&o.PostgresURL, "postgres", envOr("TRESOR_TEST_POSTGRES_URL", soak.DefaultPostgresURL), "PostgreSQL server to create the run's database on (TRESOR_TEST_POSTGRES_URL)")
+	// The default is read in RunE, not shown here: cobra prints flag
+	// defaults in --help and usage, and the URL may hold a password.
+	f.StringVar(&o.PostgresURL, "postgres", "", "PostgreSQL server to create the run's database on (default: TRESOR_TEST_POSTGRES_URL, else "+soak.DefaultPostgresURL+")")
 	f.StringVar(&o.WorkDir, "workdir", "", "directory for configuration, certificates, token and replica logs (default: a temporary directory, removed after a run that passed)")
 	f.Uint64Var(&o.Seed, "seed", 0, "seed of the traffic's random choices and data (0: a random one, printed)")
 	f.BoolVar(&o.Keep, "keep", false, "keep the database and the work directory")

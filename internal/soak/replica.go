@@ -28,7 +28,6 @@ const (
 // replica is one `tresor serve` process, restarted on the same
 // configuration (and so the same ports) after each fault that stops it.
 type replica struct {
-	index   int
 	cfg     replicaConfig
 	logPath string
 	command func(config string) *exec.Cmd

@@ -289,7 +289,7 @@ func (h *harness) setup(ctx context.Context) error {
 		if err := c.write(h.id); err != nil {
 			return err
 		}
-		h.replicas = append(h.replicas, &replica{index: i, cfg: c, logPath: filepath.Join(o.WorkDir, "replica-"+replicaName(i)+".log"), command: o.ServeCommand, env: env, since: h.since})
+		h.replicas = append(h.replicas, &replica{cfg: c, logPath: filepath.Join(o.WorkDir, "replica-"+replicaName(i)+".log"), command: o.ServeCommand, env: env, since: h.since})
 	}
 	for _, r := range h.replicas {
 		if err := r.start(ctx); err != nil {
@@ -321,7 +321,7 @@ func rateString(r float64) string {
 // tokens returns a token source for subject: tokens bound to the client
 // certificate, minted again after two thirds of their lifetime.
 func (h *harness) tokens(subject string) (*devtoken.Source, error) {
-	src, err := devtoken.New(devtoken.Config{Issuer: h.id.issuer, RenewAfter: 2.0 / 3,
+	src, err := devtoken.New(devtoken.Config{Issuer: h.id.issuer,
 		Token: devissuer.TokenRequest{Subject: subject, Audience: tokenAudience, Lifetime: h.opts.TokenLifetime, BindTo: h.id.clientCert}})
 	if err != nil {
 		return nil, fmt.Errorf("soak: %w", err)
