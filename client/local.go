@@ -84,9 +84,12 @@ type ciphertextDecrypter interface {
 // LocalEncryption keeps one Encryptor for every (key, key context) pair
 // it has been asked for, for as long as it lives: make one per set of
 // pairs a process uses, not one per tenant of an unbounded set. Each
-// Encryptor holds at most one data key for sealing, dropped and zeroed
-// once replaced or found expired; unwrapped data keys for opening are
-// bounded by CachePolicy.MaxOpenKeys.
+// Encryptor holds at most one data key for sealing; its copy is zeroed
+// once the key is replaced or found expired. The same key stays in the
+// opening cache (bounded by CachePolicy.MaxOpenKeys, an expired entry
+// dropped when next looked up) and, expanded, in its cipher until the
+// garbage collector takes them: zeroing narrows where a data key lies in
+// memory, it does not erase it.
 type LocalEncryption struct {
 	gen    dataKeyGenerator
 	dec    ciphertextDecrypter
@@ -535,7 +538,16 @@ func (c *openKeys) get(id []byte, now time.Time) *openKey {
 	c.mu.RLock()
 	k := c.keys[string(id)]
 	c.mu.RUnlock()
-	if k == nil || !now.Before(k.expires) {
+	if k == nil {
+		return nil
+	}
+	if !now.Before(k.expires) {
+		// Expired: drop it now rather than when the cache fills.
+		c.mu.Lock()
+		if c.keys[string(id)] == k {
+			delete(c.keys, string(id))
+		}
+		c.mu.Unlock()
 		return nil
 	}
 	return k

@@ -892,3 +892,18 @@ func TestAppendEncrypt(t *testing.T) {
 		t.Errorf("AppendEncrypt() under a missing key = %q, %v; want dst unchanged, ErrNotFound", out, err)
 	}
 }
+
+// TestOpenKeysDropExpired: an expired opening key is dropped when looked
+// up, not kept until the cache fills.
+func TestOpenKeysDropExpired(t *testing.T) {
+	var c openKeys
+	c.keys = map[string]*openKey{}
+	now := time.Now()
+	c.put([]byte("h"), &openKey{expires: now.Add(time.Minute)}, 10, now)
+	if c.get([]byte("h"), now) == nil {
+		t.Fatal("get() of a live key = nil, want it")
+	}
+	if k := c.get([]byte("h"), now.Add(2*time.Minute)); k != nil || len(c.keys) != 0 {
+		t.Errorf("get() of an expired key = %v with %d keys left, want nil and 0", k, len(c.keys))
+	}
+}
