@@ -251,29 +251,32 @@ func (e *Encryptor) AppendEncrypt(ctx context.Context, dst, plaintext, aad []byt
 	if _, err := rand.Read(nonce); err != nil {
 		return dst, fmt.Errorf("client: nonce: %w", err)
 	}
-	if len(aad) == 0 {
-		return k.aead.Seal(out, nonce, plaintext, k.header), nil
-	}
-	buf, _ := e.l.aadBufs.Get().(*[]byte)
-	if buf == nil {
-		buf = new([]byte)
-	}
-	*buf = append(append((*buf)[:0], k.header...), aad...)
-	out = k.aead.Seal(out, nonce, plaintext, *buf)
-	if cap(*buf) <= 64<<10 {
-		e.l.aadBufs.Put(buf)
-	}
+	ad, buf := e.l.messageAAD(k.header, aad)
+	out = k.aead.Seal(out, nonce, plaintext, ad)
+	e.l.releaseAAD(buf)
 	return out, nil
 }
 
 // messageAAD is a message's associated data: its header, then the
-// caller's. The header alone when the caller gives none, without a copy.
-func messageAAD(header, aad []byte) []byte {
+// caller's; the header alone, without a copy, when the caller gives none,
+// else assembled in a pooled buffer (buf) for releaseAAD to give back.
+func (l *LocalEncryption) messageAAD(header, aad []byte) (ad []byte, buf *[]byte) {
 	if len(aad) == 0 {
-		return header
+		return header, nil
 	}
-	b := make([]byte, 0, len(header)+len(aad))
-	return append(append(b, header...), aad...)
+	buf, _ = l.aadBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	*buf = append(append((*buf)[:0], header...), aad...)
+	return *buf, buf
+}
+
+// releaseAAD gives messageAAD's buffer back; nil is none.
+func (l *LocalEncryption) releaseAAD(buf *[]byte) {
+	if buf != nil && cap(*buf) <= 64<<10 {
+		l.aadBufs.Put(buf)
+	}
 }
 
 // reserve returns a data key that may seal one more message of n bytes,
@@ -403,7 +406,9 @@ func (e *Encryptor) Decrypt(ctx context.Context, message, aad []byte) ([]byte, e
 		return nil, err
 	}
 	nonce := message[n : n+nonceLen]
-	pt, err := k.aead.Open(nil, nonce, message[n+nonceLen:], messageAAD(message[:n], aad))
+	ad, buf := e.l.messageAAD(message[:n], aad)
+	pt, err := k.aead.Open(nil, nonce, message[n+nonceLen:], ad)
+	e.l.releaseAAD(buf)
 	if err != nil {
 		return nil, ErrDecryptionFailed
 	}

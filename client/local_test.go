@@ -380,7 +380,7 @@ func forgeMessage(t *testing.T, wrapped string, keyContext, dataKey, pt, aad []b
 	}
 	nonce := make([]byte, nonceLen)
 	rand.Read(nonce)
-	return aead.Seal(append(bytes.Clone(hdr), nonce...), nonce, pt, messageAAD(hdr, aad))
+	return aead.Seal(append(bytes.Clone(hdr), nonce...), nonce, pt, append(bytes.Clone(hdr), aad...))
 }
 
 // forgeStream is forgeMessage for a stream of one chunk.
