@@ -613,7 +613,7 @@ func directTag(t reflect.Type) (string, bool) {
 		return "", false
 	}
 	for i := range t.NumField() {
-		if tier, ok := t.Field(i).Tag.Lookup(tagKey); ok && tier != "" && tier != "-" {
+		if _, ok := tierTag(t.Field(i)); ok {
 			return t.Field(i).Name, true
 		}
 	}
@@ -647,8 +647,8 @@ func (a *analyzer) structType(t reflect.Type) (*planNode, error) {
 	n := &planNode{kind: planStruct}
 	indexes := map[string]bool{} // JSON names of blind index siblings
 	for _, f := range fields {
-		tier, ok := f.sf.Tag.Lookup(tagKey)
-		if !ok || tier == "" || tier == "-" {
+		tier, ok := tierTag(f.sf)
+		if !ok {
 			continue
 		}
 		goField := t.String() + "." + f.goName
@@ -662,8 +662,7 @@ func (a *analyzer) structType(t reflect.Type) (*planNode, error) {
 			return nil, fmt.Errorf("%w: field %s is tagged with tier %q and has the json \",string\" option", ErrInvalidStruct, goField, tier)
 		}
 		if sib, ok := byName[f.name+bidxSuffix]; ok {
-			sibTier, sibTagged := sib.sf.Tag.Lookup(tagKey)
-			if !sibTagged || sibTier == "" || sibTier == "-" {
+			if _, sibTagged := tierTag(sib.sf); !sibTagged {
 				sibField := t.String() + "." + sib.goName
 				if !isStringType(sib.sf.Type) {
 					return nil, fmt.Errorf("%w: field %s receives the blind index of %s but is %s: want a string or *string", ErrInvalidStruct, sibField, goField, sib.sf.Type)
@@ -677,7 +676,7 @@ func (a *analyzer) structType(t reflect.Type) (*planNode, error) {
 	}
 	for _, f := range fields {
 		var child *planNode
-		if tier, ok := f.sf.Tag.Lookup(tagKey); ok && tier != "" && tier != "-" {
+		if tier, ok := tierTag(f.sf); ok {
 			child = &planNode{kind: planTagged, tier: tier, goField: t.String() + "." + f.goName}
 		} else if indexes[f.name] {
 			child = &planNode{kind: planIndex, goField: t.String() + "." + f.goName}
@@ -758,7 +757,7 @@ func jsonFields(t reflect.Type) (fields, tagged []jsonField) {
 				if f.goName != "" {
 					goName = f.goName + "." + sf.Name
 				}
-				if tier, ok := sf.Tag.Lookup(tagKey); ok && tier != "" && tier != "-" {
+				if _, ok := tierTag(sf); ok {
 					tagged = append(tagged, jsonField{index: index, goName: goName})
 				}
 				if sf.Anonymous {
@@ -1099,4 +1098,11 @@ func fieldByIndex(v reflect.Value, index []int) (reflect.Value, bool) {
 		v = v.Field(x)
 	}
 	return v, true
+}
+
+// tierTag returns the tier a struct field's tresor tag names; ok is false
+// for an untagged field, and for an empty or "-" tag.
+func tierTag(sf reflect.StructField) (tier string, ok bool) {
+	tier, ok = sf.Tag.Lookup(tagKey)
+	return tier, ok && tier != "" && tier != "-"
 }
