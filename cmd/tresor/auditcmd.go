@@ -35,7 +35,7 @@ func newAuditCmd() *cobra.Command {
 		Short: "Check every event's hash chain and every checkpoint's MAC; name the first bad event",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
+			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, nil, file, extraRoots, func(src audit.Source, env *auditEnv) error {
 				start := time.Now()
 				r, err := audit.Verify(cmd.Context(), src, env.roots)
 				took := time.Since(start)
@@ -78,7 +78,7 @@ func newAuditCmd() *cobra.Command {
 			if q.To, err = parseTime(to); err != nil {
 				return fmt.Errorf("--to: %w", err)
 			}
-			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, file, extraRoots, func(src audit.Source, env *auditEnv) error {
+			return withAuditLog(cmd.Context(), cmd.ErrOrStderr(), cfgPath, nil, file, extraRoots, func(src audit.Source, env *auditEnv) error {
 				w := cmd.OutOrStdout()
 				return audit.QueryLines(cmd.Context(), src, env.pseud, q, func(line []byte) error {
 					_, err := fmt.Fprintf(w, "%s\n", line)
@@ -112,10 +112,12 @@ type auditEnv struct {
 	pseud *audit.Pseudonymizer
 }
 
-// withAuditLog opens the store and root keys of the configuration and
-// calls fn with the log to read: the file when given, else the store.
-func withAuditLog(ctx context.Context, warn io.Writer, cfgPath, file string, extraRoots []string, fn func(audit.Source, *auditEnv) error) error {
-	cfg, err := config.Load(cfgPath, nil)
+// withAuditLog opens the store and root keys of the configuration (read
+// with the environment overrides of env, nil for the process's) and the
+// extra root keys, and calls fn with the log to read: the file when
+// given, else the store.
+func withAuditLog(ctx context.Context, warn io.Writer, cfgPath string, env []string, file string, extraRoots []string, fn func(audit.Source, *auditEnv) error) error {
+	cfg, err := config.Load(cfgPath, env)
 	if err != nil {
 		return err
 	}
@@ -140,14 +142,14 @@ func withAuditLog(ctx context.Context, warn io.Writer, cfgPath, file string, ext
 			return fmt.Errorf("--root-key: %w", err)
 		}
 	}
-	env := &auditEnv{roots: rk.set}
+	ae := &auditEnv{roots: rk.set}
 	ring, err := envelope.New(st, rk.set, envelope.Options{Logger: logger})
 	if err != nil {
 		return err
 	}
 	// Reading never creates the key; without it, token subjects cannot be
 	// matched (workloads and pseudonyms still can), and the command says so.
-	if env.pseud, err = auditPseudonymizer(ctx, ring, cfg.Audit.PseudonymKey, false); err != nil {
+	if ae.pseud, err = auditPseudonymizer(ctx, ring, cfg.Audit.PseudonymKey, false); err != nil {
 		fmt.Fprintf(warn, "warning: %v: --principal matches workloads and pseudonyms only\n", err)
 	}
 	if file != "" {
@@ -156,7 +158,7 @@ func withAuditLog(ctx context.Context, warn io.Writer, cfgPath, file string, ext
 			return err
 		}
 		defer f.Close()
-		return fn(audit.NewFileSource(f), env)
+		return fn(audit.NewFileSource(f), ae)
 	}
-	return fn(audit.NewStoreSource(st), env)
+	return fn(audit.NewStoreSource(st), ae)
 }

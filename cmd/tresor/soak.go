@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,9 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tresorkms/tresor/internal/audit"
-	"github.com/tresorkms/tresor/internal/config"
 	"github.com/tresorkms/tresor/internal/soak"
-	"github.com/tresorkms/tresor/kms/provider"
 )
 
 func newSoakCmd() *cobra.Command {
@@ -96,42 +94,21 @@ installs both).`,
 // checkpoint's MAC, read from the store. It reads the file alone (no
 // TRESOR_ environment overrides), as the replicas do.
 func verifySoakAudit(ctx context.Context, path string, extraRootKeys []string) (soak.AuditReport, error) {
-	cfg, err := config.Load(path, []string{})
-	if err != nil {
-		return soak.AuditReport{}, err
-	}
-	logger := slog.New(slog.DiscardHandler)
-	st, err := openStore(ctx, cfg.Store.URL)
-	if err != nil {
-		return soak.AuditReport{}, fmt.Errorf("key store: %w", err)
-	}
-	defer st.Close()
-	rk, err := openRootKeys(ctx, cfg, st, logger)
-	if err != nil {
-		return soak.AuditReport{}, fmt.Errorf("root key: %w", err)
-	}
-	defer rk.Close()
-	for _, uri := range extraRootKeys {
-		k, err := provider.Open(ctx, uri, logger)
+	var rep soak.AuditReport
+	err := withAuditLog(ctx, io.Discard, path, []string{}, "", extraRootKeys, func(src audit.Source, ae *auditEnv) error {
+		r, err := audit.Verify(ctx, src, ae.roots)
 		if err != nil {
-			return soak.AuditReport{}, fmt.Errorf("root key %s: %w", uri, err)
+			var ve *audit.VerifyError
+			if errors.As(err, &ve) {
+				return fmt.Errorf("audit log does NOT verify: %w", err)
+			}
+			return fmt.Errorf("audit verify: %w", err)
 		}
-		defer k.Close()
-		if err := rk.set.Add(k); err != nil {
-			return soak.AuditReport{}, fmt.Errorf("root key %s: %w", uri, err)
+		rep = soak.AuditReport{Events: r.Events, Chains: len(r.Chains), Checkpoints: r.Checkpoints, Anchors: r.Anchors, Uncovered: r.Uncovered, Unclosed: r.Unclosed}
+		for _, c := range r.Chains {
+			rep.PerChain = append(rep.PerChain, soak.AuditChain{Chain: c.Chain, Events: c.Events, Uncovered: c.Uncovered, Closed: c.Closed})
 		}
-	}
-	r, err := audit.Verify(ctx, audit.NewStoreSource(st), rk.set)
-	if err != nil {
-		var ve *audit.VerifyError
-		if errors.As(err, &ve) {
-			return soak.AuditReport{}, fmt.Errorf("audit log does NOT verify: %w", err)
-		}
-		return soak.AuditReport{}, fmt.Errorf("audit verify: %w", err)
-	}
-	rep := soak.AuditReport{Events: r.Events, Chains: len(r.Chains), Checkpoints: r.Checkpoints, Anchors: r.Anchors, Uncovered: r.Uncovered, Unclosed: r.Unclosed}
-	for _, c := range r.Chains {
-		rep.PerChain = append(rep.PerChain, soak.AuditChain{Chain: c.Chain, Events: c.Events, Uncovered: c.Uncovered, Closed: c.Closed})
-	}
-	return rep, nil
+		return nil
+	})
+	return rep, err
 }
