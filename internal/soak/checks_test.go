@@ -65,7 +65,7 @@ func passingRun() *run {
 		opts:     Options{Seed: 1, Duration: MinDuration, Clients: 1, WorkDir: "/tmp/soak-test", Log: io.Discard},
 		db:       &database{where: "postgres://127.0.0.1/soak_test"},
 		tok:      &token{roots: []string{"pkcs11:object=root-1", "pkcs11:object=root-2"}},
-		replicas: []*replica{{index: 0, cfg: replicaConfig{name: "a"}}, {index: 1, cfg: replicaConfig{name: "b"}}},
+		replicas: []*replica{{cfg: replicaConfig{name: "a"}}, {cfg: replicaConfig{name: "b"}}},
 		traffic:  &traffic{lastOK: make([]atomic.Int64, 2)},
 		clients:  []*client{{calls: calls, firstErr: map[errKey]string{}}},
 		series:   map[[2]int][]Sample{{0, 1}: flat(), {1, 1}: flat()},

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 
 	"google.golang.org/grpc/status"
 
-	sdk "github.com/tresorkms/tresor/client"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -88,11 +86,7 @@ func (h *harness) inject(ctx context.Context, f Fault) faultRun {
 // readyClient is an HTTPS client for the replicas' /readyz, with the
 // client certificate (every port of a replica requires one).
 func (h *harness) readyClient() *http.Client {
-	tc, err := sdk.TLSFromFiles(h.id.tls.CACert, h.id.tls.ClientCert, h.id.tls.ClientKey)
-	if err != nil {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12} // /readyz then fails, and says so
-	}
-	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: h.id.clientTLS}}
 }
 
 // settle waits, after a fault's restore, until every replica it affects

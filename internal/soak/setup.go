@@ -3,9 +3,9 @@ package soak
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	sdk "github.com/tresorkms/tresor/client"
 	policies "github.com/tresorkms/tresor/examples/policies"
 	"github.com/tresorkms/tresor/internal/authn/devissuer"
 	"github.com/tresorkms/tresor/internal/devpki"
@@ -182,6 +183,7 @@ func (t *token) restore() error { return os.Rename(t.away, t.dir) }
 // server and client certificates, the token issuer and the policies.
 type identity struct {
 	tls          devpki.Files
+	clientTLS    *tls.Config // the clients': the local CA, the client certificate
 	clientCert   *x509.Certificate
 	issuer       *devissuer.Issuer
 	jwks         string
@@ -198,17 +200,10 @@ func newIdentity(dir string) (*identity, error) {
 		return nil, fmt.Errorf("soak: %w", err)
 	}
 	id := &identity{tls: files}
-	b, err := os.ReadFile(files.ClientCert)
-	if err != nil {
+	if id.clientTLS, err = sdk.TLSFromFiles(files.CACert, files.ClientCert, files.ClientKey); err != nil {
 		return nil, fmt.Errorf("soak: %w", err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("soak: %s holds no PEM certificate", files.ClientCert)
-	}
-	if id.clientCert, err = x509.ParseCertificate(blk.Bytes); err != nil {
-		return nil, fmt.Errorf("soak: %w", err)
-	}
+	id.clientCert = id.clientTLS.Certificates[0].Leaf // tls.LoadX509KeyPair fills it
 	if id.issuer, err = devissuer.Open(filepath.Join(dir, "issuer")); err != nil {
 		return nil, fmt.Errorf("soak: token issuer: %w", err)
 	}

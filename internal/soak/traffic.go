@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	sdk "github.com/tresorkms/tresor/client"
 	tresorv1 "github.com/tresorkms/tresor/proto/tresor/v1"
 )
 
@@ -76,14 +75,10 @@ const maxPlaintext = 16 << 10
 // reconnect backoff capped at 1s so that a restarted replica is found
 // again quickly.
 func dial(addr string, id *identity, creds credentials.PerRPCCredentials) (*grpc.ClientConn, error) {
-	tc, err := sdk.TLSFromFiles(id.tls.CACert, id.tls.ClientCert, id.tls.ClientKey)
-	if err != nil {
-		return nil, err
-	}
 	bo := backoff.DefaultConfig
 	bo.MaxDelay = time.Second
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithTransportCredentials(credentials.NewTLS(id.clientTLS)),
 		grpc.WithPerRPCCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}))
 	if err != nil {
